@@ -1,0 +1,10 @@
+"""Converters from the official BAT checkpoints to Keras weights."""
+
+from keras_bat.convert.official import (
+    backbone_parameters,
+    load_official_weights,
+    read_state_dict,
+    save_official_weights,
+)
+
+__all__ = ["backbone_parameters", "load_official_weights", "read_state_dict", "save_official_weights"]

@@ -1,0 +1,241 @@
+"""Official BAT checkpoints (PyTorch state dicts) <-> Keras weights.
+
+The official parameter names (`patch_embed.proj.weight`, `blocks.3.attn.qkv.bias`,
+...) map one to one onto BATBackbone variables; PyTorch's `Linear` weights are
+`(out, in)` and are transposed, the patch convolution becomes a matrix over
+flattened `(time, freq)` patches.
+"""
+
+import json
+import os
+
+import numpy as np
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+# Prefixes tried, in order, when a checkpoint's keys are not bare encoder names.
+KNOWN_PREFIXES = ("", "encoder.", "student.encoder.", "module.encoder.", "model.encoder.",
+                  "backbone.", "model.", "module.")
+# Nested entries of official checkpoints that hold an encoder state dict.
+ENCODER_ENTRIES = ("encoder", "model", "state_dict")
+_ARCHITECTURE_KEYS = ("dim", "depth", "num_heads", "mlp_ratio", "patch_size", "num_mels",
+                      "chunk_time_patches", "use_gate", "qkv_bias", "pre_norm", "norm_first")
+
+
+class _Param:
+    """One official parameter: its Keras variable and the layout conversions."""
+
+    def __init__(self, variable, to_keras=None, to_official=None):
+        self.variable = variable
+        self.to_keras = to_keras or (lambda x: x)
+        self.to_official = to_official or (lambda x: x)
+
+    def official_shape(self):
+        return self.to_official(np.zeros(self.variable.shape, "float32")).shape
+
+
+def _linear(name, dense):
+    params = {f"{name}.weight": _Param(dense.kernel, np.transpose, np.transpose)}
+    if dense.use_bias:
+        params[f"{name}.bias"] = _Param(dense.bias)
+    return params
+
+
+def _layer_norm(name, norm):
+    return {f"{name}.weight": _Param(norm.gamma), f"{name}.bias": _Param(norm.beta)}
+
+
+def backbone_parameters(backbone):
+    """Maps every official encoder parameter name to its BATBackbone variable.
+
+    Args:
+        backbone: a built `keras_bat.models.BATBackbone`.
+
+    Returns:
+        Dict `official name -> _Param`.
+    """
+    dim, p = backbone.dim, backbone.patch_size
+    tokens = backbone.chunk_tokens
+    params = {
+        "patch_embed.proj.weight": _Param(
+            backbone.patch_embed.proj.kernel,
+            to_keras=lambda w: np.reshape(w, (dim, p * p)).T,
+            to_official=lambda k: np.reshape(k.T, (dim, 1, p, p))),
+        "patch_embed.proj.bias": _Param(backbone.patch_embed.proj.bias),
+        "cls_token": _Param(tokens.cls_token),
+        "pos_embed": _Param(tokens.pos_embed, to_keras=lambda w: w[0], to_official=lambda w: w[None]),
+    }
+    if backbone.pre_norm is not None:
+        params.update(_layer_norm("pre_norm", backbone.pre_norm))
+    for i, block in enumerate(backbone.blocks):
+        name = f"blocks.{i}"
+        params.update(_layer_norm(f"{name}.norm1", block.norm1))
+        params.update(_layer_norm(f"{name}.norm2", block.norm2))
+        params.update(_linear(f"{name}.attn.qkv", block.attn.qkv))
+        if block.attn.gate is not None:
+            params.update(_linear(f"{name}.attn.gate", block.attn.gate))
+        params.update(_linear(f"{name}.attn.proj", block.attn.proj))
+        params.update(_linear(f"{name}.mlp.fc1", block.fc1))
+        params.update(_linear(f"{name}.mlp.fc2", block.fc2))
+    return params
+
+
+# --- Reading checkpoints ---------------------------------------------------------
+
+
+def _to_numpy(value):
+    if isinstance(value, np.ndarray):
+        return value
+    if hasattr(value, "detach"):  # torch.Tensor, possibly bfloat16
+        return value.detach().cpu().float().numpy()
+    return np.asarray(value)
+
+
+def _load_torch(path):
+    try:
+        import torch
+    except ImportError as error:
+        raise ImportError(
+            f"Reading the PyTorch checkpoint {path!r} needs torch: `pip install torch`, or "
+            "convert it to safetensors first.") from error
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"Could not read the PyTorch checkpoint {path!r}: {error}") from error
+
+
+def read_state_dict(source, checkpoint_key=None):
+    """Reads a flat `{name: array}` state dict from a file, folder or dict.
+
+    Args:
+        source: a dict of arrays or tensors; a `.safetensors` file; a PyTorch
+            checkpoint (`.pt`, `.pth`, `.ckpt`, `.bin`); or a folder holding
+            `model.safetensors`.
+        checkpoint_key: str or `None`, the entry of a nested checkpoint to
+            read, e.g. `"ema_encoder"` (the EMA teacher of the official
+            pretraining checkpoint). `None` picks the first of `encoder`,
+            `model`, `state_dict` that exists, else the top level.
+
+    Returns:
+        Dict `name -> float32 NumPy array`.
+    """
+    if isinstance(source, dict):
+        state = source
+    else:
+        path = os.fspath(source)
+        if os.path.isdir(path):
+            path = os.path.join(path, WEIGHTS_FILE)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"No checkpoint file at {path!r}.")
+        if path.endswith(".safetensors"):
+            from safetensors.numpy import load_file
+
+            try:
+                state = load_file(path)
+            except Exception as error:
+                raise ValueError(f"Could not read the safetensors file {path!r}: {error}") from error
+        else:
+            state = _load_torch(path)
+    if not isinstance(state, dict):
+        raise ValueError(f"Expected a state dict (a mapping of names to arrays); got {type(state).__name__}.")
+    if checkpoint_key is not None:
+        if checkpoint_key not in state:
+            raise KeyError(
+                f"The checkpoint has no entry {checkpoint_key!r}; its entries are {sorted(state)}.")
+        state = state[checkpoint_key]
+    else:
+        for entry in ENCODER_ENTRIES:
+            if isinstance(state.get(entry), dict):
+                state = state[entry]
+                break
+    return {name: _to_numpy(value) for name, value in state.items() if not isinstance(value, dict)
+            and hasattr(value, "shape")}
+
+
+def _choose_prefix(state, expected):
+    best, best_hits = None, -1
+    for prefix in KNOWN_PREFIXES:
+        hits = sum(prefix + name in state for name in expected)
+        if hits == len(expected):
+            return prefix
+        if hits > best_hits:
+            best, best_hits = prefix, hits
+    return best
+
+
+def _check_config(backbone, directory):
+    config_path = os.path.join(directory, CONFIG_FILE)
+    if not os.path.isfile(config_path):
+        return
+    with open(config_path) as f:
+        config = json.load(f)
+    mine = backbone.get_config()
+    differences = [f"{key}: checkpoint {config[key]!r} vs model {mine[key]!r}"
+                   for key in _ARCHITECTURE_KEYS if key in config and config[key] != mine[key]]
+    if differences:
+        raise ValueError(
+            f"The checkpoint in {directory!r} was made for another architecture:\n  "
+            + "\n  ".join(differences))
+
+
+def load_official_weights(backbone, source, prefix=None, checkpoint_key=None, skip_unexpected=False):
+    """Loads official BAT encoder weights into a `BATBackbone`.
+
+    Every backbone variable must be found with the right shape; otherwise
+    nothing is assigned and the error lists each offending key and shape.
+
+    Args:
+        backbone: a `keras_bat.models.BATBackbone`.
+        source: a `.safetensors` file, an official PyTorch checkpoint (`.pt`;
+            the official pretraining checkpoint holds `encoder`, the student,
+            and `ema_encoder`, the teacher), a folder with `model.safetensors`
+            (and optionally `config.json`, checked against the backbone), or a
+            dict of arrays.
+        prefix: str or `None`, the prefix of the encoder's keys (e.g.
+            `"student.encoder."`); `None` tries the usual ones.
+        checkpoint_key: str or `None`, nested entry to read, e.g.
+            `"ema_encoder"`; see `read_state_dict`.
+        skip_unexpected: bool, ignore keys under the prefix that the backbone
+            does not have (e.g. a finetuned model's `head.*`). Defaults to
+            `False`, which raises.
+
+    Returns:
+        The backbone, for chaining.
+    """
+    if not isinstance(source, dict) and os.path.isdir(os.fspath(source)):
+        _check_config(backbone, os.fspath(source))
+    state = read_state_dict(source, checkpoint_key)
+    expected = backbone_parameters(backbone)
+    if prefix is None:
+        prefix = _choose_prefix(state, expected)
+    problems = []
+    missing = [name for name in expected if prefix + name not in state]
+    if missing:
+        problems.append(f"missing keys (prefix {prefix!r}): {missing}")
+    for name, param in expected.items():
+        key = prefix + name
+        if key in state and tuple(state[key].shape) != tuple(param.official_shape()):
+            problems.append(f"shape mismatch for {key!r}: checkpoint {tuple(state[key].shape)} "
+                            f"vs model {tuple(param.official_shape())}")
+    unexpected = sorted(key for key in state if key.startswith(prefix)
+                        and key[len(prefix):] not in expected)
+    if unexpected and not skip_unexpected:
+        problems.append(f"unexpected keys (pass skip_unexpected=True to ignore them): {unexpected}")
+    if problems:
+        raise ValueError("The checkpoint does not fit this BATBackbone:\n  " + "\n  ".join(problems))
+    for name, param in expected.items():
+        value = param.to_keras(state[prefix + name])
+        param.variable.assign(value.astype(param.variable.dtype))
+    return backbone
+
+
+def save_official_weights(backbone, path):
+    """Writes the backbone's weights to `path` as safetensors with official names."""
+    from safetensors.numpy import save_file
+
+    tensors = {}
+    for name, param in backbone_parameters(backbone).items():
+        value = np.asarray(param.variable.numpy(), dtype="float32")
+        # C order matters: save_file writes the raw buffer and ignores strides.
+        tensors[name] = np.array(param.to_official(value), order="C")
+    save_file(tensors, os.fspath(path))

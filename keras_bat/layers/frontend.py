@@ -1,0 +1,304 @@
+"""Audio frontends: waveform -> log-mel spectrogram, in keras.ops only.
+
+Filter banks and windows are built once in NumPy; the layers only run
+keras.ops at call time, so they work on every backend and under jit.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+# Filter banks and windows in NumPy --------------------------------------------
+
+
+def htk_mel_filter_bank(num_freqs, num_mels, sample_rate, f_min=0.0, f_max=None):
+    """Triangular HTK-scale mel filter bank without area normalisation.
+
+    Args:
+        num_freqs: int, number of linear frequency bins (`n_fft // 2 + 1`).
+        num_mels: int, number of mel bands.
+        sample_rate: int, sample rate in Hz.
+        f_min: float, lowest band edge in Hz. Defaults to `0.0`.
+        f_max: float, highest band edge in Hz. Defaults to `sample_rate / 2`.
+
+    Returns:
+        float32 array `(num_freqs, num_mels)`.
+    """
+    f_max = sample_rate / 2 if f_max is None else f_max
+    all_freqs = np.linspace(0, sample_rate // 2, num_freqs)
+
+    def hz_to_mel(f):
+        return 2595.0 * np.log10(1.0 + f / 700.0)
+
+    def mel_to_hz(m):
+        return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
+
+    mel_points = np.linspace(hz_to_mel(f_min), hz_to_mel(f_max), num_mels + 2)
+    hz_points = mel_to_hz(mel_points)
+    widths = np.diff(hz_points)  # num_mels + 1
+    slopes = hz_points[None, :] - all_freqs[:, None]  # F, num_mels + 2
+    rising = -slopes[:, :-2] / widths[:-1]
+    falling = slopes[:, 2:] / widths[1:]
+    return np.maximum(0.0, np.minimum(rising, falling)).astype("float32")
+
+
+def kaldi_mel_filter_bank(num_mels, padded_window_size, sample_rate, low_freq=20.0, high_freq=0.0):
+    """Kaldi's mel filter bank (`mel = 1127 ln(1 + f / 700)`), padded to `n/2 + 1` bins.
+
+    Args:
+        num_mels: int, number of mel bins.
+        padded_window_size: int, FFT length.
+        sample_rate: int, sample rate in Hz.
+        low_freq: float, lowest band edge in Hz. Defaults to `20.0`.
+        high_freq: float, highest band edge; `<= 0` counts back from Nyquist.
+
+    Returns:
+        float32 array `(padded_window_size // 2 + 1, num_mels)`.
+    """
+    # Computed in float32 like Kaldi and torchaudio: narrow low bands cover few
+    # FFT bins, so float64 weights would shift them by up to 1e-5.
+    nyquist = 0.5 * sample_rate
+    high_freq = high_freq if high_freq > 0 else nyquist + high_freq
+    f32 = np.float32
+
+    def mel(f):
+        return f32(1127.0) * np.log(f32(1.0) + f / f32(700.0))
+
+    mel_low = float(1127.0 * np.log(1.0 + low_freq / 700.0))
+    mel_high = float(1127.0 * np.log(1.0 + high_freq / 700.0))
+    delta = f32((mel_high - mel_low) / (num_mels + 1))
+    band = np.arange(num_mels, dtype=f32)[:, None]
+    left = f32(mel_low) + band * delta
+    center = f32(mel_low) + (band + f32(1.0)) * delta
+    right = f32(mel_low) + (band + f32(2.0)) * delta
+    bin_width = f32(sample_rate / padded_window_size)
+    bin_mels = mel(bin_width * np.arange(padded_window_size // 2, dtype=f32))[None, :]
+    rising = (bin_mels - left) / (center - left)
+    falling = (right - bin_mels) / (right - center)
+    banks = np.maximum(f32(0.0), np.minimum(rising, falling))  # num_mels, num_fft_bins
+    banks = np.pad(banks, ((0, 0), (0, 1)))  # the Nyquist bin gets no weight
+    return banks.T.astype("float32")
+
+
+def hann_window(length, periodic=True):
+    """Hann window as float32 NumPy array (periodic by default, as in STFTs)."""
+    n = np.arange(length, dtype="float64")
+    denominator = length if periodic else length - 1
+    return (0.5 - 0.5 * np.cos(2.0 * np.pi * n / denominator)).astype("float32")
+
+
+def _check_waveforms(waveforms, min_samples, layer_name):
+    shape = tuple(waveforms.shape)
+    if len(shape) != 2:
+        raise ValueError(
+            f"{layer_name} expects waveforms of shape (batch, samples). "
+            f"Received shape: {shape}"
+        )
+    if shape[1] is not None and shape[1] < min_samples:
+        raise ValueError(
+            f"{layer_name} needs at least {min_samples} samples per waveform. "
+            f"Received shape: {shape}"
+        )
+
+
+def fit_frames(spectrogram, time_frames):
+    """Zero-pads or crops the time axis of `(batch, frames, bins)` to `time_frames`."""
+    frames = spectrogram.shape[1]
+    if time_frames is None or frames == time_frames:
+        return spectrogram
+    if frames > time_frames:
+        return spectrogram[:, :time_frames, :]
+    return ops.pad(spectrogram, [[0, 0], [0, time_frames - frames], [0, 0]])
+
+
+# Layers -------------------------------------------------------------------------
+
+
+@keras.saving.register_keras_serializable(package="keras_bat")
+class LogMelSpectrogram(keras.layers.Layer):
+    """BAT's frontend: per-clip min-max normalised log-mel spectrogram.
+
+    Power STFT (periodic Hann window, centred with reflect padding) -> HTK
+    mel filter bank -> decibels clamped at each clip's own maximum minus
+    `top_db` -> per-clip min-max scaling to [0, 1] -> optional zero-pad or crop
+    of the time axis. An all-zero clip maps to all zeros.
+
+    Args:
+        sample_rate: int, sample rate of the input in Hz. Defaults to `16000`.
+        n_fft: int, FFT and window length in samples. Defaults to `1024`.
+        hop_length: int, hop between frames in samples. Defaults to `160`.
+        num_mels: int, number of mel bands. Defaults to `128`.
+        top_db: float, dynamic range kept below each clip's maximum, in dB.
+            Defaults to `80.0`.
+        time_frames: int or `None`, pad or crop the output to this many
+            frames (after normalisation). Defaults to `None` (keep all).
+        f_min: float, lowest mel band edge in Hz. Defaults to `0.0`.
+        f_max: float or `None`, highest band edge. Defaults to Nyquist.
+
+    Call arguments:
+        waveforms: float tensor `(batch, samples)`.
+
+    Returns:
+        float32 tensor `(batch, frames, num_mels)` with
+        `frames = 1 + samples // hop_length` (or `time_frames`).
+    """
+
+    def __init__(self, sample_rate=16000, n_fft=1024, hop_length=160, num_mels=128,
+                 top_db=80.0, time_frames=None, f_min=0.0, f_max=None, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        for name, value in (("sample_rate", sample_rate), ("n_fft", n_fft),
+                            ("hop_length", hop_length), ("num_mels", num_mels)):
+            if int(value) != value or value <= 0:
+                raise ValueError(f"`{name}` must be a positive integer. Received: {value!r}")
+        if time_frames is not None and (int(time_frames) != time_frames or time_frames <= 0):
+            raise ValueError(f"`time_frames` must be None or a positive integer. Received: {time_frames!r}")
+        self.sample_rate = int(sample_rate)
+        self.n_fft = int(n_fft)
+        self.hop_length = int(hop_length)
+        self.num_mels = int(num_mels)
+        self.top_db = None if top_db is None else float(top_db)
+        self.time_frames = None if time_frames is None else int(time_frames)
+        self.f_min = float(f_min)
+        self.f_max = None if f_max is None else float(f_max)
+        self._window = hann_window(self.n_fft)
+        self._filter_bank = htk_mel_filter_bank(
+            self.n_fft // 2 + 1, self.num_mels, self.sample_rate, self.f_min, self.f_max)
+
+    def call(self, waveforms):
+        _check_waveforms(waveforms, self.n_fft // 2 + 1, self.__class__.__name__)
+        waveforms = ops.cast(waveforms, "float32")
+        real, imag = ops.stft(waveforms, self.n_fft, self.hop_length, self.n_fft,
+                              window=self._window, center=True)
+        power = real * real + imag * imag  # B, frames, n_fft // 2 + 1
+        mel = ops.matmul(power, ops.convert_to_tensor(self._filter_bank))  # B, frames, mels
+        db = 10.0 * ops.log10(ops.maximum(mel, 1e-10))
+        if self.top_db is not None:
+            floor = ops.max(db, axis=(1, 2), keepdims=True) - self.top_db
+            db = ops.maximum(db, floor)
+        low = ops.min(db, axis=(1, 2), keepdims=True)
+        high = ops.max(db, axis=(1, 2), keepdims=True)
+        value_range = high - low
+        # A constant clip (silence) has range 0 and maps to zeros. The explicit
+        # guard keeps graph optimisers, which may reorder `high - low + 1e-8`
+        # into `(high + 1e-8) - low == 0`, from turning silence into 0 / 0.
+        spectrogram = (db - low) / ops.where(value_range > 0, value_range + 1e-8, 1.0)
+        return fit_frames(spectrogram, self.time_frames)
+
+    def num_frames(self, num_samples):
+        """Frames produced for `num_samples` samples, before padding or cropping."""
+        return 1 + num_samples // self.hop_length
+
+    def compute_output_shape(self, input_shape):
+        frames = self.time_frames
+        if frames is None and input_shape[1] is not None:
+            frames = self.num_frames(input_shape[1])
+        return (input_shape[0], frames, self.num_mels)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "sample_rate": self.sample_rate, "n_fft": self.n_fft,
+            "hop_length": self.hop_length, "num_mels": self.num_mels,
+            "top_db": self.top_db, "time_frames": self.time_frames,
+            "f_min": self.f_min, "f_max": self.f_max,
+        })
+        return config
+
+
+# Normalisation statistics of AudioSet used by the EAT / SSLAM / AST checkpoints.
+AUDIOSET_FBANK_MEAN = -10.685920220841732
+AUDIOSET_FBANK_STD = 2.061649722538243
+
+
+@keras.saving.register_keras_serializable(package="keras_bat")
+class KaldiFbank(keras.layers.Layer):
+    """Legacy frontend of EAT / SSLAM / BEATs checkpoints: Kaldi log-mel fbank.
+
+    Matches Kaldi's `compute-fbank-feats` (as in `torchaudio.compliance.kaldi
+    .fbank` with `htk_compat=True`, Hanning window, no dither, no energy):
+    the waveform's mean is removed, then per frame the DC offset, a 0.97
+    pre-emphasis, a symmetric Hann window, a zero-padded power FFT, Kaldi's mel
+    bank (20 Hz to Nyquist) and the natural log. The result is normalised as
+    `(fbank - mean) / (2 * std)` with dataset statistics.
+
+    Args:
+        sample_rate: int, sample rate in Hz. Defaults to `16000`.
+        num_mels: int, number of mel bins. Defaults to `128`.
+        frame_length_ms: float, window length in ms. Defaults to `25.0`.
+        frame_shift_ms: float, hop in ms. Defaults to `10.0`.
+        preemphasis: float, pre-emphasis coefficient. Defaults to `0.97`.
+        low_freq: float, lowest mel edge in Hz. Defaults to `20.0`.
+        mean: float or `None`, normalisation mean (AudioSet's by default);
+            `None` returns the raw log fbank.
+        std: float, normalisation standard deviation (AudioSet's by default).
+        time_frames: int or `None`, pad or crop the output to this many frames.
+
+    Call arguments:
+        waveforms: float tensor `(batch, samples)`.
+
+    Returns:
+        float32 tensor `(batch, frames, num_mels)`.
+    """
+
+    def __init__(self, sample_rate=16000, num_mels=128, frame_length_ms=25.0,
+                 frame_shift_ms=10.0, preemphasis=0.97, low_freq=20.0,
+                 mean=AUDIOSET_FBANK_MEAN, std=AUDIOSET_FBANK_STD, time_frames=None, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        if std is not None and std <= 0:
+            raise ValueError(f"`std` must be positive. Received: {std!r}")
+        self.sample_rate = int(sample_rate)
+        self.num_mels = int(num_mels)
+        self.frame_length_ms = float(frame_length_ms)
+        self.frame_shift_ms = float(frame_shift_ms)
+        self.preemphasis = float(preemphasis)
+        self.low_freq = float(low_freq)
+        self.mean = None if mean is None else float(mean)
+        self.std = None if std is None else float(std)
+        self.time_frames = None if time_frames is None else int(time_frames)
+        self.window_length = int(self.sample_rate * self.frame_length_ms / 1000)
+        self.hop_length = int(self.sample_rate * self.frame_shift_ms / 1000)
+        self.fft_length = 1 << (self.window_length - 1).bit_length()  # next power of two
+        self._window = hann_window(self.window_length, periodic=False)
+        self._filter_bank = kaldi_mel_filter_bank(
+            self.num_mels, self.fft_length, self.sample_rate, self.low_freq)
+
+    def num_frames(self, num_samples):
+        """Frames produced for `num_samples` samples (Kaldi's snip-edges rule)."""
+        return 1 + (num_samples - self.window_length) // self.hop_length
+
+    def call(self, waveforms):
+        _check_waveforms(waveforms, self.window_length, self.__class__.__name__)
+        waveforms = ops.cast(waveforms, "float32")
+        waveforms = waveforms - ops.mean(waveforms, axis=1, keepdims=True)
+        num_frames = self.num_frames(waveforms.shape[1])
+        starts = np.arange(num_frames)[:, None] * self.hop_length
+        frame_index = starts + np.arange(self.window_length)[None, :]  # frames, window
+        frames = ops.take(waveforms, frame_index, axis=1)  # B, frames, window
+        frames = frames - ops.mean(frames, axis=-1, keepdims=True)
+        previous = ops.concatenate([frames[..., :1], frames[..., :-1]], axis=-1)
+        frames = (frames - self.preemphasis * previous) * self._window
+        real, imag = ops.rfft(frames, fft_length=self.fft_length)
+        power = real * real + imag * imag  # B, frames, fft_length // 2 + 1
+        mel = ops.matmul(power, ops.convert_to_tensor(self._filter_bank))
+        fbank = ops.log(ops.maximum(mel, np.finfo("float32").eps))
+        if self.mean is not None:
+            fbank = (fbank - self.mean) / (2.0 * self.std)
+        return fit_frames(fbank, self.time_frames)
+
+    def compute_output_shape(self, input_shape):
+        frames = self.time_frames
+        if frames is None and input_shape[1] is not None:
+            frames = self.num_frames(input_shape[1])
+        return (input_shape[0], frames, self.num_mels)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "sample_rate": self.sample_rate, "num_mels": self.num_mels,
+            "frame_length_ms": self.frame_length_ms, "frame_shift_ms": self.frame_shift_ms,
+            "preemphasis": self.preemphasis, "low_freq": self.low_freq,
+            "mean": self.mean, "std": self.std, "time_frames": self.time_frames,
+        })
+        return config

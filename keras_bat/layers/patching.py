@@ -1,0 +1,236 @@
+"""Spectrogram patches, time chunks and the class token.
+
+BAT sees at most `chunk_time_patches` time patches at once (64 = 10.24 s):
+longer inputs are cut into chunks along time, each with its own class token
+and the same position table, and the chunk outputs are put back together
+(class tokens averaged, patch tokens concatenated along time). Here all chunks
+of a batch run as one larger batch; a shorter last chunk is zero-padded and
+its padding is masked out of the attention keys, which equals running it on
+its own.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_bat.layers.position import sincos_position_table
+
+
+def _static_length(tensor, axis, what):
+    length = tensor.shape[axis]
+    if length is None:
+        raise ValueError(
+            f"BAT needs a known number of {what} when it is traced. Received a tensor "
+            f"of shape {tuple(tensor.shape)}; pad or crop clips to a fixed number of "
+            "frames (e.g. `LogMelSpectrogram(time_frames=...)`)."
+        )
+    return length
+
+
+@keras.saving.register_keras_serializable(package="keras_bat")
+class PatchEmbedding(keras.layers.Layer):
+    """Cuts a spectrogram into non-overlapping square patches and projects them.
+
+    Equal to the reference's strided `Conv2d(1, dim, patch, stride=patch)`,
+    computed as one matrix product over flattened `(time, freq)` patches.
+
+    Args:
+        dim: int, token width.
+        patch_size: int, patch side in frames and mel bins. Defaults to `16`.
+        num_mels: int, expected number of mel bins. Defaults to `128`.
+
+    Call arguments:
+        spectrogram: tensor `(batch, frames, num_mels)`, `frames` a multiple
+            of `patch_size`.
+
+    Returns:
+        Tensor `(batch, frames // patch_size, num_mels // patch_size, dim)`.
+    """
+
+    def __init__(self, dim, patch_size=16, num_mels=128, **kwargs):
+        super().__init__(**kwargs)
+        if num_mels % patch_size:
+            raise ValueError(
+                f"`num_mels` must be a multiple of `patch_size`. Received: num_mels={num_mels}, "
+                f"patch_size={patch_size}")
+        self.dim = dim
+        self.patch_size = patch_size
+        self.num_mels = num_mels
+        self.proj = keras.layers.Dense(dim, name="proj", dtype=self.dtype_policy)
+
+    def build(self, input_shape):
+        self.proj.build((None, self.patch_size * self.patch_size))
+        self.built = True
+
+    def _check(self, shape):
+        if len(shape) != 3:
+            raise ValueError(
+                f"Expected a spectrogram of shape (batch, frames, {self.num_mels}). "
+                f"Received shape: {tuple(shape)}")
+        if shape[2] is not None and shape[2] != self.num_mels:
+            raise ValueError(
+                f"Expected {self.num_mels} mel bins in the last axis. Received shape: {tuple(shape)}")
+        if shape[1] is not None and shape[1] % self.patch_size:
+            raise ValueError(
+                f"The number of frames must be a multiple of the patch size {self.patch_size}. "
+                f"Received shape: {tuple(shape)} ({shape[1]} frames); pad or crop the "
+                "spectrogram, e.g. with `LogMelSpectrogram(time_frames=...)`.")
+
+    def call(self, spectrogram):
+        self._check(spectrogram.shape)
+        p = self.patch_size
+        frames = _static_length(spectrogram, 1, "frames")
+        time_patches, freq_patches = frames // p, self.num_mels // p
+        x = ops.reshape(spectrogram, (-1, time_patches, p, freq_patches, p))
+        x = ops.transpose(x, (0, 1, 3, 2, 4))  # B, Tp, Fp, p_time, p_freq
+        x = ops.reshape(x, (-1, time_patches, freq_patches, p * p))
+        return self.proj(x)  # B, Tp, Fp, D
+
+    def compute_output_shape(self, input_shape):
+        self._check(input_shape)
+        frames = input_shape[1]
+        return (input_shape[0], None if frames is None else frames // self.patch_size,
+                self.num_mels // self.patch_size, self.dim)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"dim": self.dim, "patch_size": self.patch_size, "num_mels": self.num_mels})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_bat")
+class ChunkTokens(keras.layers.Layer):
+    """Splits a patch grid into time chunks, adds positions and a class token.
+
+    Args:
+        dim: int, token width.
+        freq_patches: int, frequency patches per time step (8 for 128 mels).
+        chunk_time_patches: int, time patches per chunk. Defaults to `64`.
+        patch_size: int, frames per time patch (to read a frame mask). Defaults to `16`.
+
+    Call arguments:
+        patch_grid: tensor `(batch, time_patches, freq_patches, dim)`.
+        padding_mask: optional tensor `(batch, frames)`, true for real frames;
+            a time patch is kept when any of its frames is real.
+
+    Returns:
+        Dict with `tokens` `(batch * chunks, 1 + chunk_len * freq_patches, dim)`
+        (class token first, patches time-major), `key_mask` of the same
+        leading shape (true for tokens to attend to), and `chunk_weights`
+        `(batch, chunks)` (1 for chunks holding any real patch).
+    """
+
+    def __init__(self, dim, freq_patches, chunk_time_patches=64, patch_size=16, **kwargs):
+        super().__init__(**kwargs)
+        self.dim = dim
+        self.freq_patches = freq_patches
+        self.chunk_time_patches = chunk_time_patches
+        self.patch_size = patch_size
+
+    def build(self, input_shape):
+        self.cls_token = self.add_weight(
+            shape=(1, 1, self.dim), initializer=keras.initializers.RandomNormal(stddev=0.02),
+            name="cls_token")
+        table = sincos_position_table(self.dim, self.freq_patches, self.chunk_time_patches)
+        self.pos_embed = self.add_weight(
+            shape=table.shape, initializer=keras.initializers.Constant(table),
+            trainable=False, name="pos_embed")
+        self.built = True
+
+    def _layout(self, time_patches):
+        chunk_len = min(time_patches, self.chunk_time_patches)
+        num_chunks = -(-time_patches // chunk_len)
+        return chunk_len, num_chunks
+
+    def call(self, patch_grid, padding_mask=None):
+        time_patches = _static_length(patch_grid, 1, "time patches")
+        chunk_len, num_chunks = self._layout(time_patches)
+        pad = chunk_len * num_chunks - time_patches
+        f, d = self.freq_patches, self.dim
+
+        valid = np.arange(chunk_len * num_chunks) < time_patches  # Tc, static
+        valid = ops.convert_to_tensor(valid[None, :])  # 1, Tc
+        if padding_mask is not None:
+            frames = ops.cast(padding_mask, "float32")[:, : time_patches * self.patch_size]
+            frames = ops.reshape(frames, (-1, time_patches, self.patch_size))
+            real = ops.max(frames, axis=-1) > 0  # B, Tp
+            real = ops.pad(real, [[0, 0], [0, pad]], constant_values=False)
+            valid = ops.logical_and(valid, real)  # B, Tc
+
+        x = ops.pad(patch_grid, [[0, 0], [0, pad], [0, 0], [0, 0]])
+        x = ops.reshape(x, (-1, chunk_len * f, d))  # B * chunks, chunk_len * F, D
+        x = x + ops.cast(self.pos_embed[None, : chunk_len * f], x.dtype)
+        cls = ops.broadcast_to(ops.cast(self.cls_token, x.dtype), (ops.shape(x)[0], 1, d))
+        tokens = ops.concatenate([cls, x], axis=1)
+
+        valid = ops.reshape(valid, (-1, num_chunks, chunk_len))  # B, chunks, chunk_len
+        patch_keys = ops.repeat(ops.reshape(valid, (-1, chunk_len)), f, axis=1)
+        key_mask = ops.concatenate([ops.ones_like(patch_keys[:, :1]), patch_keys], axis=1)
+        key_mask = ops.broadcast_to(key_mask, (ops.shape(tokens)[0], 1 + chunk_len * f))
+        chunk_weights = ops.cast(ops.any(valid, axis=-1), "float32")
+        chunk_weights = ops.broadcast_to(chunk_weights, (ops.shape(patch_grid)[0], num_chunks))
+        return {"tokens": tokens, "key_mask": key_mask, "chunk_weights": chunk_weights}
+
+    def compute_output_shape(self, input_shape, padding_mask_shape=None):
+        time_patches = input_shape[1]
+        if time_patches is None:
+            tokens, chunks = None, None
+        else:
+            chunk_len, chunks = self._layout(time_patches)
+            tokens = 1 + chunk_len * self.freq_patches
+        return {"tokens": (None, tokens, self.dim), "key_mask": (None, tokens),
+                "chunk_weights": (input_shape[0], chunks)}
+
+    def compute_output_spec(self, patch_grid, padding_mask=None):
+        shapes = self.compute_output_shape(patch_grid.shape)
+        dtypes = {"tokens": patch_grid.dtype, "key_mask": "bool", "chunk_weights": "float32"}
+        return {k: keras.KerasTensor(shapes[k], dtype=dtypes[k]) for k in shapes}
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"dim": self.dim, "freq_patches": self.freq_patches,
+                       "chunk_time_patches": self.chunk_time_patches, "patch_size": self.patch_size})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_bat")
+class MergeChunks(keras.layers.Layer):
+    """Puts per-block chunk outputs back together into per-clip features.
+
+    Call arguments:
+        block_outputs: list of `depth` tensors `(batch * chunks, 1 + tokens, dim)`.
+        patch_grid: the tensor `(batch, time_patches, freq_patches, dim)` the
+            chunks came from (read for its shape).
+        chunk_weights: tensor `(batch, chunks)`, weights of each chunk's class
+            token in the average.
+
+    Returns:
+        Dict with `cls_tokens` `(batch, depth, dim)` and `patch_tokens`
+        `(batch, depth, time_patches, freq_patches, dim)`.
+    """
+
+    def call(self, block_outputs, patch_grid, chunk_weights):
+        depth = len(block_outputs)
+        time_patches = _static_length(patch_grid, 1, "time patches")
+        _, freq_patches, dim = patch_grid.shape[1:]
+        num_chunks = chunk_weights.shape[1]
+        x = ops.stack(block_outputs, axis=1)  # B * chunks, L, 1 + tokens, D
+        x = ops.reshape(x, (-1, num_chunks, depth, x.shape[2], dim))  # B, chunks, L, 1 + tokens, D
+        weights = ops.cast(chunk_weights, x.dtype)[:, :, None, None]  # B, chunks, 1, 1
+        cls_tokens = ops.sum(x[:, :, :, 0] * weights, axis=1) / ops.maximum(
+            ops.sum(weights, axis=1), 1.0)  # B, L, D
+        patches = ops.reshape(x[:, :, :, 1:], (-1, num_chunks, depth, x.shape[3] // freq_patches,
+                                               freq_patches, dim))
+        patches = ops.transpose(patches, (0, 2, 1, 3, 4, 5))  # B, L, chunks, chunk_len, F, D
+        patches = ops.reshape(patches, (-1, depth, patches.shape[2] * patches.shape[3],
+                                        freq_patches, dim))[:, :, :time_patches]
+        return {"cls_tokens": cls_tokens, "patch_tokens": patches}
+
+    def compute_output_spec(self, block_outputs, patch_grid, chunk_weights):
+        batch, time_patches, freq_patches, dim = patch_grid.shape
+        depth = len(block_outputs)
+        dtype = block_outputs[0].dtype
+        return {
+            "cls_tokens": keras.KerasTensor((batch, depth, dim), dtype=dtype),
+            "patch_tokens": keras.KerasTensor((batch, depth, time_patches, freq_patches, dim), dtype=dtype),
+        }

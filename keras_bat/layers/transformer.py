@@ -1,0 +1,201 @@
+"""Gated self-attention and the BAT transformer block."""
+
+import keras
+from keras import ops
+
+from keras_bat.ops import gated_attention
+
+
+@keras.saving.register_keras_serializable(package="keras_bat")
+class DropPath(keras.layers.Layer):
+    """Stochastic depth: drops a whole residual branch per example in training.
+
+    Args:
+        rate: float, probability of dropping the branch. Defaults to `0.0`.
+        seed: int or `None`, seed of the layer's random generator.
+    """
+
+    def __init__(self, rate=0.0, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"`rate` must be in [0, 1). Received: {rate!r}")
+        self.rate = float(rate)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed) if rate > 0 else None
+
+    def call(self, inputs, training=None):
+        if not training or self.rate == 0.0:
+            return inputs
+        keep = 1.0 - self.rate
+        shape = (ops.shape(inputs)[0],) + (1,) * (len(inputs.shape) - 1)
+        draw = keras.random.uniform(shape, seed=self.seed_generator, dtype=inputs.dtype)
+        return inputs * ops.cast(draw < keep, inputs.dtype) / keep
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"rate": self.rate, "seed": self.seed})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_bat")
+class GatedSelfAttention(keras.layers.Layer):
+    """Multi-head self-attention whose output is gated by `sigmoid(W_g x + b_g)`.
+
+    `out = proj(softmax(q k^T / sqrt(d)) v * sigmoid(gate(x)))`, BAT's attention.
+
+    Args:
+        dim: int, token width.
+        num_heads: int, number of heads (`dim` must divide evenly).
+        use_gate: bool, apply the sigmoid output gate. Defaults to `True`.
+        qkv_bias: bool, bias in the query/key/value projection. Defaults to `True`.
+        dropout: float, dropout after the output projection. Defaults to `0.0`.
+        use_kernels: `None`, `True` or `False`, see `keras_bat.ops.gated_attention`.
+
+    Call arguments:
+        tokens: tensor `(batch, tokens, dim)`.
+        key_mask: optional boolean tensor `(batch, tokens)`; `False` tokens are
+            not attended to (their own outputs are still computed).
+        key_offset: int, the first `key_offset` tokens are queries only (not
+            keys), as for visual query tokens. Defaults to `0`.
+    """
+
+    def __init__(self, dim, num_heads, use_gate=True, qkv_bias=True, dropout=0.0,
+                 use_kernels=None, **kwargs):
+        super().__init__(**kwargs)
+        if dim % num_heads:
+            raise ValueError(
+                f"`dim` must be divisible by `num_heads`. Received: dim={dim}, num_heads={num_heads}")
+        self.dim = dim
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.use_gate = use_gate
+        self.qkv_bias = qkv_bias
+        self.dropout = dropout
+        self.use_kernels = use_kernels
+        dense = dict(dtype=self.dtype_policy)
+        self.qkv = keras.layers.Dense(3 * dim, use_bias=qkv_bias, name="qkv", **dense)
+        self.gate = keras.layers.Dense(dim, name="gate", **dense) if use_gate else None
+        self.proj = keras.layers.Dense(dim, name="proj", **dense)
+        self.proj_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
+
+    def build(self, input_shape):
+        self.qkv.build(input_shape)
+        if self.gate is not None:
+            self.gate.build(input_shape)
+        self.proj.build(input_shape)
+        self.built = True
+
+    def call(self, tokens, key_mask=None, key_offset=0, training=None):
+        num_tokens = ops.shape(tokens)[1]
+        heads = (self.num_heads, self.head_dim)
+        qkv = ops.reshape(self.qkv(tokens), (-1, num_tokens, 3) + heads)  # B, N, 3, H, Dh
+        query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # B, N, H, Dh each
+        if key_offset:
+            key, value = key[:, key_offset:], value[:, key_offset:]
+            if key_mask is not None:
+                key_mask = key_mask[:, key_offset:]
+        gate = None
+        if self.gate is not None:
+            gate = ops.reshape(self.gate(tokens), (-1, num_tokens) + heads)
+        out = gated_attention(query, key, value, gate=gate, key_mask=key_mask,
+                              use_kernels=self.use_kernels)
+        out = ops.reshape(out, (-1, num_tokens, self.dim))
+        return self.proj_dropout(self.proj(out), training=training)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "dim": self.dim, "num_heads": self.num_heads, "use_gate": self.use_gate,
+            "qkv_bias": self.qkv_bias, "dropout": self.dropout, "use_kernels": self.use_kernels,
+        })
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_bat")
+class TransformerBlock(keras.layers.Layer):
+    """BAT's transformer block: gated attention and a GELU MLP, post-norm by default.
+
+    Post-norm (BAT): `x = LN1(x + attn(x)); x = LN2(x + mlp(x))`.
+    Pre-norm (`norm_first=True`): `x = x + attn(LN1(x)); x = x + mlp(LN2(x))`.
+
+    Args:
+        dim: int, token width.
+        num_heads: int, number of attention heads.
+        mlp_ratio: float, MLP hidden width as a multiple of `dim`. Defaults to `4.0`.
+        use_gate: bool, sigmoid-gated attention. Defaults to `True`.
+        qkv_bias: bool, bias in the query/key/value projection. Defaults to `True`.
+        dropout: float, dropout after the attention and MLP projections.
+        drop_path: float, stochastic-depth rate of both residual branches.
+        norm_first: bool, pre-norm instead of BAT's post-norm. Defaults to `False`.
+        layer_norm_epsilon: float, LayerNorm epsilon. Defaults to `1e-6`.
+        use_kernels: `None`, `True` or `False`, see `keras_bat.ops.gated_attention`.
+
+    Call arguments:
+        tokens: tensor `(batch, tokens, dim)`.
+        key_mask: optional boolean tensor `(batch, tokens)`, see `GatedSelfAttention`.
+        key_offset: int, leading tokens that are queries only. Defaults to `0`.
+    """
+
+    def __init__(self, dim, num_heads, mlp_ratio=4.0, use_gate=True, qkv_bias=True,
+                 dropout=0.0, drop_path=0.0, norm_first=False, layer_norm_epsilon=1e-6,
+                 use_kernels=None, **kwargs):
+        super().__init__(**kwargs)
+        self.dim = dim
+        self.num_heads = num_heads
+        self.mlp_ratio = mlp_ratio
+        self.use_gate = use_gate
+        self.qkv_bias = qkv_bias
+        self.dropout = dropout
+        self.drop_path = drop_path
+        self.norm_first = norm_first
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.use_kernels = use_kernels
+        policy = dict(dtype=self.dtype_policy)
+        self.attn = GatedSelfAttention(dim, num_heads, use_gate=use_gate, qkv_bias=qkv_bias,
+                                       dropout=dropout, use_kernels=use_kernels, name="attn", **policy)
+        self.norm1 = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="norm1", **policy)
+        self.norm2 = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="norm2", **policy)
+        self.fc1 = keras.layers.Dense(int(dim * mlp_ratio), name="fc1", **policy)
+        self.fc2 = keras.layers.Dense(dim, name="fc2", **policy)
+        self.mlp_dropout = keras.layers.Dropout(dropout, **policy)
+        self.drop_path_layer = DropPath(drop_path, **policy)
+
+    def build(self, input_shape):
+        for layer in (self.attn, self.norm1, self.norm2, self.fc1):
+            layer.build(input_shape)
+        self.fc2.build(tuple(input_shape[:-1]) + (int(self.dim * self.mlp_ratio),))
+        self.built = True
+
+    def _mlp(self, tokens, training):
+        hidden = ops.gelu(self.fc1(tokens), approximate=False)
+        hidden = self.mlp_dropout(hidden, training=training)
+        return self.mlp_dropout(self.fc2(hidden), training=training)
+
+    def call(self, tokens, key_mask=None, key_offset=0, training=None):
+        def branch(output):
+            return self.drop_path_layer(output, training=training)
+
+        if self.norm_first:
+            tokens = tokens + branch(self.attn(self.norm1(tokens), key_mask=key_mask, key_offset=key_offset, training=training))
+            return tokens + branch(self._mlp(self.norm2(tokens), training))
+        tokens = self.norm1(tokens + branch(self.attn(tokens, key_mask=key_mask, key_offset=key_offset, training=training)))
+        return self.norm2(tokens + branch(self._mlp(tokens, training)))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "dim": self.dim, "num_heads": self.num_heads, "mlp_ratio": self.mlp_ratio,
+            "use_gate": self.use_gate, "qkv_bias": self.qkv_bias, "dropout": self.dropout,
+            "drop_path": self.drop_path, "norm_first": self.norm_first,
+            "layer_norm_epsilon": self.layer_norm_epsilon, "use_kernels": self.use_kernels,
+        })
+        return config

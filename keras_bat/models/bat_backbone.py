@@ -1,0 +1,204 @@
+"""BATBackbone: the BAT ViT encoder as a functional Keras model."""
+
+import json
+import os
+
+import keras
+
+from keras_bat.convert.official import WEIGHTS_FILE, load_official_weights, save_official_weights
+from keras_bat.layers.patching import ChunkTokens, MergeChunks, PatchEmbedding
+from keras_bat.layers.transformer import TransformerBlock
+from keras_bat.models.presets import BACKBONE_PRESETS
+
+CONFIG_FILE = "config.json"
+
+
+@keras.saving.register_keras_serializable(package="keras_bat")
+class BATBackbone(keras.Model):
+    """The BAT encoder: a ViT over log-mel spectrogram patches.
+
+    Spectrogram -> 16 x 16 patches (time-major) -> time chunks of at most
+    `chunk_time_patches` patches, each with sine-cosine positions and a class
+    token -> LayerNorm -> `depth` gated-attention blocks. Every block's output
+    is returned: class tokens averaged over chunks, patch tokens put back on
+    the `(time, frequency)` patch grid.
+
+    Args:
+        dim: int, token width. Defaults to `768`.
+        depth: int, number of transformer blocks. Defaults to `12`.
+        num_heads: int, attention heads. Defaults to `12`.
+        mlp_ratio: float, MLP width as a multiple of `dim`. Defaults to `4.0`.
+        patch_size: int, patch side in frames and mel bins. Defaults to `16`.
+        num_mels: int, mel bins of the input. Defaults to `128`.
+        chunk_time_patches: int, time patches per chunk (64 = 10.24 s at a
+            10 ms hop); also fixes the position table. Defaults to `64`.
+        use_gate: bool, sigmoid-gated attention (BAT); `False` for EAT/SSLAM.
+            Defaults to `True`.
+        qkv_bias: bool, bias in the query/key/value projection. Defaults to `True`.
+        pre_norm: bool, LayerNorm over `[cls; patches]` before the first block.
+            Defaults to `True`.
+        norm_first: bool, pre-norm blocks instead of BAT's post-norm ones.
+            Defaults to `False`.
+        dropout: float, dropout after attention and MLP projections. Defaults to `0.0`.
+        drop_path_rate: float, stochastic depth, rising linearly from 0 in the
+            first block to this value in the last. Defaults to `0.0`.
+        layer_norm_epsilon: float, LayerNorm epsilon. Defaults to `1e-6`.
+        use_padding_mask: bool, take a second input `padding_mask`
+            `(batch, frames)` (true for real frames); padded time patches are
+            excluded from the attention keys. Defaults to `False`.
+        use_kernels: `None`, `True` or `False`: the fused attention kernel
+            switch, see `keras_bat.ops.gated_attention`. Defaults to `None`.
+        dtype: dtype policy of the layers, e.g. `"mixed_bfloat16"`.
+
+    Inputs:
+        A spectrogram `(batch, frames, num_mels)` with `frames` a multiple of
+        `patch_size`, or with `use_padding_mask=True` a dict
+        `{"spectrogram": ..., "padding_mask": ...}`.
+
+    Outputs:
+        Dict with `cls_tokens` `(batch, depth, dim)` and `patch_tokens`
+        `(batch, depth, frames // patch_size, num_mels // patch_size, dim)`.
+
+    Example:
+    >>> backbone = BATBackbone(dim=64, depth=2, num_heads=4)
+    >>> features = backbone(np.zeros((2, 256, 128), "float32"))
+    >>> features["patch_tokens"].shape
+    (2, 2, 16, 8, 64)
+    """
+
+    def __init__(self, dim=768, depth=12, num_heads=12, mlp_ratio=4.0, patch_size=16,
+                 num_mels=128, chunk_time_patches=64, use_gate=True, qkv_bias=True,
+                 pre_norm=True, norm_first=False, dropout=0.0, drop_path_rate=0.0,
+                 layer_norm_epsilon=1e-6, use_padding_mask=False, use_kernels=None,
+                 dtype=None, **kwargs):
+        if depth < 1:
+            raise ValueError(f"`depth` must be at least 1. Received: {depth}")
+        # === Layers ===
+        freq_patches = num_mels // patch_size
+        patch_embed = PatchEmbedding(dim, patch_size, num_mels, dtype=dtype, name="patch_embed")
+        chunk_tokens = ChunkTokens(dim, freq_patches, chunk_time_patches, patch_size,
+                                   dtype=dtype, name="chunk_tokens")
+        norm = None
+        if pre_norm:
+            norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, dtype=dtype,
+                                                   name="pre_norm")
+        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        blocks = [
+            TransformerBlock(dim, num_heads, mlp_ratio=mlp_ratio, use_gate=use_gate,
+                             qkv_bias=qkv_bias, dropout=dropout, drop_path=rates[i],
+                             norm_first=norm_first, layer_norm_epsilon=layer_norm_epsilon,
+                             use_kernels=use_kernels, dtype=dtype, name=f"blocks_{i}")
+            for i in range(depth)
+        ]
+        merge_chunks = MergeChunks(dtype=dtype, name="merge_chunks")
+
+        # === Functional model ===
+        spectrogram = keras.Input(shape=(None, num_mels), name="spectrogram")
+        padding_mask = None
+        inputs = spectrogram
+        if use_padding_mask:
+            padding_mask = keras.Input(shape=(None,), name="padding_mask")
+            inputs = {"spectrogram": spectrogram, "padding_mask": padding_mask}
+        patch_grid = patch_embed(spectrogram)
+        chunks = chunk_tokens(patch_grid, padding_mask)
+        x = chunks["tokens"]
+        if norm is not None:
+            x = norm(x)
+        block_outputs = []
+        for block in blocks:
+            x = block(x, key_mask=chunks["key_mask"])
+            block_outputs.append(x)
+        outputs = merge_chunks(block_outputs, patch_grid, chunks["chunk_weights"])
+        super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)
+        self.patch_embed = patch_embed
+        self.chunk_tokens = chunk_tokens
+        self.pre_norm = norm
+        self.blocks = blocks
+        self.merge_chunks = merge_chunks
+
+        # === Config ===
+        self.dim = dim
+        self.depth = depth
+        self.num_heads = num_heads
+        self.mlp_ratio = mlp_ratio
+        self.patch_size = patch_size
+        self.num_mels = num_mels
+        self.chunk_time_patches = chunk_time_patches
+        self.use_gate = use_gate
+        self.qkv_bias = qkv_bias
+        self.use_pre_norm = pre_norm
+        self.norm_first = norm_first
+        self.dropout = dropout
+        self.drop_path_rate = drop_path_rate
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.use_padding_mask = use_padding_mask
+        self.use_kernels = use_kernels
+
+    def get_config(self):
+        return {
+            "name": self.name, "trainable": self.trainable,
+            "dim": self.dim, "depth": self.depth, "num_heads": self.num_heads,
+            "mlp_ratio": self.mlp_ratio, "patch_size": self.patch_size,
+            "num_mels": self.num_mels, "chunk_time_patches": self.chunk_time_patches,
+            "use_gate": self.use_gate, "qkv_bias": self.qkv_bias,
+            "pre_norm": self.use_pre_norm, "norm_first": self.norm_first,
+            "dropout": self.dropout, "drop_path_rate": self.drop_path_rate,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "use_padding_mask": self.use_padding_mask, "use_kernels": self.use_kernels,
+            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("dtype"), dict):
+            config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
+        return cls(**config)
+
+    # --- Presets -------------------------------------------------------------------
+
+    @classmethod
+    def presets(cls):
+        """Names of the built-in architecture presets, with their descriptions."""
+        return {name: preset["description"] for name, preset in BACKBONE_PRESETS.items()}
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **overrides):
+        """Builds a backbone from a preset name or a preset directory.
+
+        Args:
+            preset: str, a name from `BATBackbone.presets()` (architecture
+                only, randomly initialised), or a directory holding
+                `config.json` and optionally `model.safetensors` with the
+                official parameter names (as written by `save_to_preset`).
+            load_weights: bool, load `model.safetensors` from a directory
+                preset when present. Defaults to `True`.
+            **overrides: constructor arguments that replace the preset's
+                (e.g. `dropout`, `dtype`, `use_padding_mask`).
+
+        Returns:
+            A `BATBackbone`.
+        """
+        if preset in BACKBONE_PRESETS:
+            return cls(**{**BACKBONE_PRESETS[preset]["config"], **overrides})
+        if not os.path.isdir(preset):
+            raise ValueError(
+                f"Unknown preset {preset!r}: expected one of {sorted(BACKBONE_PRESETS)} or a "
+                f"directory holding {CONFIG_FILE}.")
+        config_path = os.path.join(preset, CONFIG_FILE)
+        if not os.path.isfile(config_path):
+            raise ValueError(f"Preset directory {preset!r} has no {CONFIG_FILE}.")
+        with open(config_path) as f:
+            config = json.load(f)
+        backbone = cls(**{**config, **overrides})
+        if load_weights and os.path.isfile(os.path.join(preset, WEIGHTS_FILE)):
+            load_official_weights(backbone, preset)
+        return backbone
+
+    def save_to_preset(self, directory):
+        """Writes `config.json` and `model.safetensors` (official names) to `directory`."""
+        os.makedirs(directory, exist_ok=True)
+        config = {k: v for k, v in self.get_config().items() if k not in ("name", "trainable", "dtype")}
+        with open(os.path.join(directory, CONFIG_FILE), "w") as f:
+            json.dump(config, f, indent=2)
+        save_official_weights(self, os.path.join(directory, WEIGHTS_FILE))

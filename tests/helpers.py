@@ -1,0 +1,81 @@
+"""Test helpers: parity fixtures of the official code and a generic layer check."""
+
+import importlib
+import os
+import pathlib
+
+import keras
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PARITY_DIR = pathlib.Path(os.environ.get("KERAS_BAT_PARITY_DIR", ROOT.parent / "shared" / "parity" / "tiny"))
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def parity_path(name):
+    """Path of a parity fixture; skips outside CI and fails in CI when it is absent."""
+    path = PARITY_DIR / name
+    if not path.exists():
+        message = (f"parity fixture {path} not found (set KERAS_BAT_PARITY_DIR to the folder "
+                   "holding the official code's outputs)")
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def require_module(name):
+    """Imports an optional module; skips outside CI and fails in CI when it is missing."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        message = f"{name} is not installed"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def load_parity(name):
+    from safetensors.numpy import load_file
+
+    return load_file(str(parity_path(name)))
+
+
+def to_numpy(x):
+    return np.asarray(keras.ops.convert_to_numpy(x), dtype="float32")
+
+
+def max_abs_error(actual, expected):
+    actual, expected = to_numpy(actual), to_numpy(expected)
+    assert actual.shape == expected.shape, f"shape {actual.shape} != expected {expected.shape}"
+    return float(np.max(np.abs(actual - expected)))
+
+
+def run_layer_test(layer, inputs, tmp_path=None):
+    """Checks a layer: config round trip, eager call, symbolic call and jit-compiled call.
+
+    Returns the eager output as NumPy (a dict of arrays for dict outputs).
+    """
+    eager = keras.tree.map_structure(to_numpy, layer(inputs))
+    clone = layer.__class__.from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+
+    symbolic_inputs = keras.tree.map_structure(
+        lambda x: keras.Input(shape=x.shape[1:], batch_size=x.shape[0], dtype=str(x.dtype)), inputs)
+    symbolic = layer(symbolic_inputs)
+    keras.tree.map_structure(
+        lambda s, e: _assert_compatible_shape(s.shape, e.shape), symbolic, eager)
+
+    model = keras.Model(symbolic_inputs, symbolic)
+    compiled = model.predict(inputs, batch_size=inputs.shape[0] if hasattr(inputs, "shape") else None,
+                             verbose=0)
+    keras.tree.map_structure(
+        lambda c, e: np.testing.assert_allclose(c, e, atol=1e-4, rtol=1e-4), compiled, eager)
+    return eager
+
+
+def _assert_compatible_shape(symbolic_shape, shape):
+    assert len(symbolic_shape) == len(shape), (symbolic_shape, shape)
+    for s, n in zip(symbolic_shape, shape):
+        assert s is None or s == n, (symbolic_shape, shape)

@@ -1,0 +1,117 @@
+import keras
+import numpy as np
+import pytest
+from helpers import run_layer_test, to_numpy
+
+from keras_bat.layers import DropPath, GatedSelfAttention, TransformerBlock
+from keras_bat.ops import gated_attention, resolve_use_kernels
+
+
+def numpy_gated_attention(layer, tokens, key_mask=None, key_offset=0):
+    """Straight NumPy version of the reference attention, from the layer's weights."""
+    dense = lambda d, x: x @ to_numpy(d.kernel) + to_numpy(d.bias)  # noqa: E731
+    b, n, dim = tokens.shape
+    h, dh = layer.num_heads, layer.head_dim
+    q, k, v = np.split(dense(layer.qkv, tokens), 3, axis=-1)
+    q, k, v = (t.reshape(b, n, h, dh).transpose(0, 2, 1, 3) for t in (q, k, v))  # B, H, N, Dh
+    k, v = k[:, :, key_offset:], v[:, :, key_offset:]
+    logits = q @ k.transpose(0, 1, 3, 2) / np.sqrt(dh)
+    if key_mask is not None:
+        logits = np.where(key_mask[:, None, None, key_offset:], logits, -np.inf)
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    out = (weights @ v).transpose(0, 2, 1, 3).reshape(b, n, dim)
+    if layer.gate is not None:
+        out = out / (1.0 + np.exp(-dense(layer.gate, tokens)))
+    return dense(layer.proj, out)
+
+
+@pytest.mark.parametrize("use_gate", [True, False])
+def test_gated_attention_matches_numpy(use_gate):
+    tokens = np.random.default_rng(0).normal(size=(2, 7, 16)).astype("float32")
+    layer = GatedSelfAttention(16, 4, use_gate=use_gate)
+    out = run_layer_test(layer, tokens)
+    np.testing.assert_allclose(out, numpy_gated_attention(layer, tokens), atol=1e-5)
+    assert (layer.gate is not None) == use_gate
+    assert len(layer.trainable_weights) == (6 if use_gate else 4)
+
+
+def test_gated_attention_key_mask_and_offset():
+    rng = np.random.default_rng(1)
+    tokens = rng.normal(size=(2, 9, 16)).astype("float32")
+    key_mask = np.ones((2, 9), bool)
+    key_mask[0, 6:] = False
+    layer = GatedSelfAttention(16, 2)
+    out = to_numpy(layer(tokens, key_mask=key_mask, key_offset=2))
+    expected = numpy_gated_attention(layer, tokens, key_mask, key_offset=2)
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    # Masked keys are invisible: changing them changes only their own rows.
+    changed = tokens.copy()
+    changed[0, 6:] += 5.0
+    out_changed = to_numpy(layer(changed, key_mask=key_mask, key_offset=2))
+    np.testing.assert_allclose(out_changed[0, :6], out[0, :6], atol=1e-5)
+
+
+def test_attention_rejects_bad_heads():
+    with pytest.raises(ValueError, match="divisible by `num_heads`"):
+        GatedSelfAttention(10, 3)
+
+
+def test_kernel_switch(monkeypatch):
+    q = np.zeros((1, 3, 2, 4), "float32")
+    with pytest.raises(RuntimeError, match="use_kernels=True"):
+        gated_attention(q, q, q, use_kernels=True)
+    monkeypatch.setenv("KERAS_BAT_USE_KERNELS", "off")
+    assert resolve_use_kernels() is False
+    monkeypatch.setenv("KERAS_BAT_USE_KERNELS", "sometimes")
+    with pytest.raises(ValueError, match="KERAS_BAT_USE_KERNELS"):
+        resolve_use_kernels()
+    with pytest.raises(TypeError, match="use_kernels"):
+        resolve_use_kernels("yes")
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_transformer_block_matches_numpy(norm_first):
+    tokens = np.random.default_rng(2).normal(size=(2, 5, 16)).astype("float32")
+    block = TransformerBlock(16, 4, mlp_ratio=2.0, norm_first=norm_first)
+    out = run_layer_test(block, tokens)
+
+    def norm(layer, x):
+        mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+        return (x - mean) / np.sqrt(var + 1e-6) * to_numpy(layer.gamma) + to_numpy(layer.beta)
+
+    def mlp(x):
+        from scipy.special import erf
+
+        hidden = x @ to_numpy(block.fc1.kernel) + to_numpy(block.fc1.bias)
+        hidden = 0.5 * hidden * (1.0 + erf(hidden / np.sqrt(2.0)))
+        return hidden @ to_numpy(block.fc2.kernel) + to_numpy(block.fc2.bias)
+
+    if norm_first:
+        x = tokens + numpy_gated_attention(block.attn, norm(block.norm1, tokens))
+        expected = x + mlp(norm(block.norm2, x))
+    else:
+        x = norm(block.norm1, tokens + numpy_gated_attention(block.attn, tokens))
+        expected = norm(block.norm2, x + mlp(x))
+    np.testing.assert_allclose(out, expected, atol=2e-5)
+
+
+def test_drop_path_drops_whole_examples():
+    x = np.ones((64, 3, 4), "float32")
+    layer = DropPath(0.5, seed=1)
+    np.testing.assert_array_equal(to_numpy(layer(x)), x)  # inference: identity
+    out = to_numpy(layer(x, training=True))
+    per_example = np.unique(out.reshape(64, -1), axis=1)
+    assert per_example.shape[1] == 1  # each example kept (x2) or dropped (0) whole
+    assert set(np.unique(out)) <= {0.0, 2.0} and 0 < (out[:, 0, 0] == 0).sum() < 64
+    with pytest.raises(ValueError, match="rate"):
+        DropPath(1.0)
+
+
+def test_block_dropout_is_active_only_in_training():
+    tokens = np.random.default_rng(3).normal(size=(4, 5, 16)).astype("float32")
+    block = TransformerBlock(16, 4, dropout=0.5, drop_path=0.3)
+    np.testing.assert_array_equal(to_numpy(block(tokens)), to_numpy(block(tokens)))
+    assert not np.allclose(to_numpy(block(tokens, training=True)), to_numpy(block(tokens)))
+    assert keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(block)).get_config() == block.get_config()
