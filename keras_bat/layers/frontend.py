@@ -114,8 +114,21 @@ def fit_frames(spectrogram, time_frames):
 # Layers -------------------------------------------------------------------------
 
 
+class _Frontend(keras.layers.Layer):
+    """Shared shape logic: waveforms (batch, samples) -> (batch, frames, num_mels)."""
+
+    def num_frames(self, num_samples):
+        raise NotImplementedError
+
+    def compute_output_shape(self, input_shape):
+        frames = self.time_frames
+        if frames is None and input_shape[1] is not None:
+            frames = self.num_frames(input_shape[1])
+        return (input_shape[0], frames, self.num_mels)
+
+
 @keras.saving.register_keras_serializable(package="keras_bat")
-class LogMelSpectrogram(keras.layers.Layer):
+class LogMelSpectrogram(_Frontend):
     """BAT's frontend: per-clip min-max normalised log-mel spectrogram.
 
     Power STFT (periodic Hann window, centred with reflect padding) -> HTK
@@ -189,12 +202,6 @@ class LogMelSpectrogram(keras.layers.Layer):
         """Frames produced for `num_samples` samples, before padding or cropping."""
         return 1 + num_samples // self.hop_length
 
-    def compute_output_shape(self, input_shape):
-        frames = self.time_frames
-        if frames is None and input_shape[1] is not None:
-            frames = self.num_frames(input_shape[1])
-        return (input_shape[0], frames, self.num_mels)
-
     def get_config(self):
         config = super().get_config()
         config.update({
@@ -212,7 +219,7 @@ AUDIOSET_FBANK_STD = 2.061649722538243
 
 
 @keras.saving.register_keras_serializable(package="keras_bat")
-class KaldiFbank(keras.layers.Layer):
+class KaldiFbank(_Frontend):
     """Legacy frontend of EAT / SSLAM / BEATs checkpoints: Kaldi log-mel fbank.
 
     Matches Kaldi's `compute-fbank-feats` (as in `torchaudio.compliance.kaldi
@@ -286,12 +293,6 @@ class KaldiFbank(keras.layers.Layer):
         if self.mean is not None:
             fbank = (fbank - self.mean) / (2.0 * self.std)
         return fit_frames(fbank, self.time_frames)
-
-    def compute_output_shape(self, input_shape):
-        frames = self.time_frames
-        if frames is None and input_shape[1] is not None:
-            frames = self.num_frames(input_shape[1])
-        return (input_shape[0], frames, self.num_mels)
 
     def get_config(self):
         config = super().get_config()

@@ -178,14 +178,18 @@ class TransformerBlock(keras.layers.Layer):
         return self.mlp_dropout(self.fc2(hidden), training=training)
 
     def call(self, tokens, key_mask=None, key_offset=0, training=None):
-        def branch(output):
-            return self.drop_path_layer(output, training=training)
+        def attend(x):
+            x = self.attn(x, key_mask=key_mask, key_offset=key_offset, training=training)
+            return self.drop_path_layer(x, training=training)
+
+        def feed_forward(x):
+            return self.drop_path_layer(self._mlp(x, training), training=training)
 
         if self.norm_first:
-            tokens = tokens + branch(self.attn(self.norm1(tokens), key_mask=key_mask, key_offset=key_offset, training=training))
-            return tokens + branch(self._mlp(self.norm2(tokens), training))
-        tokens = self.norm1(tokens + branch(self.attn(tokens, key_mask=key_mask, key_offset=key_offset, training=training)))
-        return self.norm2(tokens + branch(self._mlp(tokens, training)))
+            tokens = tokens + attend(self.norm1(tokens))
+            return tokens + feed_forward(self.norm2(tokens))
+        tokens = self.norm1(tokens + attend(tokens))
+        return self.norm2(tokens + feed_forward(tokens))
 
     def compute_output_shape(self, input_shape):
         return input_shape
