@@ -1,5 +1,6 @@
 """Converters from the official BAT checkpoints to Keras weights."""
 
+from keras_bat.convert.heads import head_parameters, load_official_head_weights
 from keras_bat.convert.official import (
     backbone_parameters,
     load_official_weights,
@@ -7,4 +8,5 @@ from keras_bat.convert.official import (
     save_official_weights,
 )
 
-__all__ = ["backbone_parameters", "load_official_weights", "read_state_dict", "save_official_weights"]
+__all__ = ["backbone_parameters", "head_parameters", "load_official_head_weights", "load_official_weights",
+           "read_state_dict", "save_official_weights"]

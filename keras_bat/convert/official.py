@@ -23,12 +23,21 @@ _ARCHITECTURE_KEYS = ("dim", "depth", "num_heads", "mlp_ratio", "patch_size", "n
 
 
 class _Param:
-    """One official parameter: its Keras variable and the layout conversions."""
+    """One Keras variable filled from one or more official parameters.
 
-    def __init__(self, variable, to_keras=None, to_official=None):
+    Args:
+        variable: the Keras variable.
+        to_keras: converts the official array(s) to the variable's layout.
+        to_official: converts the variable back (a single source only).
+        extra_sources: further official names whose arrays `to_keras` takes
+            after the main one (e.g. PyTorch's second LSTM bias).
+    """
+
+    def __init__(self, variable, to_keras=None, to_official=None, extra_sources=()):
         self.variable = variable
         self.to_keras = to_keras or (lambda x: x)
         self.to_official = to_official or (lambda x: x)
+        self.extra_sources = tuple(extra_sources)
 
     def official_shape(self):
         return self.to_official(np.zeros(self.variable.shape, "float32")).shape
@@ -208,25 +217,57 @@ def load_official_weights(backbone, source, prefix=None, checkpoint_key=None, sk
     expected = backbone_parameters(backbone)
     if prefix is None:
         prefix = _choose_prefix(state, expected)
+    assign_parameters(expected, state, prefix, skip_unexpected, "BATBackbone")
+    return backbone
+
+
+def assign_parameters(expected, state, prefix, skip_unexpected, model_name, constants=None):
+    """Checks a state dict against `expected` parameters, then assigns them all.
+
+    Args:
+        expected: dict `official name -> _Param`.
+        state: dict `name -> array`.
+        prefix: str, prefix of the official names in `state`.
+        skip_unexpected: bool, ignore keys under `prefix` that nothing uses.
+        model_name: str, named in the error.
+        constants: optional dict `official name -> value` of buffers that are
+            not weights but must hold this value (e.g. a scale fixed by the
+            configuration).
+
+    Raises:
+        ValueError: listing every missing, unexpected or mis-shaped key, and
+            every constant that disagrees; nothing is assigned then.
+    """
+    constants = constants or {}
+    used = set(constants)
     problems = []
-    missing = [name for name in expected if prefix + name not in state]
-    if missing:
-        problems.append(f"missing keys (prefix {prefix!r}): {missing}")
+    missing = []
     for name, param in expected.items():
+        for source in (name,) + param.extra_sources:
+            used.add(source)
+            key = prefix + source
+            if key not in state:
+                missing.append(source)
+            elif tuple(state[key].shape) != tuple(param.official_shape()):
+                problems.append(f"shape mismatch for {key!r}: checkpoint {tuple(state[key].shape)} "
+                                f"vs model {tuple(param.official_shape())}")
+    for name, value in constants.items():
         key = prefix + name
-        if key in state and tuple(state[key].shape) != tuple(param.official_shape()):
-            problems.append(f"shape mismatch for {key!r}: checkpoint {tuple(state[key].shape)} "
-                            f"vs model {tuple(param.official_shape())}")
-    unexpected = sorted(key for key in state if key.startswith(prefix)
-                        and key[len(prefix):] not in expected)
+        if key not in state:
+            missing.append(name)
+        elif not np.allclose(state[key], value, rtol=1e-6):
+            problems.append(f"{key!r} is {state[key]!r} in the checkpoint but {value!r} for this model")
+    if missing:
+        problems.insert(0, f"missing keys (prefix {prefix!r}): {missing}")
+    unexpected = sorted(key for key in state if key.startswith(prefix) and key[len(prefix):] not in used)
     if unexpected and not skip_unexpected:
         problems.append(f"unexpected keys (pass skip_unexpected=True to ignore them): {unexpected}")
     if problems:
-        raise ValueError("The checkpoint does not fit this BATBackbone:\n  " + "\n  ".join(problems))
+        raise ValueError(f"The checkpoint does not fit this {model_name}:\n  " + "\n  ".join(problems))
     for name, param in expected.items():
-        value = param.to_keras(state[prefix + name])
+        arrays = [state[prefix + source] for source in (name,) + param.extra_sources]
+        value = np.asarray(param.to_keras(*arrays))
         param.variable.assign(value.astype(param.variable.dtype))
-    return backbone
 
 
 def save_official_weights(backbone, path):

@@ -204,12 +204,17 @@ class MergeChunks(keras.layers.Layer):
         chunk_weights: tensor `(batch, chunks)`, weights of each chunk's class
             token in the average.
 
+        query_outputs: optional list of `depth` tensors
+            `(batch * chunks, num_queries, dim)`, the query tokens' outputs.
+
     Returns:
         Dict with `cls_tokens` `(batch, depth, dim)` and `patch_tokens`
-        `(batch, depth, time_patches, freq_patches, dim)`.
+        `(batch, depth, time_patches, freq_patches, dim)`; with
+        `query_outputs`, also `query_tokens` `(batch, depth, num_queries, dim)`
+        (averaged over chunks like the class tokens).
     """
 
-    def call(self, block_outputs, patch_grid, chunk_weights):
+    def call(self, block_outputs, patch_grid, chunk_weights, query_outputs=None):
         depth = len(block_outputs)
         time_patches = _static_length(patch_grid, 1, "time patches")
         _, freq_patches, dim = patch_grid.shape[1:]
@@ -217,20 +222,65 @@ class MergeChunks(keras.layers.Layer):
         x = ops.stack(block_outputs, axis=1)  # B * chunks, L, 1 + tokens, D
         x = ops.reshape(x, (-1, num_chunks, depth, x.shape[2], dim))  # B, chunks, L, 1 + tokens, D
         weights = ops.cast(chunk_weights, x.dtype)[:, :, None, None]  # B, chunks, 1, 1
-        cls_tokens = ops.sum(x[:, :, :, 0] * weights, axis=1) / ops.maximum(
-            ops.sum(weights, axis=1), 1.0)  # B, L, D
+
+        def chunk_mean(values):  # B, chunks, ... -> B, ...
+            w = ops.reshape(weights, tuple(weights.shape[:2]) + (1,) * (len(values.shape) - 2))
+            return ops.sum(values * w, axis=1) / ops.maximum(ops.sum(w, axis=1), 1.0)
+
+        cls_tokens = chunk_mean(x[:, :, :, 0])  # B, L, D
         patches = ops.reshape(x[:, :, :, 1:], (-1, num_chunks, depth, x.shape[3] // freq_patches,
                                                freq_patches, dim))
         patches = ops.transpose(patches, (0, 2, 1, 3, 4, 5))  # B, L, chunks, chunk_len, F, D
         patches = ops.reshape(patches, (-1, depth, patches.shape[2] * patches.shape[3],
                                         freq_patches, dim))[:, :, :time_patches]
-        return {"cls_tokens": cls_tokens, "patch_tokens": patches}
+        outputs = {"cls_tokens": cls_tokens, "patch_tokens": patches}
+        if query_outputs is not None:
+            queries = ops.stack(query_outputs, axis=1)  # B * chunks, L, Q, D
+            queries = ops.reshape(queries, (-1, num_chunks) + tuple(queries.shape[1:]))
+            outputs["query_tokens"] = chunk_mean(queries)  # B, L, Q, D
+        return outputs
 
-    def compute_output_spec(self, block_outputs, patch_grid, chunk_weights):
+    def compute_output_spec(self, block_outputs, patch_grid, chunk_weights, query_outputs=None):
         batch, time_patches, freq_patches, dim = patch_grid.shape
         depth = len(block_outputs)
         dtype = block_outputs[0].dtype
-        return {
+        specs = {
             "cls_tokens": keras.KerasTensor((batch, depth, dim), dtype=dtype),
             "patch_tokens": keras.KerasTensor((batch, depth, time_patches, freq_patches, dim), dtype=dtype),
         }
+        if query_outputs is not None:
+            num_queries = query_outputs[0].shape[1]
+            specs["query_tokens"] = keras.KerasTensor((batch, depth, num_queries, dim), dtype=dtype)
+        return specs
+
+
+@keras.saving.register_keras_serializable(package="keras_bat")
+class PrependQueries(keras.layers.Layer):
+    """Puts one block's query tokens in front of every chunk's tokens.
+
+    Query tokens (visual query tokens, VQT) are read by a block but are not
+    keys: the block is called with `key_offset=num_queries`.
+
+    Call arguments:
+        tokens: tensor `(batch * chunks, tokens, dim)`.
+        key_mask: boolean tensor `(batch * chunks, tokens)`.
+        queries: tensor `(batch, num_queries, dim)`.
+        chunk_weights: tensor `(batch, chunks)` (read for the number of chunks).
+
+    Returns:
+        `(tokens, key_mask)` with the queries in front: `(batch * chunks,
+        num_queries + tokens, dim)` and `(batch * chunks, num_queries + tokens)`.
+    """
+
+    def call(self, tokens, key_mask, queries, chunk_weights):
+        num_chunks = _static_length(chunk_weights, 1, "chunks")
+        queries = ops.repeat(ops.cast(queries, tokens.dtype), num_chunks, axis=0)  # B * chunks, Q, D
+        query_keys = ops.ones_like(key_mask[:, :1], dtype="bool")
+        query_keys = ops.repeat(query_keys, queries.shape[1], axis=1)
+        return (ops.concatenate([queries, tokens], axis=1),
+                ops.concatenate([query_keys, ops.cast(key_mask, "bool")], axis=1))
+
+    def compute_output_spec(self, tokens, key_mask, queries, chunk_weights):
+        length = None if tokens.shape[1] is None else tokens.shape[1] + queries.shape[1]
+        return (keras.KerasTensor((tokens.shape[0], length, tokens.shape[2]), dtype=tokens.dtype),
+                keras.KerasTensor((tokens.shape[0], length), dtype="bool"))

@@ -6,7 +6,7 @@ import os
 import keras
 
 from keras_bat.convert.official import WEIGHTS_FILE, load_official_weights, save_official_weights
-from keras_bat.layers.patching import ChunkTokens, MergeChunks, PatchEmbedding
+from keras_bat.layers.patching import ChunkTokens, MergeChunks, PatchEmbedding, PrependQueries
 from keras_bat.layers.transformer import TransformerBlock
 from keras_bat.models.presets import BACKBONE_PRESETS
 
@@ -52,8 +52,8 @@ class BATBackbone(keras.Model):
 
     Inputs:
         A spectrogram `(batch, frames, num_mels)` with `frames` a multiple of
-        `patch_size`, or with `use_padding_mask=True` a dict
-        `{"spectrogram": ..., "padding_mask": ...}`.
+        `patch_size`; with `use_padding_mask` or `num_query_tokens`, a dict
+        `{"spectrogram": ..., "padding_mask": ..., "query_tokens": ...}`.
 
     Outputs:
         Dict with `cls_tokens` `(batch, depth, dim)` and `patch_tokens`
@@ -69,8 +69,8 @@ class BATBackbone(keras.Model):
     def __init__(self, dim=768, depth=12, num_heads=12, mlp_ratio=4.0, patch_size=16,
                  num_mels=128, chunk_time_patches=64, use_gate=True, qkv_bias=True,
                  pre_norm=True, norm_first=False, dropout=0.0, drop_path_rate=0.0,
-                 layer_norm_epsilon=1e-6, use_padding_mask=False, use_kernels=None,
-                 dtype=None, **kwargs):
+                 layer_norm_epsilon=1e-6, use_padding_mask=False, num_query_tokens=0,
+                 use_kernels=None, dtype=None, **kwargs):
         if depth < 1:
             raise ValueError(f"`depth` must be at least 1. Received: {depth}")
         # === Layers ===
@@ -94,21 +94,34 @@ class BATBackbone(keras.Model):
 
         # === Functional model ===
         spectrogram = keras.Input(shape=(None, num_mels), name="spectrogram")
-        padding_mask = None
-        inputs = spectrogram
+        inputs = {"spectrogram": spectrogram}
+        padding_mask = query_tokens = None
         if use_padding_mask:
-            padding_mask = keras.Input(shape=(None,), name="padding_mask")
-            inputs = {"spectrogram": spectrogram, "padding_mask": padding_mask}
+            padding_mask = inputs["padding_mask"] = keras.Input(shape=(None,), name="padding_mask")
+        if num_query_tokens:
+            query_tokens = inputs["query_tokens"] = keras.Input(
+                shape=(depth, num_query_tokens, dim), name="query_tokens")
         patch_grid = patch_embed(spectrogram)
         chunks = chunk_tokens(patch_grid, padding_mask)
         x = chunks["tokens"]
         if norm is not None:
             x = norm(x)
-        block_outputs = []
-        for block in blocks:
-            x = block(x, key_mask=chunks["key_mask"])
+        block_outputs, query_outputs = [], None
+        if num_query_tokens:
+            prepend_queries = PrependQueries(dtype=dtype, name="prepend_queries")
+            query_outputs = []
+        for i, block in enumerate(blocks):
+            if num_query_tokens:
+                x, key_mask = prepend_queries(x, chunks["key_mask"], query_tokens[:, i], chunks["chunk_weights"])
+                x = block(x, key_mask=key_mask, key_offset=num_query_tokens)
+                query_outputs.append(x[:, :num_query_tokens])
+                x = x[:, num_query_tokens:]
+            else:
+                x = block(x, key_mask=chunks["key_mask"])
             block_outputs.append(x)
-        outputs = merge_chunks(block_outputs, patch_grid, chunks["chunk_weights"])
+        outputs = merge_chunks(block_outputs, patch_grid, chunks["chunk_weights"], query_outputs)
+        if len(inputs) == 1:
+            inputs = spectrogram
         super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)
         self.patch_embed = patch_embed
         self.chunk_tokens = chunk_tokens
@@ -132,6 +145,7 @@ class BATBackbone(keras.Model):
         self.drop_path_rate = drop_path_rate
         self.layer_norm_epsilon = layer_norm_epsilon
         self.use_padding_mask = use_padding_mask
+        self.num_query_tokens = num_query_tokens
         self.use_kernels = use_kernels
 
     def get_config(self):
@@ -144,7 +158,8 @@ class BATBackbone(keras.Model):
             "pre_norm": self.use_pre_norm, "norm_first": self.norm_first,
             "dropout": self.dropout, "drop_path_rate": self.drop_path_rate,
             "layer_norm_epsilon": self.layer_norm_epsilon,
-            "use_padding_mask": self.use_padding_mask, "use_kernels": self.use_kernels,
+            "use_padding_mask": self.use_padding_mask, "num_query_tokens": self.num_query_tokens,
+            "use_kernels": self.use_kernels,
             "dtype": keras.dtype_policies.serialize(self.dtype_policy),
         }
 

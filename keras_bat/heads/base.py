@@ -1,0 +1,99 @@
+"""Pieces shared by the heads: pooling of backbone features and the layer gate."""
+
+import numpy as np
+from keras import ops
+
+POOLINGS = ("cls", "mean", "frame")
+
+
+def check_pooling(pooling, allowed=POOLINGS, head="head"):
+    if pooling not in allowed:
+        raise ValueError(f"{head} supports pooling in {allowed}. Received: pooling={pooling!r}")
+    return pooling
+
+
+def check_features(features, head, needs=("cls_tokens", "patch_tokens")):
+    if not isinstance(features, dict) or any(key not in features for key in needs):
+        got = sorted(features) if isinstance(features, dict) else type(features).__name__
+        raise ValueError(
+            f"{head} expects the backbone's output dict with keys {list(needs)}. Received: {got}")
+
+
+def l2_normalize(x, axis=-1):
+    """`x / max(||x||, 1e-12)`, as torch.nn.functional.normalize."""
+    norm = ops.sqrt(ops.sum(ops.square(x), axis=axis, keepdims=True))
+    return x / ops.maximum(norm, 1e-12)
+
+
+def pool_layers(features, pooling):
+    """Pools every layer's tokens.
+
+    Args:
+        features: dict with `cls_tokens` `(B, L, D)` and `patch_tokens`
+            `(B, L, T, F, D)`.
+        pooling: `"cls"` (class tokens), `"mean"` (patch average) or
+            `"frame"` (patches averaged over frequency, per time patch).
+
+    Returns:
+        `(B, L, D)` for `cls` and `mean`, `(B, L, T, D)` for `frame`.
+    """
+    if pooling == "cls":
+        return features["cls_tokens"]
+    patches = features["patch_tokens"]
+    if pooling == "mean":
+        return ops.mean(patches, axis=(2, 3))
+    return ops.mean(patches, axis=3)
+
+
+def mix_layers(tokens, layer_weights):
+    """Convex mix over axis 1 of `tokens` `(B, L, ...)` with weights `(L,)`."""
+    weights = ops.reshape(ops.cast(layer_weights, tokens.dtype), (1, -1) + (1,) * (len(tokens.shape) - 2))
+    return ops.sum(tokens * weights, axis=1)
+
+
+class LayerGateMixin:
+    """A softmax (convex) gate over the encoder's layers, readable as `layer_weights`."""
+
+    def add_layer_gate(self, num_layers):
+        self.layer_logits = self.add_weight(
+            shape=(num_layers,), initializer="zeros", name="layer_logits")
+
+    def gate(self):
+        return ops.softmax(ops.cast(self.layer_logits, "float32"))
+
+    @property
+    def layer_weights(self):
+        """The softmax layer weights as a NumPy array `(num_layers,)`; they sum to 1."""
+        return np.asarray(ops.convert_to_numpy(self.gate()))
+
+
+def plot_layer_weights(heads, labels=None, ax=None):
+    """Bar chart of the layer gate of one or several heads.
+
+    Args:
+        heads: a head with `layer_weights` (CGP, LayerMixedLinear, ASRHead), a
+            weight array, or a list of them.
+        labels: optional legend labels, one per head.
+        ax: optional matplotlib axes to draw into.
+
+    Returns:
+        The matplotlib figure.
+    """
+    import matplotlib.pyplot as plt
+
+    if not isinstance(heads, (list, tuple)):
+        heads = [heads]
+    weights = [np.asarray(h.layer_weights if hasattr(h, "layer_weights") else h) for h in heads]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(4, 0.5 * len(weights[0]) + 2), 3))
+    width = 0.8 / len(weights)
+    for i, w in enumerate(weights):
+        label = labels[i] if labels else None
+        ax.bar(np.arange(len(w)) + (i - (len(weights) - 1) / 2) * width, w, width, label=label)
+    ax.set(xlabel="encoder block", ylabel="gate weight", title="layer gate (softmax over blocks)",
+           xticks=np.arange(len(weights[0])))
+    if labels:
+        ax.legend()
+    ax.figure.tight_layout()
+    return ax.figure
+

@@ -1,0 +1,149 @@
+"""Prototype heads: Convex Gated Probing (CGP) and binarised prototypes."""
+
+import keras
+from keras import ops
+
+from keras_bat.heads.base import LayerGateMixin, check_features, check_pooling, l2_normalize, mix_layers
+
+
+class _PrototypeHead(keras.layers.Layer):
+    """Cosine similarities of tokens to learned prototypes, pooled, then Dense."""
+
+    features_per_prototype = 1
+
+    def __init__(self, num_classes, num_prototypes=10000, pooling="cls", dropout=0.2, **kwargs):
+        super().__init__(**kwargs)
+        if num_prototypes < 1:
+            raise ValueError(f"`num_prototypes` must be positive. Received: {num_prototypes}")
+        self.num_classes = num_classes
+        self.num_prototypes = num_prototypes
+        self.pooling = pooling
+        self.dropout = dropout
+        self.head_dropout = keras.layers.Dropout(dropout)
+        self.fc = keras.layers.Dense(num_classes, name="fc")
+
+    def build(self, features_shape):
+        dim = features_shape["cls_tokens"][-1]
+        self.prototypes = self.add_weight(
+            shape=(self.num_prototypes, dim), initializer=keras.initializers.RandomNormal(stddev=0.02),
+            name="prototypes")
+        self.fc.build((None, self.features_per_prototype * self.num_prototypes))
+        self.built = True
+
+    def normalized_prototypes(self):
+        return l2_normalize(self.prototypes)
+
+    def compute_output_shape(self, features_shape):
+        patches = features_shape["patch_tokens"]
+        if self.pooling == "frame":
+            return (patches[0], patches[2], self.num_classes)
+        return (patches[0], self.num_classes)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"num_classes": self.num_classes, "num_prototypes": self.num_prototypes,
+                       "pooling": self.pooling, "dropout": self.dropout})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_bat")
+class CGP(LayerGateMixin, _PrototypeHead):
+    """Convex Gated Probing.
+
+    Every layer's tokens are L2-normalised and mixed by a softmax (convex)
+    gate over layers; the cosine similarities of the mixed tokens to
+    `num_prototypes` L2-normalised prototypes are pooled into three features
+    per prototype, `[min over patches, middle, max over patches]`, where the
+    middle is the class token's similarity (`pooling="cls"`) or the mean
+    over patches (`"mean"`); `"frame"` pools over frequency per time patch.
+    The `3 * num_prototypes` features (prototype-major) go through dropout
+    and a linear layer.
+
+    Args:
+        num_classes: int, number of outputs.
+        num_prototypes: int, learned prototypes. Defaults to `10000`.
+        pooling: `"cls"`, `"mean"` or `"frame"`. Defaults to `"cls"`.
+        dropout: float, dropout on the similarity features. Defaults to `0.2`.
+
+    Call arguments:
+        features: the backbone's output dict.
+
+    Returns:
+        Logits `(batch, num_classes)`, or `(batch, time_patches, num_classes)`
+        with `pooling="frame"`.
+    """
+
+    features_per_prototype = 3
+
+    def __init__(self, num_classes, num_prototypes=10000, pooling="cls", dropout=0.2, **kwargs):
+        check_pooling(pooling, head="CGP")
+        super().__init__(num_classes, num_prototypes, pooling, dropout, **kwargs)
+
+    def build(self, features_shape):
+        self.add_layer_gate(features_shape["cls_tokens"][1])
+        super().build(features_shape)
+
+    def similarity_features(self, features):
+        """The `3 * num_prototypes` features (per time patch for `"frame"`)."""
+        check_features(features, "CGP")
+        gate = self.gate()
+        patches = mix_layers(l2_normalize(features["patch_tokens"]), gate)  # B, T, F, D
+        prototypes = ops.cast(self.normalized_prototypes(), patches.dtype)  # P, D
+        similarity = ops.einsum("btfd,pd->btfp", patches, prototypes)
+        if self.pooling == "frame":
+            pooled = [ops.min(similarity, axis=2), ops.mean(similarity, axis=2),
+                      ops.max(similarity, axis=2)]  # B, T, P each
+        else:
+            flat = ops.reshape(similarity, (-1, similarity.shape[1] * similarity.shape[2],
+                                            self.num_prototypes))  # B, N, P
+            if self.pooling == "cls":
+                cls = mix_layers(l2_normalize(features["cls_tokens"]), gate)  # B, D
+                middle = ops.matmul(cls, ops.transpose(prototypes))
+            else:
+                middle = ops.mean(flat, axis=1)
+            pooled = [ops.min(flat, axis=1), middle, ops.max(flat, axis=1)]  # B, P each
+        stacked = ops.stack(pooled, axis=-1)  # B, [T,] P, 3: index 3 * p + k once flattened
+        if self.pooling == "frame":
+            return ops.reshape(stacked, (-1, stacked.shape[1], 3 * self.num_prototypes))
+        return ops.reshape(stacked, (-1, 3 * self.num_prototypes))
+
+    def call(self, features, training=None):
+        return self.fc(self.head_dropout(self.similarity_features(features), training=training))
+
+
+@keras.saving.register_keras_serializable(package="keras_bat")
+class ProtoBin(_PrototypeHead):
+    """Binarised prototypes on the last layer.
+
+    Prototypes are binarised to +-1 (sign, with a straight-through gradient),
+    L2-normalised, and compared by cosine similarity with the last layer's
+    patch tokens; the maximum over patches (`pooling="max"`) or over
+    frequency per time patch (`"frame"`) feeds a linear layer.
+
+    Args:
+        num_classes: int, number of outputs.
+        num_prototypes: int, learned prototypes. Defaults to `10000`.
+        pooling: `"max"` or `"frame"`. Defaults to `"max"`.
+        dropout: float, dropout on the similarities. Defaults to `0.2`.
+    """
+
+    def __init__(self, num_classes, num_prototypes=10000, pooling="max", dropout=0.2, **kwargs):
+        check_pooling(pooling, ("max", "frame"), head="ProtoBin")
+        super().__init__(num_classes, num_prototypes, pooling, dropout, **kwargs)
+
+    def normalized_prototypes(self):
+        signs = ops.where(self.prototypes >= 0, 1.0, -1.0)
+        # Straight-through: the forward pass sees the signs, gradients the raw values.
+        binary = signs + self.prototypes - ops.stop_gradient(self.prototypes)
+        return l2_normalize(binary)
+
+    def call(self, features, training=None):
+        check_features(features, "ProtoBin")
+        patches = l2_normalize(features["patch_tokens"][:, -1])  # B, T, F, D
+        prototypes = ops.cast(self.normalized_prototypes(), patches.dtype)
+        similarity = ops.einsum("btfd,pd->btfp", patches, prototypes)
+        if self.pooling == "frame":
+            pooled = ops.max(similarity, axis=2)  # B, T, P
+        else:
+            pooled = ops.max(similarity, axis=(1, 2))  # B, P
+        return self.fc(self.head_dropout(pooled, training=training))
