@@ -1,9 +1,9 @@
 """keras-bat: BAT (Better Audio Transformer) and Convex Gated Probing in Keras 3."""
 
-from keras_bat import convert, heads, layers, models, ops
+from keras_bat import convert, heads, layers, models, ops, training
 from keras_bat.layers import KaldiFbank, LogMelSpectrogram
-from keras_bat.models import BATBackbone
+from keras_bat.models import AudioClassifier, BATBackbone
 
 __version__ = "0.1.0"
 
-__all__ = ["BATBackbone", "KaldiFbank", "LogMelSpectrogram", "convert", "heads", "layers", "models", "ops"]
+__all__ = ["AudioClassifier", "BATBackbone", "KaldiFbank", "LogMelSpectrogram", "convert", "heads", "layers", "models", "ops", "training"]

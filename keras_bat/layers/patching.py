@@ -221,10 +221,10 @@ class MergeChunks(keras.layers.Layer):
         num_chunks = chunk_weights.shape[1]
         x = ops.stack(block_outputs, axis=1)  # B * chunks, L, 1 + tokens, D
         x = ops.reshape(x, (-1, num_chunks, depth, x.shape[2], dim))  # B, chunks, L, 1 + tokens, D
-        weights = ops.cast(chunk_weights, x.dtype)[:, :, None, None]  # B, chunks, 1, 1
+        weights = ops.cast(chunk_weights, x.dtype)  # B, chunks
 
         def chunk_mean(values):  # B, chunks, ... -> B, ...
-            w = ops.reshape(weights, tuple(weights.shape[:2]) + (1,) * (len(values.shape) - 2))
+            w = ops.reshape(weights, (-1, num_chunks) + (1,) * (len(values.shape) - 2))
             return ops.sum(values * w, axis=1) / ops.maximum(ops.sum(w, axis=1), 1.0)
 
         cls_tokens = chunk_mean(x[:, :, :, 0])  # B, L, D

@@ -1,0 +1,165 @@
+"""AudioClassifier: optional frontend + BATBackbone + head, for probing and finetuning."""
+
+import keras
+from keras import ops
+
+from keras_bat.heads import ASRHead, VQTHead
+from keras_bat.training.losses import AsymmetricLoss, SoftmaxCrossEntropy, ctc_loss
+from keras_bat.training.metrics import LogitF1Score, MeanAveragePrecision
+from keras_bat.training.optimizers import paper_adamw
+
+TASKS = ("multiclass", "multilabel", "frame", "ctc")
+
+
+@keras.saving.register_keras_serializable(package="keras_bat")
+class AudioClassifier(keras.Model):
+    """A task model: frontend (optional) -> backbone -> head.
+
+    Probing (the default) freezes the backbone: its variables are not
+    trainable and no gradient is computed through it (except for VQT heads,
+    whose query tokens are read inside the backbone). Finetuning
+    (`freeze_backbone=False`) trains everything.
+
+    Args:
+        backbone: a `keras_bat.models.BATBackbone`.
+        head: a head from `keras_bat.heads`.
+        frontend: optional layer from waveforms to spectrograms (e.g.
+            `LogMelSpectrogram(time_frames=1024)`); without it the model takes
+            spectrograms.
+        task: `"multiclass"` (softmax cross-entropy, integer or one-hot
+            labels), `"multilabel"` (multi-hot labels), `"frame"` (frame-wise
+            multi-label event detection, labels `(batch, time_patches,
+            classes)`) or `"ctc"` (speech recognition with an `ASRHead`;
+            labels `{"labels": (batch, length), "label_lengths": (batch,)}`).
+        freeze_backbone: bool, probe (True) or finetune (False). Defaults to `True`.
+        label_smoothing: float, for `"multiclass"`. Defaults to `0.0`.
+        asymmetric_loss: bool, the paper's asymmetric loss instead of binary
+            cross-entropy for multi-label tasks. Defaults to `True`.
+
+    Example:
+    >>> backbone = BATBackbone.from_preset("bat_base")
+    >>> model = AudioClassifier(backbone, CGP(num_classes=50), frontend=LogMelSpectrogram(time_frames=512))
+    >>> model.compile()  # the paper's probing optimizer, loss and metrics
+    >>> model.fit(waveforms, labels, epochs=...)
+    """
+
+    def __init__(self, backbone, head, frontend=None, task="multiclass", freeze_backbone=True,
+                 label_smoothing=0.0, asymmetric_loss=True, **kwargs):
+        super().__init__(**kwargs)
+        _check_task(backbone, head, task)
+        self.backbone = backbone
+        self.head = head
+        self.frontend = frontend
+        self.task = task
+        self.freeze_backbone = freeze_backbone
+        self.label_smoothing = label_smoothing
+        self.asymmetric_loss = asymmetric_loss
+        self.backbone.trainable = not freeze_backbone
+
+    def call(self, inputs, training=None):
+        x = self.frontend(inputs) if self.frontend is not None else inputs
+        if isinstance(self.head, VQTHead):
+            x = {"spectrogram": x, "query_tokens": self.head.batch_query_tokens(ops.shape(x)[0])}
+        features = self.backbone(x, training=bool(training) and not self.freeze_backbone)
+        if self.freeze_backbone and not isinstance(self.head, VQTHead):
+            features = {k: ops.stop_gradient(v) for k, v in features.items()}
+        return self.head(features, training=training)
+
+    # --- Training defaults ------------------------------------------------------
+
+    def default_loss(self):
+        if self.task == "multiclass":
+            return SoftmaxCrossEntropy(self.label_smoothing)
+        if self.task in ("multilabel", "frame"):
+            if self.asymmetric_loss:
+                return AsymmetricLoss()
+            return keras.losses.BinaryCrossentropy(from_logits=True)
+        return None  # ctc: see compute_loss
+
+    def default_metrics(self):
+        num_classes = self.head.num_classes
+        if self.task == "multiclass":
+            return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+        if self.task == "multilabel":
+            return [MeanAveragePrecision(num_classes, "macro"), LogitF1Score("macro")]
+        if self.task == "frame":
+            return [MeanAveragePrecision(num_classes, "micro", name="frame_micro_mAP"),
+                    LogitF1Score("micro", name="frame_micro_f1")]
+        return []
+
+    def compile(self, optimizer="auto", loss="auto", metrics="auto", learning_rate=None, **kwargs):
+        """Compiles with the paper's defaults where `"auto"` is given.
+
+        Args:
+            optimizer: `"auto"`: `paper_adamw` (lr 1e-3 probing, 5e-5 with
+                0.75 layer decay finetuning), or any Keras optimizer.
+            loss: `"auto"`: by task (softmax cross-entropy with label
+                smoothing, asymmetric loss or BCE, CTC), or any Keras loss.
+            metrics: `"auto"`: accuracy; macro mAP and F1; frame-wise micro
+                mAP and F1; none for CTC.
+            learning_rate: float or schedule for the `"auto"` optimizer.
+            **kwargs: `keras.Model.compile` arguments.
+        """
+        if optimizer == "auto":
+            if self.freeze_backbone:
+                optimizer = paper_adamw(learning_rate or 1e-3)
+            else:
+                optimizer = paper_adamw(learning_rate or 5e-5, finetune=True, layer_decay=0.75,
+                                        depth=self.backbone.depth)
+        if loss == "auto":
+            loss = self.default_loss()
+        if metrics == "auto":
+            metrics = self.default_metrics()
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        if self.task != "ctc":
+            return super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
+        if not isinstance(y, dict) or "label_lengths" not in y or "labels" not in y:
+            raise ValueError(
+                "The ctc task needs labels and their lengths: pass y as "
+                "{'labels': (batch, max_length) int, 'label_lengths': (batch,) int}.")
+        loss = ctc_loss(y["labels"], y["label_lengths"], y_pred, y.get("logit_lengths"))
+        extra = self.losses
+        return loss + ops.sum(ops.stack(extra)) if extra else loss
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "backbone": keras.saving.serialize_keras_object(self.backbone),
+            "head": keras.saving.serialize_keras_object(self.head),
+            "frontend": keras.saving.serialize_keras_object(self.frontend) if self.frontend else None,
+            "task": self.task, "freeze_backbone": self.freeze_backbone,
+            "label_smoothing": self.label_smoothing, "asymmetric_loss": self.asymmetric_loss,
+        })
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("backbone", "head", "frontend"):
+            if config.get(key) is not None:
+                config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
+
+
+def _check_task(backbone, head, task):
+    if task not in TASKS:
+        raise ValueError(f"`task` must be one of {TASKS}. Received: {task!r}")
+    pooling = getattr(head, "pooling", None)
+    if task == "frame" and pooling != "frame":
+        raise ValueError(f"The frame task needs a head with pooling='frame'. Received: "
+                         f"{type(head).__name__} with pooling={pooling!r}.")
+    if task in ("multiclass", "multilabel") and pooling == "frame":
+        raise ValueError(f"A head with pooling='frame' predicts per time patch; use task='frame' "
+                         f"(received task={task!r}).")
+    if (task == "ctc") != isinstance(head, ASRHead):
+        raise ValueError(f"The ctc task goes with an ASRHead and the ASRHead with the ctc task. "
+                         f"Received: task={task!r}, head {type(head).__name__}.")
+    if isinstance(head, VQTHead):
+        expected = (backbone.depth, backbone.num_query_tokens, backbone.dim)
+        if expected != (head.depth, head.num_query_tokens, head.dim):
+            raise ValueError(
+                "The VQT head and the backbone disagree: build the backbone with "
+                f"num_query_tokens={head.num_query_tokens} (depth {head.depth}, dim {head.dim}); "
+                f"it has depth {backbone.depth}, num_query_tokens {backbone.num_query_tokens}, dim {backbone.dim}.")

@@ -1,0 +1,113 @@
+"""AdamW with the paper's parameter groups and layer-wise learning-rate decay."""
+
+import re
+
+import keras
+
+# Variables never decayed in probing (besides every 1-D variable).
+PROBE_NO_DECAY = ("layer_logits", "prototypes", "query_tokens", "cls_token", "pos_embed")
+# Variables never decayed in finetuning (besides every 1-D variable).
+FINETUNE_NO_DECAY = ("cls_token", "pos_embed")
+_BLOCK = re.compile(r"blocks_(\d+)/")
+_EMBEDDINGS = ("patch_embed/", "chunk_tokens/")
+
+
+def _name(variable):
+    return variable.path.rsplit("/", 1)[-1]
+
+
+def layer_scale(variable, depth, decay):
+    """The layer-wise learning-rate scale of one variable.
+
+    Embeddings (patch embedding, class token, positions) get `decay^(depth + 1)`,
+    block `i` gets `decay^(depth - i)`, everything else (pre-norm, head) 1.
+    """
+    path = variable.path
+    if any(part in path for part in _EMBEDDINGS):
+        return decay ** (depth + 1)
+    match = _BLOCK.search(path)
+    if match:
+        return decay ** (depth - int(match.group(1)))
+    return 1.0
+
+
+@keras.saving.register_keras_serializable(package="keras_bat")
+class ScaledAdamW(keras.optimizers.AdamW):
+    """AdamW with the paper's parameter groups, configured by names only.
+
+    - No weight decay for 1-D variables (biases, norms, gates) and for
+      variables whose name is in `no_decay_names`.
+    - With `layer_decay`, each variable's learning rate (and its decoupled
+      weight decay, as PyTorch parameter groups with `lr_scale`) is scaled by
+      `layer_scale(variable, depth, layer_decay)`.
+
+    Args:
+        no_decay_names: variable names (last path part) never decayed.
+            Defaults to the probing set: layer gates, prototypes, query
+            tokens, class token, positions.
+        layer_decay: float or `None`, layer-wise learning-rate decay (0.75
+            in the paper's finetuning). Defaults to `None`.
+        depth: int, encoder blocks; required with `layer_decay`.
+        **kwargs: `keras.optimizers.AdamW` arguments (`learning_rate`,
+            `weight_decay`, `beta_2`, `clipnorm`, `gradient_accumulation_steps`, ...).
+    """
+
+    def __init__(self, no_decay_names=PROBE_NO_DECAY, layer_decay=None, depth=None, **kwargs):
+        if layer_decay is not None and depth is None:
+            raise ValueError("`layer_decay` needs `depth`, the number of encoder blocks.")
+        super().__init__(**kwargs)
+        self.no_decay_names = tuple(no_decay_names)
+        self.layer_decay = layer_decay
+        self.depth = depth
+
+    def _scale(self, variable, learning_rate):
+        if self.layer_decay is None:
+            return learning_rate
+        scale = layer_scale(variable, self.depth, self.layer_decay)
+        return learning_rate if scale == 1.0 else learning_rate * scale
+
+    def _use_weight_decay(self, variable):
+        if len(variable.shape) <= 1 or _name(variable) in self.no_decay_names:
+            return False
+        return super()._use_weight_decay(variable)
+
+    def update_step(self, gradient, variable, learning_rate):
+        super().update_step(gradient, variable, self._scale(variable, learning_rate))
+
+    def _apply_weight_decay(self, variables):
+        if self.weight_decay is None:
+            return
+        for variable in variables:
+            if self._use_weight_decay(variable):
+                lr = keras.ops.cast(self._scale(variable, self.learning_rate), variable.dtype)
+                wd = keras.ops.cast(self.weight_decay, variable.dtype)
+                variable.assign(variable - variable * wd * lr)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"no_decay_names": list(self.no_decay_names), "layer_decay": self.layer_decay,
+                       "depth": self.depth})
+        return config
+
+
+def paper_adamw(learning_rate, finetune=False, weight_decay=0.05, layer_decay=None, depth=None, **kwargs):
+    """AdamW as the paper configures it for probing or finetuning.
+
+    Args:
+        learning_rate: float or `LearningRateSchedule`.
+        finetune: bool. Probing: beta_2 0.999, no decay for gates, prototypes,
+            query tokens, class token, positions and 1-D variables.
+            Finetuning: beta_2 0.95, no decay for class token, positions and
+            1-D variables, optional `layer_decay`.
+        weight_decay: float. Defaults to `0.05`.
+        layer_decay: float or `None`, finetuning's layer-wise decay.
+        depth: int, encoder blocks (with `layer_decay`).
+        **kwargs: further `ScaledAdamW` arguments.
+
+    Returns:
+        A `ScaledAdamW`.
+    """
+    kwargs.setdefault("beta_2", 0.95 if finetune else 0.999)
+    return ScaledAdamW(no_decay_names=FINETUNE_NO_DECAY if finetune else PROBE_NO_DECAY,
+                       layer_decay=layer_decay, depth=depth, learning_rate=learning_rate,
+                       weight_decay=weight_decay, **kwargs)
