@@ -53,6 +53,7 @@ class ASRHead(LayerGateMixin, keras.layers.Layer):
         self.fc = keras.layers.Dense(num_classes, name="fc")
 
     def build(self, features_shape):
+        check_features(features_shape, type(self).__name__)
         _, layers, dim = features_shape["cls_tokens"]
         self.add_layer_gate(layers)
         # Transposed convolution with stride == kernel: each step emits `factor` outputs.

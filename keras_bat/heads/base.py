@@ -13,6 +13,7 @@ def check_pooling(pooling, allowed=POOLINGS, head="head"):
 
 
 def check_features(features, head, needs=("cls_tokens", "patch_tokens")):
+    """Checks that a head got the backbone's output dict (of tensors or of shapes)."""
     if not isinstance(features, dict) or any(key not in features for key in needs):
         got = sorted(features) if isinstance(features, dict) else type(features).__name__
         raise ValueError(

@@ -27,6 +27,7 @@ class _LinearProbe(keras.layers.Layer):
         raise NotImplementedError
 
     def build(self, features_shape):
+        check_features(features_shape, type(self).__name__)
         width = self.feature_dim(features_shape)
         if self.norm is not None:
             self.norm.build((None, width))

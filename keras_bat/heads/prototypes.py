@@ -23,6 +23,7 @@ class _PrototypeHead(keras.layers.Layer):
         self.fc = keras.layers.Dense(num_classes, name="fc")
 
     def build(self, features_shape):
+        check_features(features_shape, type(self).__name__)
         dim = features_shape["cls_tokens"][-1]
         self.prototypes = self.add_weight(
             shape=(self.num_prototypes, dim), initializer=keras.initializers.RandomNormal(stddev=0.02),

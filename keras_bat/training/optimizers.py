@@ -60,10 +60,14 @@ class ScaledAdamW(keras.optimizers.AdamW):
         self.layer_decay = layer_decay
         self.depth = depth
 
+    def build(self, var_list):
+        super().build(var_list)
+        # Per-variable scales by index: backends may hand update_step their raw variables.
+        self._lr_scales = [1.0 if self.layer_decay is None else layer_scale(v, self.depth, self.layer_decay)
+                           for v in var_list]
+
     def _scale(self, variable, learning_rate):
-        if self.layer_decay is None:
-            return learning_rate
-        scale = layer_scale(variable, self.depth, self.layer_decay)
+        scale = self._lr_scales[self._get_variable_index(variable)]
         return learning_rate if scale == 1.0 else learning_rate * scale
 
     def _use_weight_decay(self, variable):

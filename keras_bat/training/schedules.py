@@ -53,6 +53,6 @@ def ema_decay_schedule(decay_start=0.9998, decay_end=0.99999, warmup_steps=10000
     decays = np.linspace(decay_start, decay_end, warmup_steps, dtype="float32")
 
     def decay(step):
-        return float(decays[step]) if step < warmup_steps else float(np.float32(decay_end))
+        return float(decays[step]) if step < warmup_steps else float(decay_end)
 
     return decay

@@ -1,0 +1,127 @@
+import keras
+import numpy as np
+import pytest
+from helpers import load_parity, max_abs_error, parity_path, to_numpy
+
+from keras_bat.convert import load_official_head_weights, load_official_weights
+from keras_bat.heads import CGP, ASRHead, Head2Toe, LayerMixedLinear, LinearHead, ProtoBin, VQTHead, plot_layer_weights
+from keras_bat.models import BATBackbone
+
+# Fixture name -> head as the official configuration builds it (5 classes, 32 prototypes).
+OFFICIAL_HEADS = {
+    "linear_cls": lambda: LinearHead(5, "cls"),
+    "linear_patch_avg": lambda: LinearHead(5, "mean"),
+    "linear_frame": lambda: LinearHead(5, "frame"),
+    "linear_cls_norm": lambda: LinearHead(5, "cls", use_norm=True),
+    "linear_cgp_cls": lambda: LayerMixedLinear(5, "cls"),
+    "linear_cgp_patch_avg": lambda: LayerMixedLinear(5, "mean"),
+    "linear_cgp_frame": lambda: LayerMixedLinear(5, "frame"),
+    "cgp_cls": lambda: CGP(5, 32, "cls"),
+    "cgp_patch_avg": lambda: CGP(5, 32, "mean"),
+    "cgp_frame": lambda: CGP(5, 32, "frame"),
+    "protobin": lambda: ProtoBin(5, 32, "max"),
+    "protobin_frame": lambda: ProtoBin(5, 32, "frame"),
+    "h2t_cls": lambda: Head2Toe(5, "cls"),
+    "h2t_patch_avg": lambda: Head2Toe(5, "mean"),
+    "h2t_frame": lambda: Head2Toe(5, "frame"),
+    "h2t_cls_layerwise": lambda: Head2Toe(5, "cls", layer_wise_lasso=True, dim=64),
+}
+
+
+@pytest.fixture(scope="module")
+def features():
+    encoder = load_parity("encoder_outputs.safetensors")
+    return {"cls_tokens": encoder["cls_tokens"].transpose(1, 0, 2),  # B, L, D
+            "patch_tokens": encoder["patch_tokens"].transpose(1, 0, 3, 4, 2)}  # B, L, T, F, D
+
+
+@pytest.fixture(scope="module")
+def head_outputs():
+    return load_parity("heads_outputs.safetensors")
+
+
+def official_head(name, features):
+    head = OFFICIAL_HEADS[name]()
+    if isinstance(head, Head2Toe) and not head.layer_wise_lasso:
+        head.build({k: v.shape for k, v in features.items()})  # Head2Toe's width does not tell dim
+    return load_official_head_weights(head, parity_path("heads_weights.safetensors"), prefix=f"{name}/")
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL_HEADS))
+def test_head_matches_official(name, features, head_outputs):
+    head = official_head(name, features)
+    assert max_abs_error(head(features), head_outputs[name]) <= 1e-4
+    if f"{name}/lasso_penalty" in head_outputs:
+        expected = float(head_outputs[f"{name}/lasso_penalty"])
+        assert abs(float(to_numpy(head.lasso_penalty())) - expected) <= 1e-4 * expected
+
+
+def test_asr_head_matches_official(features, head_outputs):
+    head = load_official_head_weights(ASRHead(29), parity_path("asr_head_weights.safetensors"), prefix="asr/")
+    log_probs = head(features)  # B, 8 T, C
+    assert log_probs.shape == (3, 128, 29)
+    assert max_abs_error(log_probs, head_outputs["asr"].transpose(1, 0, 2)) <= 1e-4
+
+
+def test_vqt_matches_official(head_outputs, tiny_config):
+    encoder = load_parity("encoder_outputs.safetensors")
+    backbone = BATBackbone(**tiny_config, num_query_tokens=2)
+    load_official_weights(backbone, parity_path("encoder_weights.safetensors"))
+    head = load_official_head_weights(VQTHead(5, depth=3, dim=64, num_query_tokens=2),
+                                      parity_path("heads_weights.safetensors"), prefix="vqt/")
+    spectrogram = keras.ops.convert_to_tensor(encoder["input"][:, 0])
+    outputs = backbone({"spectrogram": spectrogram, "query_tokens": head.batch_query_tokens(3)})
+    assert max_abs_error(head.features(outputs), head_outputs["vqt/features"]) <= 1e-4
+    assert max_abs_error(head(outputs), head_outputs["vqt"]) <= 1e-4
+    # Query tokens read every block but are no keys: class and patch tokens stay as without them.
+    plain = load_official_weights(BATBackbone(**tiny_config), parity_path("encoder_weights.safetensors"))(spectrogram)
+    for key in ("cls_tokens", "patch_tokens"):
+        assert max_abs_error(outputs[key], plain[key]) <= 1e-5
+
+
+def test_layer_gate_is_readable_and_plottable(features):
+    head = official_head("cgp_cls", features)
+    weights = head.layer_weights
+    assert weights.shape == (3,) and abs(weights.sum() - 1.0) < 1e-6 and (weights > 0).all()
+    fresh = LayerMixedLinear(5)
+    fresh.build({k: v.shape for k, v in features.items()})
+    np.testing.assert_allclose(fresh.layer_weights, np.full(3, 1 / 3), rtol=1e-6)  # starts uniform
+    figure = plot_layer_weights([head, fresh], labels=["cgp", "linear mix"])
+    assert len(figure.axes[0].patches) == 6
+
+
+@pytest.mark.parametrize("name", ["cgp_frame", "h2t_cls_layerwise", "protobin", "linear_cls_norm"])
+def test_head_config_round_trip(name, features):
+    head = official_head(name, features)
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(head))
+    if not clone.built:
+        clone.build({k: v.shape for k, v in features.items()})
+    clone.set_weights(head.get_weights())
+    np.testing.assert_allclose(to_numpy(clone(features)), to_numpy(head(features)), atol=1e-6)
+
+
+def test_bad_head_configurations():
+    with pytest.raises(ValueError, match=r"pooling in \('cls', 'mean', 'frame'\)"):
+        CGP(5, pooling="max")
+    with pytest.raises(ValueError, match=r"pooling in \('max', 'frame'\)"):
+        ProtoBin(5, pooling="cls")
+    with pytest.raises(ValueError, match="needs `dim`"):
+        Head2Toe(5, layer_wise_lasso=True)
+    with pytest.raises(ValueError, match="num_prototypes"):
+        CGP(5, num_prototypes=0)
+    with pytest.raises(ValueError, match="output dict"):
+        LinearHead(5)(np.zeros((2, 64), "float32"))
+
+
+def test_head_checkpoint_mismatches_are_listed(features):
+    with pytest.raises(ValueError, match=r"'cgp_cls/prototype_vectors': checkpoint \(32, 64, 1, 1\) vs model \(16, 64, 1, 1\)"):
+        load_official_head_weights(CGP(5, 16), parity_path("heads_weights.safetensors"), prefix="cgp_cls/")
+    weights = {k: v for k, v in load_parity("heads_weights.safetensors").items() if k.startswith("linear_cls/")}
+    with pytest.raises(ValueError, match=r"missing keys.*'ln\.weight'"):
+        load_official_head_weights(LinearHead(5, use_norm=True), weights, prefix="linear_cls/")
+    weights["linear_cls/extra.weight"] = np.zeros(3, "float32")
+    with pytest.raises(ValueError, match=r"unexpected keys.*'linear_cls/extra\.weight'"):
+        load_official_head_weights(LinearHead(5), weights, prefix="linear_cls/")
+    scale = {k: v for k, v in load_parity("heads_weights.safetensors").items() if k.startswith("h2t_cls/")}
+    with pytest.raises(ValueError, match="group_scale"):  # element-wise scale in a layer-wise head
+        load_official_head_weights(Head2Toe(5, layer_wise_lasso=True, dim=64), scale, prefix="h2t_cls/")

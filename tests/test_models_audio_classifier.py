@@ -1,0 +1,107 @@
+import keras
+import numpy as np
+import pytest
+from helpers import to_numpy
+
+from keras_bat.heads import CGP, ASRHead, Head2Toe, LayerMixedLinear, LinearHead, ProtoBin, VQTHead
+from keras_bat.layers import LogMelSpectrogram
+from keras_bat.models import AudioClassifier, BATBackbone
+
+SMALL = {"dim": 32, "depth": 2, "num_heads": 4}
+
+
+def learnable_problem(frame_wise=False):
+    """Class 1 is loud in the upper half of the mel bins; 64 frames = 4 time patches."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(8) % 2
+    x = 0.2 * rng.uniform(size=(8, 64, 128)).astype("float32")
+    x[labels == 1, :, 64:] += 0.8
+    return x, labels
+
+
+HEADS = {
+    "cgp": (lambda: CGP(2, 16), "multiclass"),
+    "linear": (lambda: LinearHead(2, "mean"), "multiclass"),
+    "layer_mixed": (lambda: LayerMixedLinear(2), "multiclass"),
+    "head2toe": (lambda: Head2Toe(2, "cls", lasso_weight=1e-3), "multilabel"),
+    "protobin": (lambda: ProtoBin(2, 16), "multiclass"),
+    "cgp_frame": (lambda: CGP(2, 16, "frame"), "frame"),
+    "vqt": (lambda: VQTHead(2, depth=2, dim=32, num_query_tokens=3), "multiclass"),
+}
+
+
+def targets(labels, task):
+    if task == "multilabel":
+        return np.eye(2, dtype="float32")[labels]
+    if task == "frame":
+        return np.repeat(np.eye(2, dtype="float32")[labels][:, None], 4, axis=1)  # B, T, C
+    return labels
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_probe_learns_and_keeps_backbone_frozen(name):
+    make_head, task = HEADS[name]
+    head = make_head()
+    backbone = BATBackbone(**SMALL, num_query_tokens=3 if name == "vqt" else 0)
+    model = AudioClassifier(backbone, head, task=task)
+    model.compile(learning_rate=1e-2)
+    x, labels = learnable_problem()
+    y = targets(labels, task)
+    frozen = [to_numpy(w) for w in backbone.weights]
+    before = model.evaluate(x, y, verbose=0, return_dict=True)
+    model.fit(x, y, batch_size=4, epochs=20, verbose=0)
+    after = model.evaluate(x, y, verbose=0, return_dict=True)
+    assert after["loss"] < 0.8 * before["loss"]
+    assert not backbone.trainable_weights and all(
+        np.array_equal(a, to_numpy(w)) for a, w in zip(frozen, backbone.weights))
+    head_ids = {id(w) for w in head.trainable_weights}
+    assert {id(w) for w in model.trainable_weights} == head_ids
+
+
+def test_finetuning_updates_the_backbone():
+    x, labels = learnable_problem()
+    backbone = BATBackbone(**SMALL, drop_path_rate=0.1)
+    model = AudioClassifier(backbone, LinearHead(2), freeze_backbone=False)
+    model.compile(learning_rate=1e-3)
+    assert model.optimizer.beta_2 == 0.95 and model.optimizer.layer_decay == 0.75
+    before = [to_numpy(w) for w in backbone.trainable_weights]
+    model.fit(x, labels, batch_size=4, epochs=1, verbose=0)
+    assert all(not np.array_equal(a, to_numpy(w)) for a, w in zip(before, backbone.trainable_weights))
+
+
+def test_ctc_probe_learns_and_needs_lengths():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(4, 64, 128)).astype("float32")
+    y = {"labels": np.array([[1, 2, 3, 0], [4, 5, 0, 0], [6, 0, 0, 0], [7, 8, 9, 10]], "int32"),
+         "label_lengths": np.array([3, 2, 1, 4], "int32")}
+    model = AudioClassifier(BATBackbone(**SMALL), ASRHead(12, lstm_units=16), task="ctc")
+    model.compile(learning_rate=3e-3)
+    history = model.fit(x, y, batch_size=4, epochs=12, verbose=0)
+    assert history.history["loss"][-1] < 0.5 * history.history["loss"][0]
+    assert model.predict(x, verbose=0).shape == (4, 32, 12)  # 4 patches x 8 upsampling
+    with pytest.raises(ValueError, match="label_lengths"):
+        model.fit(x, y["labels"], epochs=1, verbose=0)
+
+
+def test_waveform_classifier_saves_and_loads(tmp_path):
+    frontend = LogMelSpectrogram(time_frames=64)
+    model = AudioClassifier(BATBackbone(**SMALL), CGP(3, 8), frontend=frontend)
+    waveforms = np.random.default_rng(1).normal(size=(2, 10080)).astype("float32") * 0.1
+    expected = to_numpy(model(waveforms))
+    model.save(tmp_path / "probe.keras")
+    restored = keras.saving.load_model(tmp_path / "probe.keras")
+    assert isinstance(restored, AudioClassifier) and restored.freeze_backbone
+    np.testing.assert_allclose(to_numpy(restored(waveforms)), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("head, task, message", [
+    (lambda: LinearHead(2, "cls"), "frame", "pooling='frame'"),
+    (lambda: CGP(2, 4, "frame"), "multiclass", "use task='frame'"),
+    (lambda: LinearHead(2), "ctc", "ASRHead"),
+    (lambda: ASRHead(5), "multiclass", "ASRHead"),
+    (lambda: LinearHead(2), "regression", "`task` must be one of"),
+    (lambda: VQTHead(2, depth=2, dim=32, num_query_tokens=3), "multiclass", "num_query_tokens=3"),
+])
+def test_bad_task_configurations(head, task, message):
+    with pytest.raises(ValueError, match=message):
+        AudioClassifier(BATBackbone(**SMALL), head(), task=task)

@@ -1,0 +1,154 @@
+import json
+
+import keras
+import numpy as np
+import pytest
+from helpers import parity_path, to_numpy
+
+from keras_bat.models import BATBackbone
+from keras_bat.training import (
+    AsymmetricLoss,
+    LogitF1Score,
+    MeanAveragePrecision,
+    SoftmaxCrossEntropy,
+    WarmupCosineDecay,
+    average_precision,
+    ctc_greedy_decode,
+    ema_decay_schedule,
+    layer_scale,
+    mean_average_precision,
+    paper_adamw,
+)
+
+
+@pytest.fixture(scope="module")
+def schedules():
+    return json.loads(parity_path("schedules.json").read_text())
+
+
+def test_lr_schedule_matches_official(schedules):
+    lr = schedules["lr"]
+    schedule = WarmupCosineDecay(lr["base_lr"], lr["warmup_steps"], lr["total_steps"], lr["min_lr"])
+    values = [float(to_numpy(schedule(step))) for step in range(len(lr["values_per_step"]))]
+    np.testing.assert_allclose(values, lr["values_per_step"], rtol=0, atol=1e-9)
+    assert values[0] == pytest.approx(lr["min_lr"]) and max(values) == pytest.approx(lr["base_lr"])
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(schedule))
+    assert clone.get_config() == schedule.get_config()
+
+
+def test_ema_schedule_matches_official(schedules):
+    ema = schedules["ema"]
+    decay = ema_decay_schedule(ema["decay_start"], ema["decay_end"], ema["warmup_steps"])
+    values = [decay(step) for step in range(len(ema["values_per_step"]))]
+    np.testing.assert_allclose(values, ema["values_per_step"], rtol=0, atol=1e-9)
+
+
+def test_schedule_rejects_bad_steps():
+    with pytest.raises(ValueError, match="must exceed"):
+        WarmupCosineDecay(1e-3, 100, 100)
+
+
+def _weights_by_name(model):
+    return {w.path: w for w in model.trainable_weights}
+
+
+def test_probing_weight_decay_groups():
+    from keras_bat.heads import CGP
+
+    head = CGP(3, 8)
+    head.build({"cls_tokens": (None, 2, 16), "patch_tokens": (None, 2, 4, 8, 16)})
+    optimizer = paper_adamw(1e-3)
+    decayed = {w.path.rsplit("/", 1)[-1]: optimizer._use_weight_decay(w) for w in head.weights}
+    assert decayed == {"layer_logits": False, "prototypes": False, "kernel": True, "bias": False}
+    assert optimizer.beta_2 == 0.999
+
+
+def test_finetuning_layer_decay_scales():
+    backbone = BATBackbone(dim=16, depth=3, num_heads=2)
+    scales = {w.path: layer_scale(w, depth=3, decay=0.5) for w in backbone.trainable_weights}
+    by_part = {}
+    for path, scale in scales.items():
+        part = "embed" if ("patch_embed" in path or "cls_token" in path) else path.split("/")[0]
+        by_part.setdefault(part, set()).add(scale)
+    # Embeddings lowest (decay^(depth + 1)), block i at decay^(depth - i), the rest at 1.
+    assert by_part == {"embed": {0.5**4}, "blocks_0": {0.5**3}, "blocks_1": {0.5**2},
+                       "blocks_2": {0.5}, "pre_norm": {1.0}}
+    optimizer = paper_adamw(5e-5, finetune=True, layer_decay=0.5, depth=3)
+    assert optimizer.beta_2 == 0.95
+    assert not optimizer._use_weight_decay(backbone.chunk_tokens.cls_token)
+    with pytest.raises(ValueError, match="needs `depth`"):
+        paper_adamw(1e-3, layer_decay=0.75)
+
+
+def test_layer_decay_scales_each_update():
+    backbone = BATBackbone(dim=16, depth=2, num_heads=2)
+    optimizer = paper_adamw(0.1, finetune=True, layer_decay=0.5, depth=2, weight_decay=0.0)
+    variables = [backbone.patch_embed.proj.kernel, backbone.blocks[1].fc1.kernel]
+    before = [to_numpy(v) for v in variables]
+    optimizer.apply_gradients([(keras.ops.ones(v.shape), v) for v in variables])
+    # Adam's first step moves each weight by its learning rate: 0.1 * 0.5^3 and 0.1 * 0.5^1.
+    steps = [np.abs(to_numpy(v) - b).mean() for v, b in zip(variables, before)]
+    np.testing.assert_allclose(steps, [0.1 * 0.5**3, 0.1 * 0.5], rtol=1e-3)
+
+
+def test_asymmetric_loss_by_hand():
+    logits = np.array([[2.0, -1.0], [0.5, 0.0]], "float32")
+    labels = np.array([[1.0, 0.0], [0.0, 1.0]], "float32")
+    p = 1 / (1 + np.exp(-logits))
+    # gamma_neg 1, gamma_pos 0: positives plain log p, negatives log(1 - p) weighted by p.
+    expected = -np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p) * p)
+    assert float(to_numpy(AsymmetricLoss()(labels, logits))) == pytest.approx(expected, rel=1e-5)
+
+
+def test_softmax_cross_entropy_label_forms():
+    logits = np.array([[2.0, 0.0, -1.0], [0.1, 0.2, 0.3]], "float32")
+    log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    integer = SoftmaxCrossEntropy()(np.array([0, 2]), logits)
+    one_hot = SoftmaxCrossEntropy()(np.eye(3)[[0, 2]], logits)
+    expected = -np.mean(log_p[[0, 1], [0, 2]])
+    assert float(to_numpy(integer)) == pytest.approx(expected, rel=1e-5)
+    assert float(to_numpy(one_hot)) == pytest.approx(expected, rel=1e-5)
+    smoothed = SoftmaxCrossEntropy(label_smoothing=0.3)(np.array([0, 2]), logits)
+    targets = np.eye(3)[[0, 2]] * 0.7 + 0.1
+    assert float(to_numpy(smoothed)) == pytest.approx(-np.mean((targets * log_p).sum(-1)), rel=1e-5)
+
+
+def test_average_precision_by_hand():
+    # Ranked: +, -, +, -  -> precision 1 at recall 1/2, 2/3 at recall 1.
+    assert average_precision([1, 0, 1, 0], [0.9, 0.8, 0.7, 0.1]) == pytest.approx((1 + 2 / 3) / 2)
+    # A tie between a positive and a negative counts as one threshold.
+    assert average_precision([1, 0], [0.5, 0.5]) == pytest.approx(0.5)
+    assert np.isnan(average_precision([0, 0], [0.2, 0.1]))
+    y = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])
+    s = np.array([[0.9, 0.2], [0.4, 0.8], [0.3, 0.1], [0.1, 0.3]])
+    per_class = [average_precision(y[:, c], s[:, c]) for c in range(2)]
+    assert mean_average_precision(y, s) == pytest.approx(np.mean(per_class))
+    assert mean_average_precision(y, s, "micro") == pytest.approx(average_precision(y.ravel(), s.ravel()))
+
+
+@pytest.mark.parametrize("average", ["macro", "micro"])
+def test_streaming_map_equals_exact_on_binned_scores(average):
+    rng = np.random.default_rng(0)
+    labels = (rng.uniform(size=(200, 4, 3)) < 0.3).astype("float32")  # frame-wise (B, T, C)
+    bins = rng.integers(0, 100, size=labels.shape)
+    probabilities = (bins + 0.5) / 100  # bin centres: binning loses nothing
+    logits = np.log(probabilities / (1 - probabilities)).astype("float32")
+    metric = MeanAveragePrecision(3, average, num_bins=100)
+    metric.update_state(labels[:120], logits[:120])
+    metric.update_state(labels[120:], logits[120:])
+    expected = mean_average_precision(labels, probabilities, average)
+    assert float(to_numpy(metric.result())) == pytest.approx(expected, abs=1e-5)
+    metric.reset_state()
+    assert float(to_numpy(metric.result())) == 0.0
+
+
+def test_logit_f1():
+    metric = LogitF1Score("micro")
+    metric.update_state(np.array([[1, 0], [1, 1]], "float32"), np.array([[3.0, -2.0], [-1.0, 2.0]], "float32"))
+    assert float(to_numpy(metric.result())) == pytest.approx(0.8)  # tp 2, fp 0, fn 1
+
+
+def test_ctc_greedy_decode_merges_and_drops_blanks():
+    steps = [1, 1, 0, 1, 2, 2, 0, 0, 3]
+    log_probs = np.log(np.eye(4)[steps][None] * 0.97 + 0.01)
+    assert ctc_greedy_decode(log_probs) == [[1, 1, 2, 3]]
