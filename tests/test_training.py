@@ -152,3 +152,14 @@ def test_ctc_greedy_decode_merges_and_drops_blanks():
     steps = [1, 1, 0, 1, 2, 2, 0, 0, 3]
     log_probs = np.log(np.eye(4)[steps][None] * 0.97 + 0.01)
     assert ctc_greedy_decode(log_probs) == [[1, 1, 2, 3]]
+
+
+def test_gradient_accumulation_with_paper_adamw():
+    backbone = BATBackbone(dim=16, depth=2, num_heads=2)
+    optimizer = paper_adamw(0.1, finetune=True, layer_decay=0.5, depth=2, gradient_accumulation_steps=2)
+    variable = backbone.blocks[0].fc1.kernel
+    before = to_numpy(variable)
+    optimizer.apply_gradients([(keras.ops.ones(variable.shape), variable)])
+    np.testing.assert_array_equal(to_numpy(variable), before)  # first of two steps: only accumulated
+    optimizer.apply_gradients([(keras.ops.ones(variable.shape), variable)])
+    assert np.abs(to_numpy(variable) - before).mean() == pytest.approx(0.1 * 0.5**2, rel=1e-2)

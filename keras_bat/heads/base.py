@@ -20,6 +20,14 @@ def check_features(features, head, needs=("cls_tokens", "patch_tokens")):
             f"{head} expects the backbone's output dict with keys {list(needs)}. Received: {got}")
 
 
+def logits_shape(features_shape, pooling, num_classes):
+    """Output shape of a classifier head: per clip, or per time patch for `"frame"`."""
+    patches = features_shape["patch_tokens"]
+    if pooling == "frame":
+        return (patches[0], patches[2], num_classes)
+    return (patches[0], num_classes)
+
+
 def l2_normalize(x, axis=-1):
     """`x / max(||x||, 1e-12)`, as torch.nn.functional.normalize."""
     norm = ops.sqrt(ops.sum(ops.square(x), axis=axis, keepdims=True))

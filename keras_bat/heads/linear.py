@@ -3,7 +3,14 @@
 import keras
 from keras import ops
 
-from keras_bat.heads.base import LayerGateMixin, check_features, check_pooling, mix_layers, pool_layers
+from keras_bat.heads.base import (
+    LayerGateMixin,
+    check_features,
+    check_pooling,
+    logits_shape,
+    mix_layers,
+    pool_layers,
+)
 
 
 class _LinearProbe(keras.layers.Layer):
@@ -42,10 +49,7 @@ class _LinearProbe(keras.layers.Layer):
         return self.fc(self.head_dropout(x, training=training))
 
     def compute_output_shape(self, features_shape):
-        patches = features_shape["patch_tokens"]
-        if self.pooling == "frame":
-            return (patches[0], patches[2], self.num_classes)
-        return (patches[0], self.num_classes)
+        return logits_shape(features_shape, self.pooling, self.num_classes)
 
     def get_config(self):
         config = super().get_config()

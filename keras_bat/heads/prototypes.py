@@ -3,7 +3,14 @@
 import keras
 from keras import ops
 
-from keras_bat.heads.base import LayerGateMixin, check_features, check_pooling, l2_normalize, mix_layers
+from keras_bat.heads.base import (
+    LayerGateMixin,
+    check_features,
+    check_pooling,
+    l2_normalize,
+    logits_shape,
+    mix_layers,
+)
 
 
 class _PrototypeHead(keras.layers.Layer):
@@ -35,10 +42,7 @@ class _PrototypeHead(keras.layers.Layer):
         return l2_normalize(self.prototypes)
 
     def compute_output_shape(self, features_shape):
-        patches = features_shape["patch_tokens"]
-        if self.pooling == "frame":
-            return (patches[0], patches[2], self.num_classes)
-        return (patches[0], self.num_classes)
+        return logits_shape(features_shape, self.pooling, self.num_classes)
 
     def get_config(self):
         config = super().get_config()
