@@ -30,7 +30,8 @@ class AudioClassifier(keras.Model):
             labels), `"multilabel"` (multi-hot labels), `"frame"` (frame-wise
             multi-label event detection, labels `(batch, time_patches,
             classes)`) or `"ctc"` (speech recognition with an `ASRHead`;
-            labels `{"labels": (batch, length), "label_lengths": (batch,)}`).
+            labels `{"labels": (batch, length), "label_lengths": (batch,)}`, and
+            optionally `"logit_lengths"` for inputs with padding).
         freeze_backbone: bool, probe (True) or finetune (False). Defaults to `True`.
         label_smoothing: float, for `"multiclass"`. Defaults to `0.0`.
         asymmetric_loss: bool, the paper's asymmetric loss instead of binary
