@@ -3,10 +3,12 @@
 from keras_bat.convert.heads import head_parameters, load_official_head_weights
 from keras_bat.convert.official import (
     backbone_parameters,
+    decoder_parameters,
+    load_official_pretrainer_weights,
     load_official_weights,
     read_state_dict,
     save_official_weights,
 )
 
-__all__ = ["backbone_parameters", "head_parameters", "load_official_head_weights", "load_official_weights",
+__all__ = ["backbone_parameters", "decoder_parameters", "head_parameters", "load_official_pretrainer_weights", "load_official_head_weights", "load_official_weights",
            "read_state_dict", "save_official_weights"]

@@ -77,15 +77,20 @@ def backbone_parameters(backbone):
     if backbone.pre_norm is not None:
         params.update(_layer_norm("pre_norm", backbone.pre_norm))
     for i, block in enumerate(backbone.blocks):
-        name = f"blocks.{i}"
-        params.update(_layer_norm(f"{name}.norm1", block.norm1))
-        params.update(_layer_norm(f"{name}.norm2", block.norm2))
-        params.update(_linear(f"{name}.attn.qkv", block.attn.qkv))
-        if block.attn.gate is not None:
-            params.update(_linear(f"{name}.attn.gate", block.attn.gate))
-        params.update(_linear(f"{name}.attn.proj", block.attn.proj))
-        params.update(_linear(f"{name}.mlp.fc1", block.fc1))
-        params.update(_linear(f"{name}.mlp.fc2", block.fc2))
+        params.update(_block_parameters(f"blocks.{i}", block))
+    return params
+
+
+def _block_parameters(name, block):
+    params = {}
+    params.update(_layer_norm(f"{name}.norm1", block.norm1))
+    params.update(_layer_norm(f"{name}.norm2", block.norm2))
+    params.update(_linear(f"{name}.attn.qkv", block.attn.qkv))
+    if block.attn.gate is not None:
+        params.update(_linear(f"{name}.attn.gate", block.attn.gate))
+    params.update(_linear(f"{name}.attn.proj", block.attn.proj))
+    params.update(_linear(f"{name}.mlp.fc1", block.fc1))
+    params.update(_linear(f"{name}.mlp.fc2", block.fc2))
     return params
 
 
@@ -280,3 +285,49 @@ def save_official_weights(backbone, path):
         # C order matters: save_file writes the raw buffer and ignores strides.
         tensors[name] = np.array(param.to_official(value), order="C")
     save_file(tensors, os.fspath(path))
+
+
+def decoder_parameters(decoder):
+    """Maps the official decoder's parameter names to a `MaskedDecoder`'s variables."""
+    params = {
+        "mask_token": _Param(decoder.mask_token),
+        "pos_embed": _Param(decoder.pos_embed, to_keras=lambda w: w[0], to_official=lambda w: w[None]),
+    }
+    if decoder.in_proj is not None:
+        params.update(_linear("in_proj", decoder.in_proj))
+    for i, block in enumerate(decoder.blocks):
+        params.update(_block_parameters(f"blocks.{i}", block))
+    params.update(_linear("out_proj", decoder.out_proj))
+    return params
+
+
+def load_official_pretrainer_weights(pretrainer, source):
+    """Loads the official pretraining checkpoint into a `BATPretrainer`.
+
+    Args:
+        pretrainer: a `keras_bat.models.BATPretrainer`.
+        source: the official checkpoint (`.pt` with `encoder`, `decoder`,
+            `ema_encoder`), or a dict / safetensors file with `encoder.*`,
+            `decoder.*` and optionally `ema_encoder.*` keys.
+
+    Returns:
+        The number of optimizer steps recorded in the checkpoint (or `None`).
+    """
+    if isinstance(source, dict) or str(source).endswith(".safetensors"):
+        state = read_state_dict(source)
+        parts = {name: {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
+                 for name in ("encoder", "decoder", "ema_encoder")}
+        steps = None
+    else:
+        checkpoint = _load_torch(os.fspath(source))
+        parts = {name: read_state_dict(checkpoint, checkpoint_key=name)
+                 for name in ("encoder", "decoder", "ema_encoder") if name in checkpoint}
+        steps = checkpoint.get("optimized_steps")
+    for name in ("encoder", "decoder"):
+        if not parts.get(name):
+            raise ValueError(f"The pretraining checkpoint has no {name!r} weights.")
+    assign_parameters(backbone_parameters(pretrainer.student), parts["encoder"], "", False, "student encoder")
+    assign_parameters(decoder_parameters(pretrainer.decoder), parts["decoder"], "", False, "MaskedDecoder")
+    teacher = parts.get("ema_encoder") or parts["encoder"]
+    assign_parameters(backbone_parameters(pretrainer.teacher), teacher, "", False, "teacher encoder")
+    return steps

@@ -1,10 +1,12 @@
 """Keras layers of keras-bat: frontends, patching and transformer blocks."""
 
+from keras_bat.layers.decoder import MaskedDecoder
 from keras_bat.layers.frontend import KaldiFbank, LogMelSpectrogram
+from keras_bat.layers.masking import inverse_block_mask
 from keras_bat.layers.patching import ChunkTokens, MergeChunks, PatchEmbedding
 from keras_bat.layers.transformer import DropPath, GatedSelfAttention, TransformerBlock
 
 __all__ = [
     "ChunkTokens", "DropPath", "GatedSelfAttention", "KaldiFbank", "LogMelSpectrogram",
-    "MergeChunks", "PatchEmbedding", "TransformerBlock",
+    "MaskedDecoder", "MergeChunks", "PatchEmbedding", "TransformerBlock", "inverse_block_mask",
 ]

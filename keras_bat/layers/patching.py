@@ -160,8 +160,7 @@ class ChunkTokens(keras.layers.Layer):
         x = ops.pad(patch_grid, [[0, 0], [0, pad], [0, 0], [0, 0]])
         x = ops.reshape(x, (-1, chunk_len * f, d))  # B * chunks, chunk_len * F, D
         x = x + ops.cast(self.pos_embed[None, : chunk_len * f], x.dtype)
-        cls = ops.broadcast_to(ops.cast(self.cls_token, x.dtype), (ops.shape(x)[0], 1, d))
-        tokens = ops.concatenate([cls, x], axis=1)
+        tokens = ops.concatenate([self.class_tokens(ops.shape(x)[0], x.dtype), x], axis=1)
 
         valid = ops.reshape(valid, (-1, num_chunks, chunk_len))  # B, chunks, chunk_len
         patch_keys = ops.repeat(ops.reshape(valid, (-1, chunk_len)), f, axis=1)
@@ -170,6 +169,19 @@ class ChunkTokens(keras.layers.Layer):
         chunk_weights = ops.cast(ops.any(valid, axis=-1), "float32")
         chunk_weights = ops.broadcast_to(chunk_weights, (ops.shape(patch_grid)[0], num_chunks))
         return {"tokens": tokens, "key_mask": key_mask, "chunk_weights": chunk_weights}
+
+    def position_patches(self, patch_grid):
+        """Flattens a one-chunk patch grid time-major and adds positions: `(B, N, D)`."""
+        time_patches = _static_length(patch_grid, 1, "time patches")
+        if time_patches > self.chunk_time_patches:
+            raise ValueError(f"Expected at most {self.chunk_time_patches} time patches (one chunk). "
+                             f"Received a patch grid of shape {tuple(patch_grid.shape)}.")
+        tokens = ops.reshape(patch_grid, (-1, time_patches * self.freq_patches, self.dim))
+        return tokens + ops.cast(self.pos_embed[None, : tokens.shape[1]], tokens.dtype)
+
+    def class_tokens(self, batch_size, dtype):
+        """The class token repeated to `(batch_size, 1, dim)`."""
+        return ops.broadcast_to(ops.cast(self.cls_token, dtype), (batch_size, 1, self.dim))
 
     def compute_output_shape(self, input_shape, padding_mask_shape=None):
         time_patches = input_shape[1]

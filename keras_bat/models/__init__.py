@@ -2,6 +2,7 @@
 
 from keras_bat.models.audio_classifier import AudioClassifier
 from keras_bat.models.bat_backbone import BATBackbone
+from keras_bat.models.bat_pretrainer import BATPretrainer
 from keras_bat.models.presets import BACKBONE_PRESETS
 
-__all__ = ["AudioClassifier", "BACKBONE_PRESETS", "BATBackbone"]
+__all__ = ["AudioClassifier", "BACKBONE_PRESETS", "BATBackbone", "BATPretrainer"]

@@ -4,6 +4,7 @@ import json
 import os
 
 import keras
+from keras import ops
 
 from keras_bat.convert.official import WEIGHTS_FILE, load_official_weights, save_official_weights
 from keras_bat.layers.patching import ChunkTokens, MergeChunks, PatchEmbedding, PrependQueries
@@ -209,6 +210,34 @@ class BATBackbone(keras.Model):
         if load_weights and os.path.isfile(os.path.join(preset, WEIGHTS_FILE)):
             load_official_weights(backbone, preset)
         return backbone
+
+    def encode_kept_patches(self, spectrogram, ids_keep, training=None):
+        """Runs the encoder on a subset of patches, as the pretraining student does.
+
+        The spectrogram (at most one chunk long) is patched and given
+        positions; only the patches in `ids_keep` follow the class token
+        through the blocks.
+
+        Args:
+            spectrogram: tensor `(batch, frames, num_mels)`, at most
+                `chunk_time_patches * patch_size` frames.
+            ids_keep: int tensor `(batch, num_kept)`, ascending time-major
+                indices of the kept patches.
+            training: bool, dropout and drop-path on or off.
+
+        Returns:
+            `(cls, patches)`: the last block's class token `(batch, dim)` and
+            kept patch tokens `(batch, num_kept, dim)`.
+        """
+        tokens = self.chunk_tokens.position_patches(self.patch_embed(spectrogram))  # B, N, D
+        index = ops.broadcast_to(ops.cast(ids_keep, "int32")[..., None], tuple(ids_keep.shape) + (self.dim,))
+        kept = ops.take_along_axis(tokens, index, axis=1)  # B, n, D
+        x = ops.concatenate([self.chunk_tokens.class_tokens(ops.shape(kept)[0], kept.dtype), kept], axis=1)
+        if self.pre_norm is not None:
+            x = self.pre_norm(x)
+        for block in self.blocks:
+            x = block(x, training=training)
+        return x[:, 0], x[:, 1:]
 
     def save_to_preset(self, directory):
         """Writes `config.json` and `model.safetensors` (official names) to `directory`."""
