@@ -124,3 +124,46 @@ def test_bad_pretrainer_configuration():
     with pytest.raises(ValueError, match="`which`"):
         BATPretrainer(encoder={"dim": 16, "depth": 1, "num_heads": 2}, decoder_depth=1, decoder_heads=2,
                       time_frames=64).export_backbone("ema")
+
+
+def _small_pretrainer(**overrides):
+    keras.utils.set_random_seed(0)
+    config = dict(encoder={"dim": 32, "depth": 2, "num_heads": 4}, decoder_depth=1, decoder_heads=4,
+                  time_frames=128, num_views=2, ema_warmup_steps=10, seed=1)
+    pretrainer = BATPretrainer(**{**config, **overrides})
+    pretrainer.compile(learning_rate=1e-3)
+    return pretrainer
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            raise KeyboardInterrupt("simulated interruption")
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
+    x = np.random.default_rng(0).uniform(size=(4, 128, 128)).astype("float32")
+    straight = _small_pretrainer()
+    straight.fit(x, batch_size=2, epochs=4, shuffle=False, verbose=0)
+    interrupted = _small_pretrainer()
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit(x, batch_size=2, epochs=4, shuffle=False, verbose=0,
+                        callbacks=[keras.callbacks.BackupAndRestore(str(tmp_path)), _Interrupt()])
+    resumed = _small_pretrainer()
+    resumed.fit(x, batch_size=2, epochs=4, shuffle=False, verbose=0,
+                callbacks=[keras.callbacks.BackupAndRestore(str(tmp_path))])
+    assert int(to_numpy(resumed.optimizer.iterations)) == int(to_numpy(straight.optimizer.iterations)) == 8
+    for a, b in zip(straight.weights, resumed.weights):  # student, decoder and teacher
+        np.testing.assert_allclose(to_numpy(b), to_numpy(a), atol=1e-5)
+
+
+def test_teacher_waits_for_accumulated_updates():
+    pretrainer = _small_pretrainer()
+    pretrainer.compile(optimizer=keras.optimizers.AdamW(1e-3, gradient_accumulation_steps=2))
+    x = np.random.default_rng(0).uniform(size=(2, 128, 128)).astype("float32")
+    teacher_before = [to_numpy(w) for w in pretrainer.teacher.weights]
+    pretrainer.train_on_batch(x)  # accumulates only
+    for before, after in zip(teacher_before, pretrainer.teacher.weights):
+        np.testing.assert_array_equal(to_numpy(after), before)
+    pretrainer.train_on_batch(x)  # updates the student, then the teacher
+    assert any(not np.array_equal(to_numpy(a), b) for a, b in zip(pretrainer.teacher.weights, teacher_before))

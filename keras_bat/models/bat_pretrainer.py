@@ -92,6 +92,7 @@ class BATPretrainer(keras.Model):
         self.global_loss_tracker = keras.metrics.Mean(name="global_loss")
         self.local_loss_tracker = keras.metrics.Mean(name="local_loss")
         self._build_parts()
+        self.built = True  # every part is built; callbacks such as BackupAndRestore need this
 
     def _build_parts(self):
         spectrogram = keras.ops.zeros((1, self.time_frames, self.student.num_mels))
@@ -184,29 +185,58 @@ class BATPretrainer(keras.Model):
     def _ema_pairs(self):
         return list(zip(self.teacher.weights, self.student.weights))
 
+    def _step_decay(self, iterations_before, iterations_after):
+        """Teacher decay for a train step; 1 (no move) when the student was not
+        updated (a gradient-accumulation step)."""
+        updated = ops.greater(ops.cast(iterations_after, "int32"), ops.cast(iterations_before, "int32"))
+        return ops.where(updated, self.ema_decay(ops.cast(iterations_after, "int32") - 1), 1.0)
+
     def train_step(self, *args):
         if keras.backend.backend() == "jax":
             return self._jax_train_step(*args)
+        before = ops.copy(self.optimizer.iterations)
         logs = super().train_step(*args)
-        decay = self.ema_decay(self.optimizer.iterations - 1)
+        decay = self._step_decay(before, self.optimizer.iterations)
         for teacher, student in self._ema_pairs():
             teacher.assign(decay * teacher + (1.0 - decay) * ops.cast(student, teacher.dtype))
         return logs
 
     def _jax_train_step(self, state, data):
+        # The optimizer's step counter in the state (`iterations` counts updates:
+        # with gradient accumulation it is this counter // accumulation steps).
+        counter = next(i for i, v in enumerate(self.optimizer.variables) if v is self.optimizer._iterations)
+        accumulation = self.optimizer.gradient_accumulation_steps or 1
+        before = state[2][counter] // accumulation
         logs, state = super().train_step(state, data)
         trainable, non_trainable, optimizer_variables, metrics_variables = state
         position = {id(v): ("trainable", i) for i, v in enumerate(self.trainable_variables)}
         position.update({id(v): ("non_trainable", i) for i, v in enumerate(self.non_trainable_variables)})
         values = {"trainable": trainable, "non_trainable": list(non_trainable)}
-        iterations = optimizer_variables[self.optimizer.variables.index(self.optimizer.iterations)]
-        decay = self.ema_decay(iterations - 1)
+        decay = self._step_decay(before, optimizer_variables[counter] // accumulation)
         for teacher, student in self._ema_pairs():
             kind, index = position[id(student)]
             _, teacher_index = position[id(teacher)]
             old = values["non_trainable"][teacher_index]
             values["non_trainable"][teacher_index] = decay * old + (1.0 - decay) * values[kind][index]
         return logs, (trainable, values["non_trainable"], optimizer_variables, metrics_variables)
+
+    # --- Checkpoints --------------------------------------------------------------
+    # The masking generator's state is saved with the weights, so that a run
+    # resumed from a checkpoint (e.g. keras.callbacks.BackupAndRestore) draws
+    # the same masks as one that never stopped.
+
+    _SEED_KEY = "mask_seed_state"
+
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        store[self._SEED_KEY] = ops.convert_to_numpy(self.seed_generator.state)
+
+    def load_own_variables(self, store):
+        own = self._trainable_variables + self._non_trainable_variables
+        for i, variable in enumerate(own):
+            variable.assign(store[f"{i}"])
+        if self._SEED_KEY in store.keys():
+            self.seed_generator.state.assign(store[self._SEED_KEY])
 
     # --- Export -------------------------------------------------------------------
 
