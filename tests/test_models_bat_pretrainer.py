@@ -167,3 +167,13 @@ def test_teacher_waits_for_accumulated_updates():
         np.testing.assert_array_equal(to_numpy(after), before)
     pretrainer.train_on_batch(x)  # updates the student, then the teacher
     assert any(not np.array_equal(to_numpy(a), b) for a, b in zip(pretrainer.teacher.weights, teacher_before))
+
+
+def test_mixed_bfloat16_pretrainer_stays_close(official_pretrainer, ssl_outputs):
+    half = BATPretrainer(**{**TINY, "encoder": {**TINY["encoder"], "dtype": "mixed_bfloat16"}})
+    half.set_weights(official_pretrainer.get_weights())
+    args = (ssl_outputs["input"][:, 0], ssl_outputs["ids_keep_sorted"], ssl_outputs["mask"])
+    out, reference = half.forward_with_masks(*args), official_pretrainer.forward_with_masks(*args)
+    assert keras.backend.standardize_dtype(out["local_loss"].dtype) == "float32"
+    for key in ("global_loss", "local_loss"):
+        assert abs(float(to_numpy(out[key])) - float(to_numpy(reference[key]))) < 0.03 * float(to_numpy(reference[key]))

@@ -34,8 +34,9 @@ class BATPretrainer(keras.Model):
 
     Args:
         encoder: dict of `BATBackbone` arguments (e.g. `{"dim": 384,
-            "depth": 12, "num_heads": 6}`); dropout and drop-path apply to
-            the student only.
+            "depth": 12, "num_heads": 6}`, or with `"dtype": "mixed_bfloat16"`,
+            which the decoder follows); dropout and drop-path apply to the
+            student only. Losses and targets are computed in float32.
         decoder_dim: int or `None`, decoder width (the encoder's by default).
         decoder_depth: int. Defaults to `6`.
         decoder_heads: int. Defaults to `12`.
@@ -75,7 +76,7 @@ class BATPretrainer(keras.Model):
         self.decoder = MaskedDecoder(self.student.dim, self.time_patches, self.freq_patches, dim=decoder_dim,
                                      depth=decoder_depth, num_heads=decoder_heads,
                                      mlp_ratio=decoder_mlp_ratio, use_gate=self.student.use_gate,
-                                     name="decoder")
+                                     dtype=encoder.get("dtype"), name="decoder")
         self.frontend = frontend
         self.decoder_dim = decoder_dim
         self.decoder_depth = decoder_depth
@@ -95,11 +96,8 @@ class BATPretrainer(keras.Model):
         self.built = True  # every part is built; callbacks such as BackupAndRestore need this
 
     def _build_parts(self):
-        spectrogram = keras.ops.zeros((1, self.time_frames, self.student.num_mels))
-        self.teacher(spectrogram)
         self.teacher.set_weights(self.student.get_weights())  # teacher and student start equal
-        kept = keras.ops.zeros((1, 1, self.student.dim))
-        self.decoder(kept, keras.ops.zeros((1, 1), "int32"))
+        self.decoder.build((None, None, self.student.dim))
 
     # --- Forward passes ---------------------------------------------------------
 
