@@ -1,5 +1,6 @@
 """Shared benchmark harness: one process per backend, median step time, table and JSON."""
 
+import argparse
 import json
 import os
 import statistics
@@ -56,3 +57,26 @@ def report(title, results, output, config):
 
 def parse_jit(value):
     return {"true": True, "false": False}.get(str(value).lower(), "auto")
+
+
+def benchmark_parser(description, name, jit_default):
+    """An argument parser with the options every benchmark shares."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--backends", nargs="+", default=["tensorflow", "jax", "torch"])
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--jit", nargs="+", default=jit_default, help="jit_compile values: auto true false")
+    parser.add_argument("--output", default=f"benchmarks/results/{name}.json")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds allowed per backend and jit mode")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def run(script, args, option_names, run_child, title):
+    """Runs the child measurement, or every backend and jit mode and the report."""
+    if args.child:
+        args.jit = args.jit[0]
+        return run_child(args)
+    options = {name: getattr(args, name) for name in option_names}
+    results = run_per_backend(script, args.backends, options, args.jit, args.timeout)
+    report(title, results, args.output, options)

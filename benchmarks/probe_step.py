@@ -6,10 +6,9 @@ median step time after warm-up is printed and written as JSON.
     python benchmarks/probe_step.py --backends tensorflow jax torch --steps 5
 """
 
-import argparse
 import json
 
-from common import parse_jit, report, run_per_backend, time_steps
+from common import benchmark_parser, parse_jit, run, time_steps
 
 
 def run_child(args):
@@ -30,27 +29,16 @@ def run_child(args):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backends", nargs="+", default=["tensorflow", "jax", "torch"])
+    parser = benchmark_parser(__doc__.split("\n\n")[0], "probe_step", ["auto"])
     parser.add_argument("--preset", default="bat_base")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--frames", type=int, default=1024)
     parser.add_argument("--prototypes", type=int, default=10000)
     parser.add_argument("--classes", type=int, default=527)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--jit", nargs="+", default=["auto"], help="jit_compile values: auto true false")
-    parser.add_argument("--output", default="benchmarks/results/probe_step.json")
-    parser.add_argument("--timeout", type=float, default=None, help="seconds allowed per backend and jit mode")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        args.jit = args.jit[0]
-        return run_child(args)
-    options = {k: getattr(args, k) for k in ("preset", "batch", "frames", "prototypes", "classes", "warmup", "steps")}
-    results = run_per_backend(__file__, args.backends, options, args.jit, args.timeout)
-    report(f"CGP probe step: {args.preset}, batch {args.batch} x {args.frames} frames, {args.prototypes} "
-           f"prototypes, {args.classes} classes", results, args.output, options)
+    run(__file__, args, ("preset", "batch", "frames", "prototypes", "classes", "warmup", "steps"), run_child,
+        f"CGP probe step: {args.preset}, batch {args.batch} x {args.frames} frames, {args.prototypes} "
+        f"prototypes, {args.classes} classes")
 
 
 if __name__ == "__main__":
