@@ -177,3 +177,12 @@ def test_mixed_bfloat16_pretrainer_stays_close(official_pretrainer, ssl_outputs)
     assert keras.backend.standardize_dtype(out["local_loss"].dtype) == "float32"
     for key in ("global_loss", "local_loss"):
         assert abs(float(to_numpy(out[key])) - float(to_numpy(reference[key]))) < 0.03 * float(to_numpy(reference[key]))
+
+
+def test_pretrains_on_waveforms_through_a_frontend():
+    from keras_bat.layers import LogMelSpectrogram
+
+    pretrainer = _small_pretrainer(frontend=LogMelSpectrogram(time_frames=128))
+    waveforms = np.random.default_rng(0).normal(size=(2, 20000)).astype("float32") * 0.1
+    history = pretrainer.fit(waveforms, batch_size=2, epochs=2, verbose=0).history
+    assert np.isfinite(history["loss"]).all()
