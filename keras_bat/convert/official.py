@@ -50,6 +50,11 @@ def _linear(name, dense):
     return params
 
 
+def _position_table(variable):
+    # Official tables carry a leading batch axis: (1, N, D).
+    return _Param(variable, to_keras=lambda w: w[0], to_official=lambda w: w[None])
+
+
 def _layer_norm(name, norm):
     return {f"{name}.weight": _Param(norm.gamma), f"{name}.bias": _Param(norm.beta)}
 
@@ -72,7 +77,7 @@ def backbone_parameters(backbone):
             to_official=lambda k: np.reshape(k.T, (dim, 1, p, p))),
         "patch_embed.proj.bias": _Param(backbone.patch_embed.proj.bias),
         "cls_token": _Param(tokens.cls_token),
-        "pos_embed": _Param(tokens.pos_embed, to_keras=lambda w: w[0], to_official=lambda w: w[None]),
+        "pos_embed": _position_table(tokens.pos_embed),
     }
     if backbone.pre_norm is not None:
         params.update(_layer_norm("pre_norm", backbone.pre_norm))
@@ -291,7 +296,7 @@ def decoder_parameters(decoder):
     """Maps the official decoder's parameter names to a `MaskedDecoder`'s variables."""
     params = {
         "mask_token": _Param(decoder.mask_token),
-        "pos_embed": _Param(decoder.pos_embed, to_keras=lambda w: w[0], to_official=lambda w: w[None]),
+        "pos_embed": _position_table(decoder.pos_embed),
     }
     if decoder.in_proj is not None:
         params.update(_linear("in_proj", decoder.in_proj))

@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from keras_bat.heads import ASRHead, VQTHead
-from keras_bat.training.losses import AsymmetricLoss, SoftmaxCrossEntropy, ctc_loss
+from keras_bat.training.losses import AsymmetricLoss, SoftmaxCrossEntropy, add_layer_losses, ctc_loss
 from keras_bat.training.metrics import LogitF1Score, MeanAveragePrecision
 from keras_bat.training.optimizers import paper_adamw
 
@@ -120,9 +120,7 @@ class AudioClassifier(keras.Model):
             raise ValueError(
                 "The ctc task needs labels and their lengths: pass y as "
                 "{'labels': (batch, max_length) int, 'label_lengths': (batch,) int}.")
-        loss = ctc_loss(y["labels"], y["label_lengths"], y_pred, y.get("logit_lengths"))
-        extra = self.losses
-        return loss + ops.sum(ops.stack(extra)) if extra else loss
+        return add_layer_losses(self, ctc_loss(y["labels"], y["label_lengths"], y_pred, y.get("logit_lengths")))
 
     def get_config(self):
         config = super().get_config()

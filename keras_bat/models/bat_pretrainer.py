@@ -6,6 +6,7 @@ from keras import ops
 from keras_bat.layers.decoder import MaskedDecoder
 from keras_bat.layers.masking import inverse_block_mask
 from keras_bat.models.bat_backbone import BATBackbone
+from keras_bat.training.losses import add_layer_losses
 from keras_bat.training.optimizers import ScaledAdamW
 
 
@@ -160,9 +161,7 @@ class BATPretrainer(keras.Model):
         super().compile(optimizer=optimizer, **kwargs)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        loss = y_pred["global_loss"] + y_pred["local_loss"]
-        extra = self.losses
-        return loss + ops.sum(ops.stack(extra)) if extra else loss
+        return add_layer_losses(self, y_pred["global_loss"] + y_pred["local_loss"])
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         self.global_loss_tracker.update_state(y_pred["global_loss"])

@@ -72,6 +72,12 @@ class SoftmaxCrossEntropy(keras.losses.Loss):
         return config
 
 
+def add_layer_losses(model, loss):
+    """`loss` plus the losses the model's layers add (e.g. Head2Toe's group lasso), in float32."""
+    extra = [ops.cast(layer_loss, "float32") for layer_loss in model.losses]
+    return loss + ops.sum(ops.stack(extra)) if extra else loss
+
+
 def ctc_loss(labels, label_lengths, log_probs, logit_lengths=None, blank_index=0):
     """Mean CTC loss of log-probabilities `(batch, steps, classes)`.
 
