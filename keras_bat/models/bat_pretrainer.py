@@ -7,7 +7,6 @@ from keras_bat.layers.decoder import MaskedDecoder
 from keras_bat.layers.masking import inverse_block_mask
 from keras_bat.models.bat_backbone import BATBackbone
 from keras_bat.training.losses import add_layer_losses
-from keras_bat.training.optimizers import ScaledAdamW
 
 
 def _normalize(x, axis):
@@ -154,10 +153,10 @@ class BATPretrainer(keras.Model):
     # --- Training ---------------------------------------------------------------
 
     def compile(self, optimizer="auto", learning_rate=5e-4, **kwargs):
-        """Compiles with the paper's AdamW (beta_2 0.95, weight decay 0.05) by default."""
+        """Compiles with the paper's AdamW by default: beta_2 0.95, weight decay 0.05 on
+        every trained variable (the reference pretraining has no parameter groups)."""
         if optimizer == "auto":
-            optimizer = ScaledAdamW(no_decay_names=("cls_token", "pos_embed"), learning_rate=learning_rate,
-                                    weight_decay=0.05, beta_2=0.95)
+            optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=0.05, beta_2=0.95)
         super().compile(optimizer=optimizer, **kwargs)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
