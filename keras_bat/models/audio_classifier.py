@@ -5,7 +5,7 @@ from keras import ops
 
 from keras_bat.heads import ASRHead, VQTHead
 from keras_bat.training.losses import AsymmetricLoss, SoftmaxCrossEntropy, add_layer_losses, ctc_loss
-from keras_bat.training.metrics import LogitF1Score, MeanAveragePrecision
+from keras_bat.training.metrics import ClassAccuracy, LogitF1Score, MeanAveragePrecision
 from keras_bat.training.optimizers import paper_adamw
 
 TASKS = ("multiclass", "multilabel", "frame", "ctc")
@@ -36,6 +36,12 @@ class AudioClassifier(keras.Model):
         label_smoothing: float, for `"multiclass"`. Defaults to `0.0`.
         asymmetric_loss: bool, the paper's asymmetric loss instead of binary
             cross-entropy for multi-label tasks. Defaults to `True`.
+        augmentation: optional `keras_bat.data.AudioAugmentation`, applied in
+            training steps only: its waveform part before the frontend, its
+            spectrogram part (time roll, mixup, SpecAugment) after it.
+
+    With a frontend, the model takes waveforms `(batch, samples)` or, as they
+    are, spectrograms `(batch, frames, mel_bins)`.
 
     Example:
     >>> backbone = BATBackbone.from_preset("bat_base")
@@ -45,7 +51,7 @@ class AudioClassifier(keras.Model):
     """
 
     def __init__(self, backbone, head, frontend=None, task="multiclass", freeze_backbone=True,
-                 label_smoothing=0.0, asymmetric_loss=True, **kwargs):
+                 label_smoothing=0.0, asymmetric_loss=True, augmentation=None, **kwargs):
         super().__init__(**kwargs)
         _check_task(backbone, head, task)
         self.backbone = backbone
@@ -55,16 +61,54 @@ class AudioClassifier(keras.Model):
         self.freeze_backbone = freeze_backbone
         self.label_smoothing = label_smoothing
         self.asymmetric_loss = asymmetric_loss
+        self.augmentation = augmentation
         self.backbone.trainable = not freeze_backbone
 
     def call(self, inputs, training=None):
-        x = self.frontend(inputs) if self.frontend is not None else inputs
+        x = self._spectrograms(inputs)
         if isinstance(self.head, VQTHead):
             x = {"spectrogram": x, "query_tokens": self.head.batch_query_tokens(ops.shape(x)[0])}
         features = self.backbone(x, training=bool(training) and not self.freeze_backbone)
         if self.freeze_backbone and not isinstance(self.head, VQTHead):
             features = {k: ops.stop_gradient(v) for k, v in features.items()}
         return self.head(features, training=training)
+
+    def _spectrograms(self, inputs):
+        is_waveform = not isinstance(inputs, dict) and len(inputs.shape) == 2
+        return self.frontend(inputs) if self.frontend is not None and is_waveform else inputs
+
+    # --- Augmentation (training steps only) ----------------------------------------
+
+    def train_step(self, *args):
+        if self.augmentation is None:
+            return super().train_step(*args)
+        if keras.backend.backend() != "jax":
+            return super().train_step(self._augment(args[0]))
+        # JAX: the augmentation's random state is part of the functional state.
+        state, data = args
+        trainable, non_trainable, optimizer_variables, metrics_variables = state
+        mapping = list(zip(self.trainable_variables, trainable)) + list(zip(self.non_trainable_variables,
+                                                                            non_trainable))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            data = self._augment(data)
+        non_trainable = [scope.get_current_value(v) if scope.get_current_value(v) is not None else value
+                         for v, value in zip(self.non_trainable_variables, non_trainable)]
+        return super().train_step((trainable, non_trainable, optimizer_variables, metrics_variables), data)
+
+    def _augment(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if self.frontend is not None and not isinstance(x, dict) and len(x.shape) == 2:
+            x = self.frontend(self.augmentation.augment_waveforms(x))
+        if self.augmentation.uses_mixup:
+            if self.task == "ctc":
+                raise ValueError("Mixup cannot mix CTC transcripts; use it with classification tasks.")
+            if self.task == "multiclass" and len(y.shape) == 1:
+                y = ops.one_hot(ops.cast(y, "int32"), self.head.num_classes)
+        if self.task == "ctc":
+            x, _ = self.augmentation.augment_spectrograms(x, ops.zeros((ops.shape(x)[0], 1)))
+        else:
+            x, y = self.augmentation.augment_spectrograms(x, y)
+        return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
 
     # --- Training defaults ------------------------------------------------------
 
@@ -80,7 +124,7 @@ class AudioClassifier(keras.Model):
     def default_metrics(self):
         num_classes = self.head.num_classes
         if self.task == "multiclass":
-            return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+            return [ClassAccuracy(name="accuracy")]
         if self.task == "multilabel":
             return [MeanAveragePrecision(num_classes, "macro"), LogitF1Score("macro")]
         if self.task == "frame":
@@ -130,13 +174,14 @@ class AudioClassifier(keras.Model):
             "frontend": keras.saving.serialize_keras_object(self.frontend) if self.frontend else None,
             "task": self.task, "freeze_backbone": self.freeze_backbone,
             "label_smoothing": self.label_smoothing, "asymmetric_loss": self.asymmetric_loss,
+            "augmentation": keras.saving.serialize_keras_object(self.augmentation) if self.augmentation else None,
         })
         return config
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        for key in ("backbone", "head", "frontend"):
+        for key in ("backbone", "head", "frontend", "augmentation"):
             if config.get(key) is not None:
                 config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)

@@ -2,14 +2,20 @@
 
 from keras_bat.training.losses import AsymmetricLoss, SoftmaxCrossEntropy, ctc_greedy_decode, ctc_loss
 from keras_bat.training.metrics import (
+    ClassAccuracy,
     LogitF1Score,
     MeanAveragePrecision,
     average_precision,
+    cross_validation_summary,
+    error_rates,
+    event_based_f1,
+    frames_to_events,
     mean_average_precision,
 )
 from keras_bat.training.optimizers import ScaledAdamW, layer_scale, paper_adamw
 from keras_bat.training.schedules import WarmupCosineDecay, ema_decay_schedule
 
-__all__ = ["AsymmetricLoss", "LogitF1Score", "MeanAveragePrecision", "ScaledAdamW", "SoftmaxCrossEntropy",
-           "WarmupCosineDecay", "average_precision", "ctc_greedy_decode", "ctc_loss", "ema_decay_schedule",
+__all__ = ["AsymmetricLoss", "ClassAccuracy", "LogitF1Score", "MeanAveragePrecision", "ScaledAdamW", "SoftmaxCrossEntropy",
+           "WarmupCosineDecay", "average_precision", "cross_validation_summary", "ctc_greedy_decode", "ctc_loss",
+           "ema_decay_schedule", "error_rates", "event_based_f1", "frames_to_events",
            "layer_scale", "mean_average_precision", "paper_adamw"]

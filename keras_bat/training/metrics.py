@@ -137,3 +137,100 @@ class LogitF1Score(keras.metrics.F1Score):
         y_pred = ops.sigmoid(ops.reshape(ops.cast(y_pred, "float32"), (-1, num_classes)))
         y_true = ops.reshape(ops.cast(y_true, "float32"), (-1, num_classes))
         super().update_state(y_true, y_pred, sample_weight)
+
+
+def _class_accuracy(y_true, y_pred):
+    if len(y_true.shape) == len(y_pred.shape):  # one-hot or mixed labels
+        y_true = ops.argmax(y_true, axis=-1)
+    y_true = ops.reshape(ops.cast(y_true, "int32"), ops.shape(y_pred)[:-1])
+    return ops.cast(ops.equal(y_true, ops.cast(ops.argmax(y_pred, axis=-1), "int32")), "float32")
+
+
+@keras.saving.register_keras_serializable(package="keras_bat")
+class ClassAccuracy(keras.metrics.MeanMetricWrapper):
+    """Accuracy for integer labels, or one-hot / mixup labels (their argmax)."""
+
+    def __init__(self, name="accuracy", dtype=None):
+        super().__init__(fn=_class_accuracy, name=name, dtype=dtype)
+
+    def get_config(self):
+        return {"name": self.name, "dtype": self.dtype}
+
+
+# --- Sound event detection -----------------------------------------------------------
+
+def frames_to_events(probabilities, patch_seconds=0.16, threshold=0.3, median_filter=3):
+    """Events `(onset_s, offset_s, class_index)` from frame-wise probabilities
+    `(time_patches, classes)`: median filter over time, threshold, runs of
+    active patches (the reference's DCASE2016 post-processing)."""
+    from scipy.ndimage import median_filter as scipy_median_filter
+
+    probabilities = np.asarray(probabilities, "float32")
+    if median_filter and median_filter > 1:
+        probabilities = scipy_median_filter(probabilities, size=(median_filter, 1), mode="nearest")
+    active = probabilities >= threshold
+    events = []
+    for c in range(active.shape[1]):
+        edges = np.diff(np.concatenate([[0], active[:, c].astype("int8"), [0]]))
+        for start, end in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)):
+            events.append((start * patch_seconds, end * patch_seconds, c))
+    return sorted(events)
+
+
+def event_based_f1(reference, estimated, collar=0.2):
+    """Event-based onset F1 (micro over classes and files), offsets ignored.
+
+    An estimated event matches a reference event of the same file and class
+    whose onset lies within `collar` seconds; events are paired by maximum
+    bipartite matching. This is sed_eval's `EventBasedMetrics(t_collar=collar,
+    evaluate_onset=True, evaluate_offset=False)` overall F-measure.
+
+    Args:
+        reference, estimated: dict `{file: [(onset_s, offset_s, class), ...]}`
+            (or one list for a single file).
+
+    Returns:
+        dict with `f1`, `precision`, `recall`, `true_positives`,
+        `reference_events`, `estimated_events`.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    if not isinstance(reference, dict):
+        reference, estimated = {"": reference}, {"": estimated}
+    true_positives = num_reference = num_estimated = 0
+    for name in set(reference) | set(estimated):
+        ref, est = reference.get(name, []), estimated.get(name, [])
+        num_reference, num_estimated = num_reference + len(ref), num_estimated + len(est)
+        for c in {e[2] for e in ref} & {e[2] for e in est}:
+            ref_onsets = np.array([e[0] for e in ref if e[2] == c])
+            est_onsets = np.array([e[0] for e in est if e[2] == c])
+            hits = np.abs(ref_onsets[:, None] - est_onsets[None, :]) <= collar
+            rows, cols = linear_sum_assignment(hits, maximize=True)
+            true_positives += int(hits[rows, cols].sum())
+    precision = true_positives / num_estimated if num_estimated else 0.0
+    recall = true_positives / num_reference if num_reference else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"f1": f1, "precision": precision, "recall": recall, "true_positives": true_positives,
+            "reference_events": num_reference, "estimated_events": num_estimated}
+
+
+# --- Speech recognition --------------------------------------------------------------
+
+def error_rates(references, hypotheses):
+    """Word and character error rates over a corpus (jiwer), as fractions."""
+    import jiwer
+
+    references, hypotheses = list(references), list(hypotheses)
+    if len(references) != len(hypotheses) or not references:
+        raise ValueError(f"Need as many hypotheses as references (at least one); received "
+                         f"{len(references)} references and {len(hypotheses)} hypotheses.")
+    return {"wer": jiwer.wer(references, hypotheses), "cer": jiwer.cer(references, hypotheses)}
+
+
+def cross_validation_summary(fold_results):
+    """Mean and standard deviation (population, as the paper reports) of each
+    metric over folds: `{metric: {"mean", "std", "folds": [...]}}`."""
+    keys = fold_results[0].keys()
+    return {k: {"mean": float(np.mean([r[k] for r in fold_results])),
+                "std": float(np.std([r[k] for r in fold_results])),
+                "folds": [float(r[k]) for r in fold_results]} for k in keys}

@@ -1,0 +1,274 @@
+"""Input pipelines from an `AudioDataset` to batches for `model.fit`.
+
+Two engines share one clip loader: tf.data (`engine="tf"`, the default; usable
+with `fit` on every Keras backend) and grain (`engine="grain"`). Files that
+cannot be decoded are skipped and counted (`SkippedFiles`), so that one bad
+file never stops a long run.
+"""
+
+import collections
+import itertools
+import threading
+
+import keras
+import numpy as np
+
+from keras_bat.data.audio import SAMPLE_RATE, AudioDecodeError, load_audio
+
+
+class SkippedFiles:
+    """Thread-safe record of the files a pipeline skipped, with reasons."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.files = []  # (path, reason)
+
+    def record(self, error):
+        with self._lock:
+            self.files.append((error.path, error.reason))
+
+    def counts(self):
+        with self._lock:
+            return dict(collections.Counter(reason for _, reason in self.files))
+
+    def __len__(self):
+        with self._lock:
+            return len(self.files)
+
+
+class SkippedFilesLogger(keras.callbacks.Callback):
+    """Adds `skipped_files` (the running total) to the epoch logs, so that
+    CSV and TensorBoard logs show it, and prints new skips with their reasons."""
+
+    def __init__(self, skipped, verbose=True):
+        super().__init__()
+        self.skipped = skipped
+        self.verbose = verbose
+        self._reported = 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["skipped_files"] = float(len(self.skipped))
+        new = self.skipped.files[self._reported:]
+        self._reported += len(new)
+        if self.verbose and new:
+            for path, reason in new[:10]:
+                print(f"skipped {path}: {reason}")
+            if len(new) > 10:
+                print(f"... and {len(new) - 10} more; totals by reason: {self.skipped.counts()}")
+
+
+class ClipLoader:
+    """Decodes a clip of a dataset and brings it to a fixed length.
+
+    Training clips are rolled by a random amount, then zero-padded (and rolled
+    again within the padding) or cropped at a random offset; evaluation clips
+    are padded or cut from the start. This is the reference's clip handling.
+
+    Args:
+        dataset: `AudioDataset`.
+        clip_seconds: float, length of every output waveform.
+        training: bool, random (True) or fixed (False) clip handling.
+        sample_rate: int. Defaults to 16000.
+        noise_std: float, Gaussian noise added in training (0.02 for the
+            reference's HSN recipe). Defaults to `0.0`.
+        patch_seconds: float, time patch length for frame targets. Defaults to `0.16`.
+        max_label_length: int, CTC labels are padded or cut to this length.
+        decoder: `"soundfile"` or `"tfio"` (see `load_audio`).
+    """
+
+    def __init__(self, dataset, clip_seconds, training, sample_rate=SAMPLE_RATE, noise_std=0.0,
+                 patch_seconds=0.16, max_label_length=400, decoder="soundfile"):
+        if clip_seconds <= 0:
+            raise ValueError(f"`clip_seconds` must be positive. Received: {clip_seconds}")
+        self.dataset = dataset
+        self.clip_samples = int(round(clip_seconds * sample_rate))
+        self.training = training
+        self.sample_rate = sample_rate
+        self.noise_std = noise_std
+        self.patch_seconds = patch_seconds
+        self.time_patches = int(round(clip_seconds / patch_seconds))
+        self.max_label_length = max_label_length
+        self.decoder = decoder
+
+    def __call__(self, index, seed=0):
+        """Returns `(waveform, target)`; raises `AudioDecodeError` for bad files."""
+        clip = self.dataset.clips[int(index)]
+        rng = np.random.default_rng(int(seed))
+        waveform = load_audio(clip.path, self.sample_rate, clip.offset, clip.duration, decoder=self.decoder)
+        waveform = self.fit_length(waveform, rng)
+        if self.training and self.noise_std > 0:
+            waveform = waveform + rng.normal(0.0, self.noise_std, waveform.shape).astype("float32")
+        return waveform, self.target(clip)
+
+    def fit_length(self, waveform, rng):
+        n = self.clip_samples
+        if self.training:
+            waveform = np.roll(waveform, rng.integers(len(waveform)))
+        if len(waveform) < n:
+            padding = n - len(waveform)
+            waveform = np.pad(waveform, (0, padding))
+            if self.training:
+                waveform = np.roll(waveform, rng.integers(padding + 1))
+        elif len(waveform) > n:
+            start = rng.integers(len(waveform) - n + 1) if self.training else 0
+            waveform = waveform[start:start + n]
+        return waveform.astype("float32")
+
+    def target(self, clip):
+        target = self.dataset.target(clip, self.time_patches, self.patch_seconds)
+        if self.dataset.task == "ctc":
+            labels = np.zeros(self.max_label_length, "int32")
+            labels[:min(len(target), self.max_label_length)] = target[:self.max_label_length]
+            return {"labels": labels, "label_lengths": np.int32(min(len(target), self.max_label_length))}
+        return target
+
+
+
+class Sampler:
+    """The order of clips per epoch: a shuffle, or `samples_per_epoch` clips
+    drawn without replacement with the given weights (class-balanced sampling),
+    or the dataset order for evaluation.
+
+    Args:
+        num_clips: int.
+        shuffle: bool. Defaults to `True`.
+        weights: optional array `(num_clips,)`, e.g. `balanced_sampling_weights`.
+        samples_per_epoch: int, clips per epoch with weights (default: all).
+        seed: int.
+    """
+
+    def __init__(self, num_clips, shuffle=True, weights=None, samples_per_epoch=None, seed=0):
+        if num_clips == 0:
+            raise ValueError("The dataset has no clips.")
+        self.num_clips = num_clips
+        self.shuffle = shuffle
+        self.weights = None if weights is None else np.asarray(weights, "float64") / np.sum(weights)
+        self.samples_per_epoch = min(samples_per_epoch or num_clips, num_clips)
+        self.seed = seed
+
+    def order(self, epoch):
+        """`(indices, seeds)` of one epoch; each clip gets its own random seed."""
+        rng = np.random.default_rng([self.seed, epoch])
+        if self.weights is not None:
+            indices = rng.choice(self.num_clips, self.samples_per_epoch, replace=False, p=self.weights)
+        elif self.shuffle:
+            indices = rng.permutation(self.num_clips)
+        else:
+            indices = np.arange(self.num_clips)
+        return indices.astype("int64"), rng.integers(0, 2**31 - 1, len(indices), dtype="int64")
+
+
+def make_pipeline(dataset, batch_size, clip_seconds, training=True, engine="tf", repeat=False,
+                  weights=None, samples_per_epoch=None, noise_std=0.0, num_workers=4, seed=0,
+                  skipped=None, max_label_length=400, with_targets=True, decoder="soundfile"):
+    """Batches of `(waveforms (batch, samples), targets)` from a dataset.
+
+    Args:
+        dataset: `AudioDataset`.
+        batch_size: int.
+        clip_seconds: float, waveform length.
+        training: bool, shuffle and random clip handling (and drop the last
+            short batch). Defaults to `True`.
+        engine: `"tf"` (tf.data) or `"grain"`. Defaults to `"tf"`.
+        repeat: bool, loop over epochs without end (use `steps_per_epoch`
+            in `fit`). Defaults to `False`.
+        weights, samples_per_epoch: class-balanced sampling (see `Sampler`).
+        noise_std: float, Gaussian noise in training (HSN).
+        num_workers: int, parallel decoding threads. Defaults to 4.
+        seed: int.
+        skipped: `SkippedFiles` that records bad files (a new one if `None`;
+            read it back as `pipeline.skipped` for grain, or pass your own).
+        max_label_length: int, for CTC.
+        with_targets: bool, `False` yields waveforms only (pretraining).
+        decoder: `"soundfile"` or `"tfio"` (tensorflow-io's decoders, from
+            the `[tfio]` stack).
+
+    Returns:
+        `tf.data.Dataset` or grain `IterDataset`, ready for `model.fit`.
+    """
+    loader = ClipLoader(dataset, clip_seconds, training, noise_std=noise_std, max_label_length=max_label_length,
+                        decoder=decoder)
+    sampler = Sampler(len(dataset), shuffle=training, weights=weights, samples_per_epoch=samples_per_epoch,
+                      seed=seed)
+    skipped = SkippedFiles() if skipped is None else skipped
+    if engine == "tf":
+        data = _tf_pipeline(loader, sampler, batch_size, training, repeat, num_workers, skipped)
+        return data if with_targets else data.map(_waveforms_only)
+    if engine == "grain":
+        data = _grain_pipeline(loader, sampler, batch_size, training, repeat, num_workers, skipped)
+        return data if with_targets else data.map(lambda batch: batch[0])
+    raise ValueError(f"`engine` must be 'tf' or 'grain'. Received: {engine!r}")
+
+
+def _epochs(sampler, repeat):
+    for epoch in itertools.count() if repeat else range(1):
+        yield from zip(*sampler.order(epoch))
+
+
+def _safe_load(loader, skipped, index, seed):
+    try:
+        return loader(index, seed)
+    except AudioDecodeError as error:
+        skipped.record(error)
+        return None
+
+
+def _tf_pipeline(loader, sampler, batch_size, training, repeat, num_workers, skipped):
+    import tensorflow as tf
+
+    template = loader.target(loader.dataset.clips[0])  # the targets' structure, shapes and dtypes
+    flat_spec = [(np.shape(a), np.asarray(a).dtype) for a in keras.tree.flatten(template)]
+    empty_targets = [np.zeros(shape, dtype) for shape, dtype in flat_spec]
+
+    def load(index, seed):
+        example = _safe_load(loader, skipped, index, seed)
+        if example is None:
+            return [np.zeros(loader.clip_samples, "float32"), *empty_targets, np.bool_(False)]
+        return [example[0], *keras.tree.flatten(example[1]), np.bool_(True)]
+
+    def tf_load(index, seed):
+        values = tf.numpy_function(load, [index, seed], [tf.float32] + [tf.as_dtype(d) for _, d in flat_spec]
+                                   + [tf.bool], stateful=False)
+        values = [tf.ensure_shape(v, s) for v, s in
+                  zip(values, [(loader.clip_samples,)] + [s for s, _ in flat_spec] + [()])]
+        targets = keras.tree.pack_sequence_as(template, values[1:-1])
+        return values[0], targets, values[-1]
+
+    data = tf.data.Dataset.from_generator(lambda: _epochs(sampler, repeat), output_signature=(
+        tf.TensorSpec((), tf.int64), tf.TensorSpec((), tf.int64)))
+    data = data.map(tf_load, num_parallel_calls=num_workers, deterministic=True)
+    data = data.filter(_is_loaded).map(_drop_flag)
+    return data.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
+
+
+def _waveforms_only(waveforms, targets):
+    return waveforms
+
+
+def _is_loaded(waveform, target, ok):
+    return ok
+
+
+def _drop_flag(waveform, target, ok):
+    return waveform, target
+
+
+def _grain_pipeline(loader, sampler, batch_size, training, repeat, num_workers, skipped):
+    import grain
+
+    per_epoch = len(sampler.order(0)[0])
+    orders = {}
+
+    def load(position, _):
+        epoch, i = divmod(position, per_epoch)
+        if epoch not in orders:  # one epoch's order at a time
+            orders.clear()
+            orders[epoch] = sampler.order(epoch)
+        indices, seeds = orders[epoch]
+        return _safe_load(loader, skipped, indices[i], seeds[i])
+
+    data = grain.MapDataset.range(per_epoch).repeat(None if repeat else 1).map_with_index(load)
+    data = data.to_iter_dataset(grain.ReadOptions(num_threads=num_workers, prefetch_buffer_size=2 * batch_size))
+    data = data.filter(lambda example: example is not None)
+    return data.batch(batch_size, drop_remainder=training)

@@ -1,0 +1,125 @@
+"""From config sections to datasets, backbones, heads and task models."""
+
+from pathlib import Path
+
+import numpy as np
+
+from keras_bat.data.audio import SAMPLE_RATE
+from keras_bat.data import datasets as readers
+from keras_bat.data.synthetic import SOUND_CLASSES, write_synthetic_dataset
+from keras_bat.heads import ASRHead, CGP, Head2Toe, LayerMixedLinear, LinearHead, ProtoBin, VQTHead
+
+HEAD_TYPES = ("cgp", "linear", "lcgp", "h2t", "pb", "vqt", "asr")
+
+
+def build_splits(data, output_dir, fold=None):
+    """`{split: AudioDataset}` for the config's `data` section."""
+    name, root, options = data["dataset"], data["root"], dict(data["options"] or {})
+    if name == "synthetic":
+        root = root or str(Path(output_dir) / "synthetic_data")
+        task = options.pop("task", "multiclass")
+        written = write_synthetic_dataset(root, task=task, **options)
+        if task == "frame":
+            return readers.dcase2016_task2(root)
+        return {split: readers.csv_dataset(path, class_names=SOUND_CLASSES, name=f"synthetic/{split}")
+                for split, path in written.items()}
+    if root is None:
+        raise ValueError(f"data.root is not set: point it at your copy of {name!r} "
+                         f"(e.g. --set data.root=/data/{name}).")
+    if name == "audioset":
+        return readers.audioset(root, **options)
+    if name == "esc50":
+        return readers.esc50(root, test_fold=fold or options.pop("test_fold", 1))
+    if name == "speech_commands":
+        return readers.speech_commands(root, **options)
+    if name == "birdset":
+        return readers.birdset(root, **options)
+    if name == "dcase2016_task2":
+        return readers.dcase2016_task2(root, **options)
+    if name == "librispeech":
+        splits = options.get("splits", {"train": "train-clean-100", "test": "test-clean"})
+        return {split: readers.librispeech(root, folder) for split, folder in splits.items()}
+    if name == "folder":
+        return {split: readers.folder_dataset(Path(root) / split) for split in
+                (data["train_split"], data["eval_split"]) if (Path(root) / split).is_dir()}
+    if name == "csv":
+        return {split: readers.csv_dataset(Path(root) / f"{split}.csv", **options) for split in
+                (data["train_split"], data["eval_split"]) if (Path(root) / f"{split}.csv").is_file()}
+    if name == "audio_files":
+        return {data["train_split"]: readers.audio_files(root, **options)}
+    raise ValueError(f"Unknown dataset {name!r}; expected audioset, esc50, speech_commands, birdset, "
+                     f"dcase2016_task2, librispeech, folder, csv, audio_files or synthetic.")
+
+
+def split(splits, name, what):
+    if name not in splits:
+        raise ValueError(f"The dataset has no {what} split {name!r}; it has {sorted(splits)}.")
+    return splits[name]
+
+
+def build_backbone(model, num_query_tokens=0, dropout_free=True):
+    """A `BATBackbone` from the `model` section (preset, directory or dict),
+    with official weights loaded when `model.weights` is set."""
+    from keras_bat.convert import load_official_weights
+    from keras_bat.models import BATBackbone
+
+    overrides = {"drop_path_rate": model["drop_path"], "num_query_tokens": num_query_tokens}
+    if model["dtype"]:
+        overrides["dtype"] = model["dtype"]
+    spec = model["backbone"]
+    backbone = (BATBackbone(**{**spec, **overrides}) if isinstance(spec, dict)
+                else BATBackbone.from_preset(spec, **overrides))
+    if model["weights"]:
+        kwargs = {"checkpoint_key": model["checkpoint_key"]} if model["checkpoint_key"] else {}
+        load_official_weights(backbone, model["weights"], **kwargs)
+    return backbone
+
+
+def build_head(head, num_classes, task, backbone):
+    kind = head["type"]
+    pooling = "frame" if task == "frame" else head["pooling"]
+    if kind == "cgp":
+        return CGP(num_classes, head["num_prototypes"], pooling=pooling, dropout=head["dropout"])
+    if kind == "linear":
+        return LinearHead(num_classes, pooling=pooling, use_norm=head["use_norm"], dropout=head["dropout"])
+    if kind == "lcgp":
+        return LayerMixedLinear(num_classes, pooling=pooling, use_norm=head["use_norm"], dropout=head["dropout"])
+    if kind == "h2t":
+        return Head2Toe(num_classes, pooling=pooling, use_norm=head["use_norm"], dropout=head["dropout"],
+                        lasso_weight=head["lasso_weight"])
+    if kind == "pb":
+        return ProtoBin(num_classes, head["num_prototypes"], pooling="frame" if task == "frame" else "max",
+                        dropout=head["dropout"])
+    if kind == "vqt":
+        return VQTHead(num_classes, backbone.depth, backbone.dim, head["num_query_tokens"],
+                       use_norm=head["use_norm"], dropout=head["dropout"])
+    if kind == "asr":
+        return ASRHead(num_classes, use_norm=head["use_norm"], dropout=head["dropout"])
+    raise ValueError(f"Unknown head type {kind!r}; expected one of {HEAD_TYPES}.")
+
+
+def build_classifier(config, dataset):
+    """Backbone + head + frontend + augmentation, compiled as the config says."""
+    from keras_bat.data.augment import AudioAugmentation
+    from keras_bat.layers import LogMelSpectrogram
+    from keras_bat.models import AudioClassifier
+    from keras_bat.training import WarmupCosineDecay, paper_adamw
+
+    train, head_config = config["train"], config["head"]
+    num_query_tokens = head_config["num_query_tokens"] if head_config["type"] == "vqt" else 0
+    backbone = build_backbone(config["model"], num_query_tokens)
+    head = build_head(head_config, dataset.num_classes, dataset.task, backbone)
+    augment = config["augment"]
+    active = any(augment[k] for k in ("gain", "color_noise_chance", "time_roll", "mixup_chance",
+                                      "freq_mask_param", "time_mask_param"))
+    model = AudioClassifier(backbone, head, frontend=LogMelSpectrogram(time_frames=config["model"]["time_frames"]),
+                            task=dataset.task, freeze_backbone=not train["finetune"],
+                            label_smoothing=train["label_smoothing"], asymmetric_loss=train["asymmetric_loss"],
+                            augmentation=AudioAugmentation(**augment, seed=config["seed"]) if active else None)
+    schedule = WarmupCosineDecay(train["lr"], train["warmup_steps"], train["steps"], train["min_lr"])
+    optimizer = paper_adamw(schedule, finetune=train["finetune"], weight_decay=train["weight_decay"],
+                            layer_decay=train["layer_decay"], depth=backbone.depth, beta_2=train["beta2"])
+    model.compile(optimizer=optimizer)
+    # Built now, so that checkpoints can be restored before training.
+    model(np.zeros((1, int(round(config["data"]["clip_seconds"] * SAMPLE_RATE))), "float32"))
+    return model

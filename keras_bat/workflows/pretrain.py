@@ -1,0 +1,62 @@
+"""Self-supervised pretraining runs: BATPretrainer on a folder of audio (or
+any dataset's training split), with logs, checkpoints and the exported
+teacher backbone (`<output_dir>/backbone/`, a preset directory for probing)."""
+
+import json
+import time
+from pathlib import Path
+
+import keras
+import yaml
+
+from keras_bat.data.pipeline import SkippedFiles, make_pipeline
+from keras_bat.workflows.builders import build_splits, split
+from keras_bat.workflows.probe import run_callbacks, write_skipped
+
+
+def run_pretrain(config):
+    """Pretrains as the `pretrain`, `model` and `data` sections say; returns
+    (and writes to `results.json`) the loss history and the backbone path."""
+    from keras_bat.layers import LogMelSpectrogram
+    from keras_bat.models import BATPretrainer, BATBackbone
+    from keras_bat.training import WarmupCosineDecay
+
+    output_dir = Path(config["output_dir"])
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with open(output_dir / "config.yaml", "w") as f:
+        yaml.safe_dump(config, f, sort_keys=False)
+    keras.utils.set_random_seed(config["seed"])
+    data, model, settings = config["data"], config["model"], config["pretrain"]
+    dataset = split(build_splits(data, output_dir), data["train_split"], "training")
+    encoder = dict(model["backbone"]) if isinstance(model["backbone"], dict) else \
+        BATBackbone.from_preset(model["backbone"], load_weights=False).get_config()
+    encoder = {k: v for k, v in encoder.items() if k not in ("name", "trainable", "dtype")}
+    encoder["drop_path_rate"] = model["drop_path"]
+    if model["dtype"]:
+        encoder["dtype"] = model["dtype"]
+    start = time.time()
+    pretrainer = BATPretrainer(encoder=encoder, decoder_depth=settings["decoder_depth"],
+                               decoder_heads=settings["decoder_heads"], time_frames=model["time_frames"],
+                               num_views=settings["num_views"], mask_ratio=settings["mask_ratio"],
+                               ema_decay_start=settings["ema_decay_start"], ema_decay_end=settings["ema_decay_end"],
+                               ema_warmup_steps=settings["ema_warmup_steps"],
+                               frontend=LogMelSpectrogram(time_frames=model["time_frames"]), seed=config["seed"])
+    schedule = WarmupCosineDecay(settings["lr"], settings["warmup_steps"], settings["steps"], settings["min_lr"])
+    pretrainer.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=settings["weight_decay"],
+                                                        beta_2=settings["beta2"]))
+    skipped = SkippedFiles()
+    train_data = make_pipeline(dataset, settings["batch_size"], data["clip_seconds"], training=True,
+                               engine=data["engine"], repeat=True, num_workers=data["num_workers"],
+                               seed=config["seed"], skipped=skipped, with_targets=False)
+    epochs = max(1, -(-settings["steps"] // settings["steps_per_epoch"]))
+    history = pretrainer.fit(train_data, epochs=epochs, steps_per_epoch=settings["steps_per_epoch"],
+                             callbacks=run_callbacks(output_dir, skipped), verbose=settings["verbose"], shuffle=False)
+    backbone_dir = output_dir / "backbone"
+    pretrainer.export_backbone("teacher").save_to_preset(str(backbone_dir))
+    write_skipped(skipped, output_dir / "skipped_files.txt")
+    results = {"backbone": str(backbone_dir), "clips": len(dataset), "skipped_files": skipped.counts(),
+               "history": {k: [float(v) for v in values] for k, values in history.history.items()},
+               "wall_seconds": round(time.time() - start, 1)}
+    with open(output_dir / "results.json", "w") as f:
+        json.dump(results, f, indent=2)
+    return results

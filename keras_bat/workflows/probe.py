@@ -1,0 +1,193 @@
+"""Probing and finetuning runs: train from a config, evaluate, write results.
+
+A run directory holds `config.yaml`, `log.csv` and TensorBoard logs,
+`checkpoint.weights.h5` (best-effort latest weights), `backup/` (resumes an
+interrupted run where it stopped), `results.json`, `skipped_files.txt` and,
+for heads with a layer gate, `layer_weights.png`.
+"""
+
+import concurrent.futures
+import importlib.util
+import json
+import os
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import yaml
+
+from keras_bat.data.audio import AudioDecodeError
+from keras_bat.data.datasets import CharTokenizer, balanced_sampling_weights
+from keras_bat.data.pipeline import ClipLoader, SkippedFiles, SkippedFilesLogger, make_pipeline
+from keras_bat.training.metrics import (cross_validation_summary, error_rates, event_based_f1, frames_to_events,
+                                        mean_average_precision)
+from keras_bat.workflows.builders import build_classifier, build_splits, split
+
+
+def run_probe(config):
+    """Trains and evaluates as `config` says (all ESC-50 folds when
+    `data.folds` is set); returns the results dict also written to
+    `<output_dir>/results.json`."""
+    output_dir = Path(config["output_dir"])
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with open(output_dir / "config.yaml", "w") as f:
+        yaml.safe_dump(config, f, sort_keys=False)
+    folds = config["data"]["folds"]
+    start = time.time()
+    if folds:
+        runs = [train_and_evaluate(config, output_dir / f"fold{fold}", fold) for fold in folds]
+        results = {"folds": runs, "summary": cross_validation_summary([r["metrics"] for r in runs])}
+    else:
+        results = train_and_evaluate(config, output_dir)
+    results["wall_seconds"] = round(time.time() - start, 1)
+    with open(output_dir / "results.json", "w") as f:
+        json.dump(results, f, indent=2)
+    return results
+
+
+def train_and_evaluate(config, run_dir, fold=None):
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(config["seed"])
+    data, train = config["data"], config["train"]
+    splits = build_splits(data, config["output_dir"], fold)
+    train_set = split(splits, data["train_split"], "training")
+    eval_set = split(splits, data["eval_split"], "evaluation")
+    model = build_classifier(config, train_set)
+    skipped = SkippedFiles()
+    weights = balanced_sampling_weights(train_set, data["balanced_sampling"]) if data["balanced_sampling"] else None
+    pipeline_args = dict(clip_seconds=data["clip_seconds"], engine=data["engine"], num_workers=data["num_workers"],
+                         seed=config["seed"], skipped=skipped, max_label_length=data["max_label_length"])
+    train_data = make_pipeline(train_set, train["batch_size"], training=True, repeat=True, weights=weights,
+                               samples_per_epoch=data["samples_per_epoch"], noise_std=data["noise_std"],
+                               **pipeline_args)
+    eval_batch_size = train["eval_batch_size"] or train["batch_size"]
+    validation = (make_pipeline(eval_set, eval_batch_size, training=False, **pipeline_args)
+                  if train["validate"] else None)
+    epochs = max(1, -(-train["steps"] // train["steps_per_epoch"]))
+    callbacks = run_callbacks(run_dir, skipped)
+    history = model.fit(train_data, epochs=epochs, steps_per_epoch=train["steps_per_epoch"],
+                        validation_data=validation, callbacks=callbacks, verbose=train["verbose"], shuffle=False)
+    metrics = evaluate(model, eval_set, data["clip_seconds"], eval_batch_size, config["evaluate"],
+                       data["num_workers"], skipped, data["max_label_length"])
+    plot = save_layer_gate_plot(model.head, run_dir / "layer_weights.png")
+    write_skipped(skipped, run_dir / "skipped_files.txt")
+    return {"metrics": metrics, "train_clips": len(train_set), "eval_clips": len(eval_set),
+            "skipped_files": skipped.counts(), "layer_weights_plot": plot,
+            "layer_weights": _layer_weights(model.head),
+            "history": {k: [float(v) for v in values] for k, values in history.history.items()}}
+
+
+def run_callbacks(run_dir, skipped):
+    """CSV and TensorBoard logs, latest weights, resumable backup, skipped files."""
+    callbacks = [SkippedFilesLogger(skipped),
+                 keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True),
+                 keras.callbacks.ModelCheckpoint(str(run_dir / "checkpoint.weights.h5"), save_weights_only=True),
+                 keras.callbacks.BackupAndRestore(str(run_dir / "backup"))]
+    if _has_tensorboard():
+        callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard")))
+    return callbacks
+
+
+def _has_tensorboard():
+    # Keras' TensorBoard callback writes through tf.summary.
+    return importlib.util.find_spec("tensorflow") is not None
+
+
+def predict(model, dataset, clip_seconds, batch_size, num_workers=4, skipped=None, max_label_length=400,
+            stack=True):
+    """Model outputs for every clip of `dataset` (fixed clip handling), with
+    the clips that decoded; bad files are skipped and recorded.
+
+    Returns:
+        `(clips, outputs (n, ...), targets)`; with `stack=False`, outputs is
+        the list of per-batch outputs (e.g. dicts).
+    """
+    from tqdm.auto import tqdm
+
+    loader = ClipLoader(dataset, clip_seconds, training=False, max_label_length=max_label_length)
+    skipped = skipped if skipped is not None else SkippedFiles()
+
+    def load(index):
+        try:
+            return index, loader(index)
+        except AudioDecodeError as error:
+            skipped.record(error)
+            return index, None
+
+    clips, outputs, targets = [], [], []
+    with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
+        for start in tqdm(range(0, len(dataset), batch_size), desc=f"evaluating {dataset.name}", leave=False):
+            loaded = pool.map(load, range(start, min(start + batch_size, len(dataset))))
+            batch = [(i, example) for i, example in loaded if example is not None]
+            if not batch:
+                continue
+            waveforms = np.stack([example[0] for _, example in batch])
+            outputs.append(keras.tree.map_structure(keras.ops.convert_to_numpy, model.predict_on_batch(waveforms)))
+            clips += [dataset.clips[i] for i, _ in batch]
+            targets += [example[1] for _, example in batch]
+    if not clips:
+        raise ValueError(f"No clip of {dataset.name} could be decoded; see the skipped files.")
+    return clips, np.concatenate(outputs) if stack else outputs, targets
+
+
+def evaluate(model, dataset, clip_seconds, batch_size, evaluate_config=None, num_workers=4, skipped=None,
+             max_label_length=400):
+    """The task's final metrics on `dataset`, computed exactly on all clips:
+    accuracy (multiclass), macro mAP (multilabel), frame-wise micro mAP and
+    event-based onset F1 (frame), WER and CER (ctc)."""
+    evaluate_config = evaluate_config or {"event_threshold": 0.3, "median_filter": 3, "collar": 0.2}
+    clips, outputs, targets = predict(model, dataset, clip_seconds, batch_size, num_workers, skipped,
+                                      max_label_length)
+    task = dataset.task
+    if task == "multiclass":
+        return {"accuracy": float(np.mean(np.argmax(outputs, -1) == np.array(targets)))}
+    if task == "multilabel":
+        return {"mAP": mean_average_precision(np.stack(targets), outputs, "macro")}
+    if task == "frame":
+        probabilities = 1.0 / (1.0 + np.exp(-outputs))
+        estimated = {c.path: frames_to_events(p, threshold=evaluate_config["event_threshold"],
+                                              median_filter=evaluate_config["median_filter"])
+                     for c, p in zip(clips, probabilities)}
+        reference = {c.path: list(c.label) for c in clips}
+        events = event_based_f1(reference, estimated, collar=evaluate_config["collar"])
+        return {"frame_micro_mAP": mean_average_precision(np.stack(targets), outputs, "micro"),
+                "event_f1": events["f1"], "event_precision": events["precision"], "event_recall": events["recall"]}
+    if task == "ctc":
+        from keras_bat.training.losses import ctc_greedy_decode
+
+        tokenizer = CharTokenizer()
+        hypotheses = [tokenizer.decode(ids) for ids in ctc_greedy_decode(outputs)]
+        references = [tokenizer.decode(tokenizer.encode(c.label)) for c in clips]
+        return error_rates(references, hypotheses)
+    raise ValueError(f"Cannot evaluate a {task!r} dataset.")
+
+
+def save_layer_gate_plot(head, path):
+    """Writes the layer-gate bar chart of a gated head; returns its path or `None`."""
+    if not hasattr(head, "layer_weights"):
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+    except ImportError:
+        return None
+    from keras_bat.heads import plot_layer_weights
+
+    figure = plot_layer_weights(head)
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
+    return os.fspath(path)
+
+
+def _layer_weights(head):
+    return [float(w) for w in np.asarray(head.layer_weights)] if hasattr(head, "layer_weights") else None
+
+
+def write_skipped(skipped, path):
+    with open(path, "w") as f:
+        f.writelines(f"{p}\t{reason}\n" for p, reason in skipped.files)

@@ -1,0 +1,144 @@
+"""Configs, the `keras-bat` command and the workflows end to end on tiny settings."""
+
+import csv
+import glob
+import json
+
+import numpy as np
+import pytest
+
+from audio_files import tone, write
+from keras_bat.cli import main
+from keras_bat.workflows.config import DEFAULTS, load_config, parse_overrides, recipe_variants
+
+TINY = ["model.backbone={dim: 32, depth: 2, num_heads: 2}", "model.time_frames=64", "data.clip_seconds=0.64",
+        "data.options={splits: {train: 16, test: 8}, clip_seconds: 0.64}", "train.batch_size=4", "train.steps=4",
+        "train.steps_per_epoch=2", "train.warmup_steps=1", "train.verbose=0", "head.num_prototypes=8",
+        "pretrain.batch_size=4", "pretrain.steps=2", "pretrain.steps_per_epoch=1", "pretrain.warmup_steps=1",
+        "pretrain.decoder_depth=1", "pretrain.decoder_heads=2", "pretrain.verbose=0", "data.num_workers=2"]
+
+
+def test_config_merging_and_errors(tmp_path):
+    config = load_config(None, overrides=["train.lr=0.01", "head.type=linear"])
+    assert config["train"]["lr"] == 0.01 and config["head"]["type"] == "linear"
+    assert config["name"] == "demo" and config["output_dir"] == "runs/demo"
+    assert config["train"]["min_lr"] == DEFAULTS["train"]["min_lr"]
+    assert parse_overrides(["a.b=[1, 2]", "c=null", "d.e.f=yes"]) == {"a": {"b": [1, 2]}, "c": None,
+                                                                      "d": {"e": {"f": True}}}
+    with pytest.raises(ValueError, match="Unknown config key 'train.learning_rate'"):
+        load_config(None, overrides=["train.learning_rate=1"])
+    with pytest.raises(ValueError, match="section"):
+        load_config(None, overrides=["train=3"])
+    with pytest.raises(ValueError, match="section.key=value"):
+        load_config(None, overrides=["train.lr"])
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("base: {name: r, train: {steps: 7}}\nvariants: {a: {train: {lr: 0.5}}}\n")
+    assert load_config(recipe, "a")["train"] == {**DEFAULTS["train"], "steps": 7, "lr": 0.5}
+    with pytest.raises(ValueError, match="available: \\['a'\\]"):
+        load_config(recipe, "b")
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob("recipes/configs/*.yaml")))
+def test_every_recipe_variant_loads(path):
+    variants = recipe_variants(path)
+    assert variants
+    for variant in variants:
+        config = load_config(path, variant)
+        assert config["data"]["dataset"] and config["output_dir"].endswith(variant)
+
+
+def test_paper_settings_in_recipes():
+    esc50 = load_config("recipes/configs/esc50.yaml", "cgp")
+    assert (esc50["train"]["weight_decay"], esc50["train"]["steps"], esc50["head"]["num_prototypes"]) == (0.2, 4000, 10000)
+    finetune = load_config("recipes/configs/as20k.yaml", "finetune")
+    assert finetune["train"]["lr"] == 5e-5 and finetune["train"]["layer_decay"] == 0.75
+    assert finetune["augment"]["mixup_chance"] == 0.9 and finetune["augment"]["time_mask_param"] == 64
+    sed = load_config("recipes/configs/dcase2016_task2.yaml", "cgp")
+    assert sed["model"]["time_frames"] == 12000 and sed["train"]["batch_size"] == 4
+
+
+def test_probe_command_end_to_end(tmp_path, capsys):
+    out = tmp_path / "probe"
+    assert main(["probe", "--set", *TINY, f"output_dir={out}"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert 0.0 <= results["metrics"]["accuracy"] <= 1.0
+    assert results["train_clips"] == 16 and results["eval_clips"] == 8 and results["skipped_files"] == {}
+    assert len(results["layer_weights"]) == 2 and abs(sum(results["layer_weights"]) - 1) < 1e-5
+    with open(out / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and {"loss", "val_loss", "skipped_files"} <= set(rows[0])
+    assert (out / "layer_weights.png").stat().st_size > 1000
+    assert (out / "checkpoint.weights.h5").exists() and (out / "config.yaml").exists()
+    assert glob.glob(str(out / "tensorboard" / "*"))
+    assert "accuracy" in capsys.readouterr().out
+
+
+def test_event_detection_run_reports_event_f1(tmp_path):
+    out = tmp_path / "sed"
+    main(["probe", "--set", *TINY, "data.options={task: frame, splits: {train: 8, test: 4}, clip_seconds: 0.64}",
+          "head.type=linear", f"output_dir={out}"])
+    metrics = json.loads((out / "results.json").read_text())["metrics"]
+    assert {"frame_micro_mAP", "event_f1", "event_precision", "event_recall"} == set(metrics)
+    assert 0.0 <= metrics["event_f1"] <= 1.0
+
+
+def test_pretrain_then_probe_the_exported_backbone(tmp_path):
+    out = tmp_path / "ssl"
+    main(["pretrain", "--set", *TINY, f"output_dir={out}"])
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["history"]["loss"]) == 2 and np.isfinite(results["history"]["loss"]).all()
+    assert (out / "backbone" / "config.json").exists() and (out / "backbone" / "model.safetensors").exists()
+    main(["probe", "--set", *TINY, f"model.backbone={out / 'backbone'}", f"output_dir={tmp_path / 'probe'}"])
+    assert (tmp_path / "probe" / "results.json").exists()
+
+
+def test_esc50_cross_validation_summary(tmp_path):
+    root = tmp_path / "ESC-50"
+    (root / "meta").mkdir(parents=True)
+    (root / "audio").mkdir()
+    rows = ["filename,fold,target,category,esc10,src_file,take"]
+    for i in range(10):
+        write(root / "audio" / f"{i}.wav", tone(0.64, frequency=300 + 500 * (i % 2)))
+        rows.append(f"{i}.wav,{i % 5 + 1},{i % 2},{['low', 'high'][i % 2]},False,x,A")
+    (root / "meta" / "esc50.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "esc"
+    main(["probe", "recipes/configs/esc50.yaml", "--variant", "lp", "--set", *TINY, f"data.root={root}",
+          "data.folds=[1, 2]", "data.options={}", f"output_dir={out}"])
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["folds"]) == 2 and results["folds"][0]["eval_clips"] == 2
+    summary = results["summary"]["accuracy"]
+    assert summary["mean"] == pytest.approx(np.mean(summary["folds"]))
+
+
+def test_missing_dataset_root_is_named(tmp_path):
+    with pytest.raises(ValueError, match="data.root"):
+        main(["probe", "recipes/configs/esc50.yaml", "--variant", "cgp", "--set", "data.root=null",
+              f"output_dir={tmp_path}"])
+
+
+def test_embed_command_skips_bad_files(tmp_path):
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for i in range(3):
+        write(folder / f"{i}.wav", tone(0.5 + i * 0.3))
+    (folder / "broken.wav").write_text("not audio")
+    preset = tmp_path / "preset"
+    from keras_bat.models import BATBackbone
+
+    BATBackbone(dim=32, depth=2, num_heads=2).save_to_preset(str(preset))
+    output = tmp_path / "emb.npz"
+    main(["embed", str(folder), "--output", str(output), "--backbone", str(preset), "--clip-seconds", "0.64",
+          "--frames"])
+    arrays = np.load(output)
+    assert list(arrays["paths"]) == [str(folder / f"{i}.wav") for i in range(3)]
+    assert arrays["clip_embeddings"].shape == (3, 2, 32)
+    assert arrays["frame_embeddings"].shape == (3, 2, 4, 32)
+    assert len(arrays["skipped"]) == 1 and "broken.wav" in arrays["skipped"][0]
+
+
+def test_demo_on_tiny_settings(tmp_path, capsys):
+    main(["demo", "--set", *TINY, f"output_dir={tmp_path / 'demo'}"])
+    printed = capsys.readouterr().out
+    assert "CGP" in printed and "linear probe" in printed and "layer gate plot" in printed
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert summary["chance_accuracy"] == 1 / 8 and set(summary["probes"]) == {"CGP", "linear probe"}
