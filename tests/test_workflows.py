@@ -108,6 +108,12 @@ def test_esc50_cross_validation_summary(tmp_path):
     assert len(results["folds"]) == 2 and results["folds"][0]["eval_clips"] == 2
     summary = results["summary"]["accuracy"]
     assert summary["mean"] == pytest.approx(np.mean(summary["folds"]))
+    # A rerun (e.g. after an interruption) keeps finished folds instead of training them again.
+    (out / "fold1" / "fold_results.json").write_text(json.dumps({**results["folds"][0], "metrics": {"accuracy": 0.25}}))
+    main(["probe", "recipes/configs/esc50.yaml", "--variant", "lp", "--set", *TINY, f"data.root={root}",
+          "data.folds=[1, 2]", "data.options={}", f"output_dir={out}"])
+    rerun = json.loads((out / "results.json").read_text())
+    assert rerun["summary"]["accuracy"]["folds"][0] == 0.25
 
 
 def test_missing_dataset_root_is_named(tmp_path):

@@ -36,13 +36,23 @@ def run_probe(config):
     folds = config["data"]["folds"]
     start = time.time()
     if folds:
-        runs = [train_and_evaluate(config, output_dir / f"fold{fold}", fold) for fold in folds]
+        runs = [_finished_or_run(config, output_dir / f"fold{fold}", fold) for fold in folds]
         results = {"folds": runs, "summary": cross_validation_summary([r["metrics"] for r in runs])}
     else:
         results = train_and_evaluate(config, output_dir)
     results["wall_seconds"] = round(time.time() - start, 1)
     with open(output_dir / "results.json", "w") as f:
         json.dump(results, f, indent=2)
+    return results
+
+
+def _finished_or_run(config, run_dir, fold):
+    """One fold's results; a fold finished by an earlier, interrupted run is not redone."""
+    path = Path(run_dir) / "fold_results.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    results = train_and_evaluate(config, run_dir, fold)
+    path.write_text(json.dumps(results, indent=2))
     return results
 
 
