@@ -1,5 +1,8 @@
 """Triton kernels of keras-bat, installed as `keras_bat_kernels`.
 
-This package holds GPU kernels and their pure-PyTorch references only (no
-Keras import); `keras_bat.ops` decides when to call them.
+- `gated_attention`: fused gated masked attention (forward and backward).
+- `log_mel`: fused log-mel spectrogram after the STFT.
+
+Each module holds the Triton kernels, a host launcher and a plain-PyTorch
+reference; no Keras import. `keras_bat.ops` decides when to call them.
 """

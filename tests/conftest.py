@@ -3,6 +3,13 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if os.environ.get("KERAS_BACKEND") == "torch":
+    import torch
+
+    if not torch.cuda.is_available():
+        # Without a GPU the Triton kernels run in Triton's CPU interpreter; the
+        # variable must be set before the kernels are imported.
+        os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import keras  # noqa: E402
 import pytest  # noqa: E402

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite once per Keras backend; extra arguments go to pytest.
+# The Triton kernel tests (tests/kernels) run in the torch pass, in Triton's CPU
+# interpreter when there is no GPU (see tests/conftest.py).
 set -u
 cd "$(dirname "$0")/.."
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"

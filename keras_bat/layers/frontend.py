@@ -8,6 +8,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_bat.ops import log_mel_from_stft
+
 # Filter banks and windows in NumPy --------------------------------------------
 
 
@@ -147,6 +149,9 @@ class LogMelSpectrogram(_Frontend):
             frames (after normalisation). Defaults to `None` (keep all).
         f_min: float, lowest mel band edge in Hz. Defaults to `0.0`.
         f_max: float or `None`, highest band edge. Defaults to Nyquist.
+        use_kernels: `None` (auto), `True` or `False`: the fused Triton
+            kernel after the STFT (torch backend, CUDA), see
+            `keras_bat.ops.log_mel_from_stft`. Defaults to `None`.
 
     Call arguments:
         waveforms: float tensor `(batch, samples)`.
@@ -157,7 +162,7 @@ class LogMelSpectrogram(_Frontend):
     """
 
     def __init__(self, sample_rate=16000, n_fft=1024, hop_length=160, num_mels=128,
-                 top_db=80.0, time_frames=None, f_min=0.0, f_max=None, **kwargs):
+                 top_db=80.0, time_frames=None, f_min=0.0, f_max=None, use_kernels=None, **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         for name, value in (("sample_rate", sample_rate), ("n_fft", n_fft),
@@ -174,6 +179,7 @@ class LogMelSpectrogram(_Frontend):
         self.time_frames = None if time_frames is None else int(time_frames)
         self.f_min = float(f_min)
         self.f_max = None if f_max is None else float(f_max)
+        self.use_kernels = use_kernels
         self._window = hann_window(self.n_fft)
         self._filter_bank = htk_mel_filter_bank(
             self.n_fft // 2 + 1, self.num_mels, self.sample_rate, self.f_min, self.f_max)
@@ -183,19 +189,7 @@ class LogMelSpectrogram(_Frontend):
         waveforms = ops.cast(waveforms, "float32")
         real, imag = ops.stft(waveforms, self.n_fft, self.hop_length, self.n_fft,
                               window=self._window, center=True)
-        power = real * real + imag * imag  # B, frames, n_fft // 2 + 1
-        mel = ops.matmul(power, ops.convert_to_tensor(self._filter_bank))  # B, frames, mels
-        db = 10.0 * ops.log10(ops.maximum(mel, 1e-10))
-        if self.top_db is not None:
-            floor = ops.max(db, axis=(1, 2), keepdims=True) - self.top_db
-            db = ops.maximum(db, floor)
-        low = ops.min(db, axis=(1, 2), keepdims=True)
-        high = ops.max(db, axis=(1, 2), keepdims=True)
-        value_range = high - low
-        # A constant clip (silence) has range 0 and maps to zeros. The explicit
-        # guard keeps graph optimisers, which may reorder `high - low + 1e-8`
-        # into `(high + 1e-8) - low == 0`, from turning silence into 0 / 0.
-        spectrogram = (db - low) / ops.where(value_range > 0, value_range + 1e-8, 1.0)
+        spectrogram = log_mel_from_stft(real, imag, self._filter_bank, self.top_db, self.use_kernels)
         return fit_frames(spectrogram, self.time_frames)
 
     def num_frames(self, num_samples):
@@ -208,7 +202,7 @@ class LogMelSpectrogram(_Frontend):
             "sample_rate": self.sample_rate, "n_fft": self.n_fft,
             "hop_length": self.hop_length, "num_mels": self.num_mels,
             "top_db": self.top_db, "time_frames": self.time_frames,
-            "f_min": self.f_min, "f_max": self.f_max,
+            "f_min": self.f_min, "f_max": self.f_max, "use_kernels": self.use_kernels,
         })
         return config
 

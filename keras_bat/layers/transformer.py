@@ -93,14 +93,10 @@ class GatedSelfAttention(keras.layers.Layer):
         heads = (self.num_heads, self.head_dim)
         qkv = ops.reshape(self.qkv(tokens), (-1, num_tokens, 3) + heads)  # B, N, 3, H, Dh
         query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # B, N, H, Dh each
-        if key_offset:
-            key, value = key[:, key_offset:], value[:, key_offset:]
-            if key_mask is not None:
-                key_mask = key_mask[:, key_offset:]
         gate = None
         if self.gate is not None:
             gate = ops.reshape(self.gate(tokens), (-1, num_tokens) + heads)
-        out = gated_attention(query, key, value, gate=gate, key_mask=key_mask,
+        out = gated_attention(query, key, value, gate=gate, key_mask=key_mask, key_offset=key_offset,
                               use_kernels=self.use_kernels)
         out = ops.reshape(out, (-1, num_tokens, self.dim))
         return self.proj_dropout(self.proj(out), training=training)

@@ -1,5 +1,7 @@
 """Backend- and device-dependent implementations, chosen in one place."""
 
-from keras_bat.ops.attention import gated_attention, resolve_use_kernels
+from keras_bat.ops.attention import gated_attention
+from keras_bat.ops.dispatch import kernel_unavailable_reason, resolve_use_kernels
+from keras_bat.ops.frontend import log_mel_from_stft
 
-__all__ = ["gated_attention", "resolve_use_kernels"]
+__all__ = ["gated_attention", "kernel_unavailable_reason", "log_mel_from_stft", "resolve_use_kernels"]

@@ -1,43 +1,19 @@
 """Gated multi-head attention: the one place that picks its implementation."""
 
-import os
-
 from keras import ops
 
-_SWITCH_ENV = "KERAS_BAT_USE_KERNELS"
+from keras_bat.ops.dispatch import use_kernel
 
 
-def resolve_use_kernels(use_kernels=None):
-    """Reads the three-state kernel switch.
-
-    Args:
-        use_kernels: `None` (auto: environment variable `KERAS_BAT_USE_KERNELS`,
-            else auto), `True` (required) or `False` (off).
-
-    Returns:
-        `None`, `True` or `False`.
-    """
-    if use_kernels is not None:
-        if not isinstance(use_kernels, bool):
-            raise TypeError(
-                f"`use_kernels` must be None, True or False. Received: {use_kernels!r}"
-            )
-        return use_kernels
-    value = os.environ.get(_SWITCH_ENV, "auto").strip().lower()
-    choices = {"auto": None, "": None, "1": True, "on": True, "true": True,
-               "0": False, "off": False, "false": False}
-    if value not in choices:
-        raise ValueError(
-            f"{_SWITCH_ENV} must be one of auto, on, off. Received: {value!r}"
-        )
-    return choices[value]
-
-
-def gated_attention(query, key, value, gate=None, key_mask=None, use_kernels=None):
+def gated_attention(query, key, value, gate=None, key_mask=None, key_offset=0, use_kernels=None):
     """Scaled dot-product attention with an optional sigmoid output gate.
 
     Computes `softmax(q k^T / sqrt(head_dim) + mask) v * sigmoid(gate)` per
-    head, the attention of BAT's encoder and decoder blocks.
+    head, the attention of BAT's encoder and decoder blocks. Under the torch
+    backend with CUDA tensors the fused Triton kernel runs
+    (`keras_bat_kernels.gated_attention`); elsewhere `keras.ops`
+    (`dot_product_attention`, which on JAX with a GPU picks cuDNN's fused
+    attention where it applies) followed by the gate.
 
     Args:
         query: tensor `(batch, query_length, num_heads, head_dim)`.
@@ -46,20 +22,26 @@ def gated_attention(query, key, value, gate=None, key_mask=None, use_kernels=Non
         gate: optional tensor of gate logits shaped like `query`; the output
             is multiplied by `sigmoid(gate)`. `None` means no gate.
         key_mask: optional boolean tensor `(batch, key_length)`; `False` keys
-            take no part in the attention. Every query row must keep at least
-            one key.
+            take no part in the attention. The fused kernel takes padding
+            masks (the valid keys first); other masks use the keras.ops path.
+        key_offset: int, the first `key_offset` tokens of `key` and `value`
+            are not keys (queries only, like VQT's query tokens).
         use_kernels: `None` (auto), `True` (require the fused kernel) or
             `False` (always the keras.ops path).
 
     Returns:
         Tensor `(batch, query_length, num_heads, head_dim)`.
     """
-    if resolve_use_kernels(use_kernels) is True:
-        raise RuntimeError(
-            "use_kernels=True asks for the fused attention kernel, but no fused "
-            "kernel is available for this backend and device; use "
-            "use_kernels=None (auto) or False to take the keras.ops path."
-        )
+    if use_kernel(query, use_kernels, "attention") and _kernel_supports(query, use_kernels is True):
+        lengths = _padding_lengths(key_mask, key_offset, required=use_kernels is True)
+        if key_mask is None or lengths is not None:
+            from keras_bat_kernels.gated_attention import gated_attention as fused
+
+            return fused(query, key, value, gate, lengths, key_offset)
+    if key_offset:
+        key, value = key[:, key_offset:], value[:, key_offset:]
+        if key_mask is not None:
+            key_mask = key_mask[:, key_offset:]
     mask = None
     if key_mask is not None:
         mask = ops.cast(key_mask, "bool")[:, None, None, :]  # B, 1, 1, S
@@ -67,3 +49,30 @@ def gated_attention(query, key, value, gate=None, key_mask=None, use_kernels=Non
     if gate is not None:
         out = out * ops.sigmoid(gate)
     return out
+
+
+def _kernel_supports(query, required):
+    from keras_bat_kernels.gated_attention import unsupported_reason
+
+    reason = unsupported_reason(query)
+    if reason is not None and required:
+        raise ValueError(f"The fused attention kernel cannot take these inputs: {reason}.")
+    return reason is None
+
+
+def _padding_lengths(key_mask, key_offset, required):
+    """Per-sequence key lengths of a padding mask (valid keys first), or
+    `None` when the mask has another pattern."""
+    if key_mask is None:
+        return None
+    import torch
+
+    valid = key_mask[:, key_offset:].bool()
+    counts = valid.sum(dim=1)
+    prefix = torch.arange(valid.shape[1], device=valid.device)[None, :] < counts[:, None]
+    if torch.equal(prefix, valid):
+        return (counts + key_offset).to(torch.int32)
+    if required:
+        raise ValueError("The fused attention kernel takes padding masks (valid keys first, then padding); "
+                         "this key_mask has another pattern. Use use_kernels=None or False.")
+    return None

@@ -1,0 +1,176 @@
+"""Triton kernels vs PyTorch on a CUDA GPU: fused gated attention against
+scaled_dot_product_attention + a separate gate and against keras_bat's keras.ops
+path, at BAT's shapes (bfloat16); fused log-mel against torch.stft + matmul and
+the keras.ops frontend. Prints a table (ms, TFLOP/s, speed-up) and writes JSON.
+
+    python benchmarks/kernels.py                 # on a CUDA GPU
+    python benchmarks/kernels.py --smoke         # tiny shapes in Triton's CPU interpreter (checks the script)
+"""
+
+import argparse
+import json
+import os
+import sys
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU interpreter")
+    parser.add_argument("--output", default="benchmarks/results/kernels.json")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=50)
+    return parser.parse_args(argv)
+
+
+# name: batch, tokens (queries = keys), heads, head_dim, masked (random padding lengths)
+ATTENTION_SHAPES = {
+    "vit_b_10s_513": (64, 513, 12, 64, False),
+    "pretrain_kept_103": (384, 103, 12, 64, False),
+    "vit_b_20s_1025_masked": (32, 1025, 12, 64, True),
+    "vit_b_10s_513_masked": (64, 513, 12, 64, True),
+}
+SMOKE_SHAPES = {"smoke": (2, 40, 2, 32, True)}
+
+
+def time_ms(function, warmup, repeats, device):
+    import time
+
+    import torch
+
+    for _ in range(warmup):
+        function()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        times = []
+        for _ in range(repeats):
+            start.record()
+            function()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+    else:
+        times = []
+        for _ in range(repeats):
+            begin = time.perf_counter()
+            function()
+            times.append(1000 * (time.perf_counter() - begin))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def attention_rows(shapes, dtype, device, warmup, repeats):
+    import torch
+    import torch.nn.functional as F
+
+    from keras_bat.ops import gated_attention as keras_path
+    from keras_bat_kernels.gated_attention import gated_attention as fused
+
+    rows = []
+    for name, (batch, tokens, heads, head_dim, masked) in shapes.items():
+        generator = torch.Generator(device=device).manual_seed(0)
+
+        def tensor():
+            return torch.randn(batch, tokens, heads, head_dim, device=device, dtype=dtype,
+                               generator=generator).requires_grad_()
+
+        q, k, v, gate = tensor(), tensor(), tensor(), tensor()
+        lengths = (torch.randint(tokens // 2, tokens + 1, (batch,), device=device, generator=generator)
+                   if masked else None)
+        key_mask = (torch.arange(tokens, device=device)[None, :] < lengths[:, None]) if masked else None
+        upstream = torch.randn_like(q)
+
+        def sdpa_then_gate():
+            out = F.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                attn_mask=None if key_mask is None else key_mask[:, None, None, :]).transpose(1, 2)
+            return out * torch.sigmoid(gate)
+
+        implementations = {
+            "fused_triton": lambda: fused(q, k, v, gate, lengths),
+            "sdpa_then_gate": sdpa_then_gate,
+            "keras_ops_path": lambda: keras_path(q, k, v, gate, key_mask, use_kernels=False),
+        }
+        flops = 4.0 * batch * heads * tokens * tokens * head_dim  # two matmuls, forward
+        results = {}
+        for label, forward in implementations.items():
+            def forward_backward():
+                torch.autograd.grad(forward(), (q, k, v, gate), upstream)
+
+            with torch.no_grad():
+                forward_ms = time_ms(forward, warmup, repeats, device)
+            both_ms = time_ms(forward_backward, warmup, repeats, device)
+            results[label] = {"forward_ms": forward_ms, "forward_backward_ms": both_ms,
+                              "forward_tflops": flops / forward_ms / 1e9,
+                              "forward_backward_tflops": 3.5 * flops / both_ms / 1e9}
+        rows.append({"shape": name, "batch": batch, "tokens": tokens, "heads": heads, "head_dim": head_dim,
+                     "masked": masked, "results": results,
+                     "speedup_vs_sdpa_forward_backward": results["sdpa_then_gate"]["forward_backward_ms"]
+                     / results["fused_triton"]["forward_backward_ms"]})
+    return rows
+
+
+def log_mel_rows(clips, seconds, device, warmup, repeats):
+    import numpy as np
+    import torch
+
+    from keras_bat.layers import LogMelSpectrogram
+    from keras_bat.layers.frontend import htk_mel_filter_bank
+    from keras_bat_kernels.log_mel import log_mel_reference, log_mel_spectrogram
+
+    waveforms = torch.randn(clips, int(seconds * 16000), device=device)
+    bank = torch.as_tensor(htk_mel_filter_bank(513, 128, 16000, 0.0, None), device=device)
+    window = torch.hann_window(1024, periodic=True, device=device)
+
+    def stft_then_matmul():
+        stft = torch.view_as_real(torch.stft(waveforms, 1024, 160, window=window, center=True,
+                                             pad_mode="reflect", return_complex=True).transpose(1, 2))
+        return log_mel_reference(stft[..., 0], stft[..., 1], bank)
+
+    keras_frontend = LogMelSpectrogram(use_kernels=False)
+    implementations = {"fused_triton": lambda: log_mel_spectrogram(waveforms, bank),
+                       "stft_then_matmul": stft_then_matmul,
+                       "keras_ops_path": lambda: keras_frontend(waveforms)}
+    with torch.no_grad():
+        reference = stft_then_matmul()
+        error = float((implementations["fused_triton"]() - reference).abs().max())
+        results = {label: {"ms": time_ms(f, warmup, repeats, device)} for label, f in implementations.items()}
+    return [{"clips": clips, "seconds": seconds, "max_abs_difference": error, "results": results,
+             "speedup_vs_stft_then_matmul": results["stft_then_matmul"]["ms"] / results["fused_triton"]["ms"]}]
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.smoke:
+        os.environ["TRITON_INTERPRET"] = "1"
+    os.environ["KERAS_BACKEND"] = "torch"
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and not args.smoke:
+        sys.exit("benchmarks/kernels.py needs a CUDA GPU (use --smoke to check the script on the CPU).")
+    dtype = torch.float32 if args.smoke else torch.bfloat16
+    warmup, repeats = (1, 2) if args.smoke else (args.warmup, args.repeats)
+    attention = attention_rows(SMOKE_SHAPES if args.smoke else ATTENTION_SHAPES, dtype, device, warmup, repeats)
+    log_mel = log_mel_rows(2 if args.smoke else 32, 0.5 if args.smoke else 10.0, device, warmup, repeats)
+    name = torch.cuda.get_device_name() if device == "cuda" else "cpu (Triton interpreter)"
+    print(f"device: {name}, attention dtype {dtype}")
+    print(f"{'attention shape':24s} {'implementation':16s} {'fwd ms':>8s} {'fwd+bwd ms':>11s} {'fwd+bwd TFLOP/s':>16s}")
+    for row in attention:
+        for label, r in row["results"].items():
+            print(f"{row['shape']:24s} {label:16s} {r['forward_ms']:8.3f} {r['forward_backward_ms']:11.3f} "
+                  f"{r['forward_backward_tflops']:16.1f}")
+        print(f"{'':24s} fused vs SDPA + gate (fwd+bwd): {row['speedup_vs_sdpa_forward_backward']:.2f}x")
+    for row in log_mel:
+        print(f"log-mel, {row['clips']} x {row['seconds']} s clips (max abs difference {row['max_abs_difference']:.1e})")
+        for label, r in row["results"].items():
+            print(f"  {label:16s} {r['ms']:8.3f} ms")
+        print(f"  fused vs torch.stft + matmul: {row['speedup_vs_stft_then_matmul']:.2f}x")
+    os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
+    with open(args.output, "w") as f:
+        json.dump({"device": name, "dtype": str(dtype), "attention": attention, "log_mel": log_mel}, f, indent=2)
+    return {"attention": attention, "log_mel": log_mel}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""Where the Triton kernels run: CUDA tensors under the torch backend; the
+keras.ops path elsewhere; a clear error when they are required and cannot run.
+With the kernels on (Triton's interpreter on CPU), BAT computes what it
+computes with them off."""
+
+import keras
+import numpy as np
+import pytest
+
+from helpers import to_numpy
+from keras_bat import BATBackbone, LogMelSpectrogram
+from keras_bat.ops import gated_attention, kernel_unavailable_reason
+
+TORCH = keras.backend.backend() == "torch"
+needs_torch = pytest.mark.skipif(not TORCH, reason="the Triton kernels run under the torch backend")
+
+
+def _reference(q, k, v, gate, key_mask):
+    scores = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
+    scores = np.where(key_mask[:, None, None, :], scores, -np.inf)
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    return np.einsum("bhqk,bkhd->bqhd", weights, v) / (1 + np.exp(-gate))
+
+
+def test_auto_takes_the_keras_ops_path_off_cuda():
+    rng = np.random.default_rng(0)
+    q, k, v, gate = (rng.normal(size=(2, 7, 2, 16)).astype("float32") for _ in range(4))
+    key_mask = np.arange(7)[None, :] < np.array([[7], [4]])
+    out = to_numpy(gated_attention(q, k, v, gate, key_mask))
+    np.testing.assert_allclose(out, _reference(q, k, v, gate, key_mask), atol=1e-5)
+    reason = kernel_unavailable_reason(keras.ops.convert_to_tensor(q))
+    assert reason is not None and ("CUDA" in reason if TORCH else "torch backend" in reason)
+
+
+def test_required_kernel_without_cuda_raises_a_clear_error(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    q = keras.ops.convert_to_tensor(np.zeros((1, 3, 2, 16), "float32"))
+    expected = "not CUDA" if TORCH else "torch backend"
+    with pytest.raises(RuntimeError, match=f"use_kernels=True asks for the fused attention kernel, but .*{expected}"):
+        gated_attention(q, q, q, use_kernels=True)
+    with pytest.raises(RuntimeError, match="fused log-mel kernel"):
+        LogMelSpectrogram(use_kernels=True)(np.zeros((1, 4000), "float32"))
+    monkeypatch.setenv("KERAS_BAT_USE_KERNELS", "on")
+    with pytest.raises(RuntimeError, match="KERAS_BAT_USE_KERNELS"):
+        gated_attention(q, q, q)
+
+
+@needs_torch
+def test_masks_the_kernel_cannot_take():
+    q = keras.ops.convert_to_tensor(np.random.default_rng(0).normal(size=(1, 5, 1, 16)).astype("float32"))
+    holes = keras.ops.convert_to_tensor(np.array([[True, False, True, True, False]]))
+    with pytest.raises(ValueError, match="padding masks"):
+        gated_attention(q, q, q, key_mask=holes, use_kernels=True)
+    small = keras.ops.convert_to_tensor(np.zeros((1, 5, 1, 8), "float32"))
+    with pytest.raises(ValueError, match="head_dim 8"):
+        gated_attention(small, small, small, use_kernels=True)
+
+
+def _backbone_gradients(backbone, inputs):
+    import torch
+
+    features = backbone(inputs)
+    weights = [v.value for v in backbone.trainable_weights]
+    loss = (features["cls_tokens"] ** 2).sum() + features["patch_tokens"].mean()
+    grads = torch.autograd.grad(loss, weights)
+    return {k: to_numpy(v) for k, v in features.items()}, [g.detach().numpy() for g in grads]
+
+
+@needs_torch
+@pytest.mark.parametrize("num_query_tokens", [0, 2])
+def test_backbone_forward_and_backward_equal_with_kernels_on_and_off(num_query_tokens):
+    config = dict(dim=64, depth=2, num_heads=2, chunk_time_patches=4, use_padding_mask=True,
+                  num_query_tokens=num_query_tokens)
+    fused, plain = BATBackbone(**config, use_kernels=True), BATBackbone(**config, use_kernels=False)
+    rng = np.random.default_rng(0)
+    padding = np.ones((2, 96), "float32")
+    padding[1, 40:] = 0  # the second clip is shorter: padded keys, and a short last chunk for both
+    inputs = {"spectrogram": rng.uniform(size=(2, 96, 128)).astype("float32"), "padding_mask": padding}
+    if num_query_tokens:
+        inputs["query_tokens"] = rng.normal(size=(2, 2, num_query_tokens, 64)).astype("float32")
+    plain(inputs)
+    fused(inputs)
+    fused.set_weights(plain.get_weights())
+    inputs = {k: keras.ops.convert_to_tensor(v) for k, v in inputs.items()}
+    fused_features, fused_grads = _backbone_gradients(fused, inputs)
+    plain_features, plain_grads = _backbone_gradients(plain, inputs)
+    for key in plain_features:
+        np.testing.assert_allclose(fused_features[key], plain_features[key], atol=2e-5, rtol=1e-4)
+    # Float32 rounding of two summation orders, through LayerNorms and two
+    # blocks: within 5e-4 of each gradient's largest entry (measured <= 1.3e-4).
+    for fused_grad, plain_grad in zip(fused_grads, plain_grads):
+        np.testing.assert_allclose(fused_grad, plain_grad, atol=5e-4 * np.abs(plain_grad).max() + 1e-8)
+
+
+@needs_torch
+def test_frontend_equal_with_kernels_on_and_off():
+    waveforms = np.random.default_rng(0).normal(size=(2, 12000)).astype("float32")
+    waveforms[1] *= 1e-3
+    fused = to_numpy(LogMelSpectrogram(time_frames=64, use_kernels=True)(waveforms))
+    plain = to_numpy(LogMelSpectrogram(time_frames=64, use_kernels=False)(waveforms))
+    np.testing.assert_allclose(fused, plain, atol=1e-5)
