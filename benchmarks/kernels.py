@@ -111,7 +111,6 @@ def attention_rows(shapes, dtype, device, warmup, repeats):
 
 
 def log_mel_rows(clips, seconds, device, warmup, repeats):
-    import numpy as np
     import torch
 
     from keras_bat.layers import LogMelSpectrogram

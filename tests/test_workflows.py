@@ -148,3 +148,20 @@ def test_demo_on_tiny_settings(tmp_path, capsys):
     assert "CGP" in printed and "linear probe" in printed and "layer gate plot" in printed
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert summary["chance_accuracy"] == 1 / 8 and set(summary["probes"]) == {"CGP", "linear probe"}
+
+
+def test_bfloat16_runs_and_cached_probes(tmp_path):
+    out = tmp_path / "bf16"
+    main(["probe", "--set", *TINY, "model.dtype=mixed_bfloat16", "train.feature_cache=off", f"output_dir={out}"])
+    results = json.loads((out / "results.json").read_text())
+    assert not results["feature_cache"] and np.isfinite(results["history"]["loss"]).all()
+    main(["pretrain", "--set", *TINY, "model.dtype=mixed_bfloat16", f"output_dir={tmp_path / 'ssl'}"])
+    assert np.isfinite(json.loads((tmp_path / "ssl" / "results.json").read_text())["history"]["loss"]).all()
+    # The default probe (frozen encoder, no augmentation) trains from the feature cache, reused by a rerun.
+    cached = tmp_path / "cached"
+    main(["probe", "--set", *TINY, f"output_dir={cached}"])
+    assert json.loads((cached / "results.json").read_text())["feature_cache"]
+    assert (cached / "feature_cache" / "train" / "cache.json").exists()
+    with pytest.raises(ValueError, match="cannot serve this run: augmentations"):
+        main(["probe", "--set", *TINY, "train.feature_cache=on", "augment.time_roll=true",
+              f"output_dir={tmp_path / 'refused'}"])

@@ -33,8 +33,13 @@ class _LinearProbe(keras.layers.Layer):
     def feature_dim(self, features_shape):
         raise NotImplementedError
 
+    @property
+    def needed_features(self):
+        """Class-token probes need only `cls_tokens` (e.g. from a feature cache)."""
+        return ("cls_tokens",) if self.pooling == "cls" else ("cls_tokens", "patch_tokens")
+
     def build(self, features_shape):
-        check_features(features_shape, type(self).__name__)
+        check_features(features_shape, type(self).__name__, self.needed_features)
         width = self.feature_dim(features_shape)
         if self.norm is not None:
             self.norm.build((None, width))
@@ -42,13 +47,15 @@ class _LinearProbe(keras.layers.Layer):
         self.built = True
 
     def call(self, features, training=None):
-        check_features(features, type(self).__name__)
+        check_features(features, type(self).__name__, self.needed_features)
         x = self.pooled_features(features)
         if self.norm is not None:
             x = self.norm(x)
         return self.fc(self.head_dropout(x, training=training))
 
     def compute_output_shape(self, features_shape):
+        if self.pooling == "cls":
+            return (features_shape["cls_tokens"][0], self.num_classes)
         return logits_shape(features_shape, self.pooling, self.num_classes)
 
     def get_config(self):

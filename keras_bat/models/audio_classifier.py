@@ -21,7 +21,9 @@ class AudioClassifier(keras.Model):
     (`freeze_backbone=False`) trains everything.
 
     Args:
-        backbone: a `keras_bat.models.BATBackbone`.
+        backbone: a `keras_bat.models.BATBackbone`, or `None` to train the
+            head on precomputed features (dicts as the backbone returns them,
+            e.g. from a `keras_bat.data.FeatureCache`).
         head: a head from `keras_bat.heads`.
         frontend: optional layer from waveforms to spectrograms (e.g.
             `LogMelSpectrogram(time_frames=1024)`); without it the model takes
@@ -62,9 +64,14 @@ class AudioClassifier(keras.Model):
         self.label_smoothing = label_smoothing
         self.asymmetric_loss = asymmetric_loss
         self.augmentation = augmentation
-        self.backbone.trainable = not freeze_backbone
+        if backbone is not None:
+            self.backbone.trainable = not freeze_backbone
+        elif not freeze_backbone:
+            raise ValueError("freeze_backbone=False (finetuning) needs a backbone.")
 
     def call(self, inputs, training=None):
+        if self.backbone is None:  # precomputed features
+            return self.head(inputs, training=training)
         x = self._spectrograms(inputs)
         if isinstance(self.head, VQTHead):
             x = {"spectrogram": x, "query_tokens": self.head.batch_query_tokens(ops.shape(x)[0])}
@@ -169,7 +176,7 @@ class AudioClassifier(keras.Model):
     def get_config(self):
         config = super().get_config()
         config.update({
-            "backbone": keras.saving.serialize_keras_object(self.backbone),
+            "backbone": keras.saving.serialize_keras_object(self.backbone) if self.backbone else None,
             "head": keras.saving.serialize_keras_object(self.head),
             "frontend": keras.saving.serialize_keras_object(self.frontend) if self.frontend else None,
             "task": self.task, "freeze_backbone": self.freeze_backbone,
@@ -200,6 +207,9 @@ def _check_task(backbone, head, task):
     if (task == "ctc") != isinstance(head, ASRHead):
         raise ValueError(f"The ctc task goes with an ASRHead and the ASRHead with the ctc task. "
                          f"Received: task={task!r}, head {type(head).__name__}.")
+    if isinstance(head, VQTHead) and backbone is None:
+        raise ValueError("A VQT head reads its query tokens inside the backbone; it cannot train on "
+                         "precomputed features.")
     if isinstance(head, VQTHead):
         expected = (backbone.depth, backbone.num_query_tokens, backbone.dim)
         if expected != (head.depth, head.num_query_tokens, head.dim):

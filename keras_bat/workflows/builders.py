@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 
 from keras_bat.data.audio import SAMPLE_RATE
+from keras_bat.data.feature_cache import feature_shapes
 from keras_bat.data import datasets as readers
 from keras_bat.data.synthetic import SOUND_CLASSES, write_synthetic_dataset
 from keras_bat.heads import ASRHead, CGP, Head2Toe, LayerMixedLinear, LinearHead, ProtoBin, VQTHead
@@ -98,8 +99,9 @@ def build_head(head, num_classes, task, backbone):
     raise ValueError(f"Unknown head type {kind!r}; expected one of {HEAD_TYPES}.")
 
 
-def build_classifier(config, dataset):
-    """Backbone + head + frontend + augmentation, compiled as the config says."""
+def build_classifier(config, dataset, backbone=None, cached=False):
+    """Backbone + head + frontend + augmentation, compiled as the config says;
+    with `cached=True`, the head alone, trained on precomputed features."""
     from keras_bat.data.augment import AudioAugmentation
     from keras_bat.layers import LogMelSpectrogram
     from keras_bat.models import AudioClassifier
@@ -107,19 +109,37 @@ def build_classifier(config, dataset):
 
     train, head_config = config["train"], config["head"]
     num_query_tokens = head_config["num_query_tokens"] if head_config["type"] == "vqt" else 0
-    backbone = build_backbone(config["model"], num_query_tokens)
+    backbone = backbone or build_backbone(config["model"], num_query_tokens)
     head = build_head(head_config, dataset.num_classes, dataset.task, backbone)
     augment = config["augment"]
-    active = any(augment[k] for k in ("gain", "color_noise_chance", "time_roll", "mixup_chance",
-                                      "freq_mask_param", "time_mask_param"))
-    model = AudioClassifier(backbone, head, frontend=LogMelSpectrogram(time_frames=config["model"]["time_frames"]),
+    model = AudioClassifier(None if cached else backbone, head,
+                            frontend=None if cached else LogMelSpectrogram(time_frames=config["model"]["time_frames"]),
                             task=dataset.task, freeze_backbone=not train["finetune"],
                             label_smoothing=train["label_smoothing"], asymmetric_loss=train["asymmetric_loss"],
-                            augmentation=AudioAugmentation(**augment, seed=config["seed"]) if active else None)
+                            augmentation=AudioAugmentation(**augment, seed=config["seed"])
+                            if augmentation_active(augment) else None)
     schedule = WarmupCosineDecay(train["lr"], train["warmup_steps"], train["steps"], train["min_lr"])
     optimizer = paper_adamw(schedule, finetune=train["finetune"], weight_decay=train["weight_decay"],
                             layer_decay=train["layer_decay"], depth=backbone.depth, beta_2=train["beta2"])
     model.compile(optimizer=optimizer)
     # Built now, so that checkpoints can be restored before training.
-    model(np.zeros((1, int(round(config["data"]["clip_seconds"] * SAMPLE_RATE))), "float32"))
+    if cached:
+        time_frames = config["model"]["time_frames"]
+        model({name: np.zeros((1, *shape), "float32") for name, shape in
+               feature_shapes(backbone, time_frames, cache_tokens(head_config, dataset.task)).items()})
+    else:
+        model(np.zeros((1, int(round(config["data"]["clip_seconds"] * SAMPLE_RATE))), "float32"))
     return model
+
+
+def augmentation_active(augment):
+    return any(augment[k] for k in ("gain", "color_noise_chance", "time_roll", "mixup_chance",
+                                    "freq_mask_param", "time_mask_param"))
+
+
+def cache_tokens(head_config, task):
+    """What a feature cache must hold for this head: class tokens only for
+    linear, layer-mixed and Head2Toe probes on the class token."""
+    if head_config["type"] in ("linear", "lcgp", "h2t") and head_config["pooling"] == "cls" and task != "frame":
+        return "cls"
+    return "all"

@@ -61,6 +61,9 @@ DEFAULTS = {
         "layer_decay": None,
         "asymmetric_loss": True,
         "label_smoothing": 0.0,
+        "feature_cache": "auto",  # auto | on | off: probe from the frozen encoder's cached features
+        "cache_budget_gb": 50.0,
+        "cache_dir": None,        # default: <run>/feature_cache; share it across probes of one encoder
         "verbose": 1,
     },
     "augment": {
@@ -69,6 +72,8 @@ DEFAULTS = {
         "mask_repeats": 1,
     },
     "evaluate": {"event_threshold": 0.3, "median_filter": 3, "collar": 0.2},
+    # keras.distribution on JAX: kind data_parallel | model_parallel (batch sizes must divide the devices).
+    "distribution": {"kind": None, "model_parallel": 2},
     "pretrain": {
         "decoder_depth": 6, "decoder_heads": 12, "num_views": 16, "mask_ratio": 0.8,
         "ema_decay_start": 0.9998, "ema_decay_end": 0.99999, "ema_warmup_steps": 100000,

@@ -10,6 +10,7 @@ import keras
 import yaml
 
 from keras_bat.data.pipeline import SkippedFiles, make_pipeline
+from keras_bat.training.distribution import setup_distribution
 from keras_bat.workflows.builders import build_splits, split
 from keras_bat.workflows.probe import run_callbacks, write_skipped
 
@@ -26,6 +27,7 @@ def run_pretrain(config):
     with open(output_dir / "config.yaml", "w") as f:
         yaml.safe_dump(config, f, sort_keys=False)
     keras.utils.set_random_seed(config["seed"])
+    setup_distribution(config["distribution"])
     data, model, settings = config["data"], config["model"], config["pretrain"]
     dataset = split(build_splits(data, output_dir), data["train_split"], "training")
     encoder = dict(model["backbone"]) if isinstance(model["backbone"], dict) else \

@@ -6,6 +6,7 @@ interrupted run where it stopped), `results.json`, `skipped_files.txt` and,
 for heads with a layer gate, `layer_weights.png`.
 """
 
+import collections
 import concurrent.futures
 import importlib.util
 import json
@@ -22,7 +23,10 @@ from keras_bat.data.datasets import CharTokenizer, balanced_sampling_weights
 from keras_bat.data.pipeline import ClipLoader, SkippedFiles, SkippedFilesLogger, make_pipeline
 from keras_bat.training.metrics import (cross_validation_summary, error_rates, event_based_f1, frames_to_events,
                                         mean_average_precision)
-from keras_bat.workflows.builders import build_classifier, build_splits, split
+from keras_bat.training.distribution import setup_distribution
+from keras_bat.data.feature_cache import FeatureCache, estimate_bytes
+from keras_bat.workflows.builders import (augmentation_active, build_backbone, build_classifier, build_splits,
+                                          cache_tokens, split)
 
 
 def run_probe(config):
@@ -60,33 +64,114 @@ def train_and_evaluate(config, run_dir, fold=None):
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config["seed"])
+    setup_distribution(config["distribution"])
     data, train = config["data"], config["train"]
     splits = build_splits(data, config["output_dir"], fold)
     train_set = split(splits, data["train_split"], "training")
     eval_set = split(splits, data["eval_split"], "evaluation")
-    model = build_classifier(config, train_set)
     skipped = SkippedFiles()
-    weights = balanced_sampling_weights(train_set, data["balanced_sampling"]) if data["balanced_sampling"] else None
-    pipeline_args = dict(clip_seconds=data["clip_seconds"], engine=data["engine"], num_workers=data["num_workers"],
-                         seed=config["seed"], skipped=skipped, max_label_length=data["max_label_length"])
-    train_data = make_pipeline(train_set, train["batch_size"], training=True, repeat=True, weights=weights,
-                               samples_per_epoch=data["samples_per_epoch"], noise_std=data["noise_std"],
-                               **pipeline_args)
-    eval_batch_size = train["eval_batch_size"] or train["batch_size"]
-    validation = (make_pipeline(eval_set, eval_batch_size, training=False, **pipeline_args)
-                  if train["validate"] else None)
     epochs = max(1, -(-train["steps"] // train["steps_per_epoch"]))
-    callbacks = run_callbacks(run_dir, skipped)
-    history = model.fit(train_data, epochs=epochs, steps_per_epoch=train["steps_per_epoch"],
-                        validation_data=validation, callbacks=callbacks, verbose=train["verbose"], shuffle=False)
-    metrics = evaluate(model, eval_set, data["clip_seconds"], eval_batch_size, config["evaluate"],
-                       data["num_workers"], skipped, data["max_label_length"])
+    eval_batch_size = train["eval_batch_size"] or train["batch_size"]
+    caches = feature_caches(config, run_dir, train_set, eval_set, skipped)
+    if caches is not None:  # the encoder ran once per clip; train the head alone
+        train_cache, eval_cache = caches.train, caches.eval
+        model = build_classifier(config, train_set, backbone=caches.backbone, cached=True)
+        train_data = train_cache.dataset(train["batch_size"], steps_per_epoch=train["steps_per_epoch"],
+                                         seed=config["seed"])
+        validation = eval_cache.dataset(eval_batch_size, shuffle=False) if train["validate"] else None
+        history = model.fit(train_data, epochs=epochs, validation_data=validation,  # batches come shuffled
+                            callbacks=run_callbacks(run_dir, skipped), verbose=train["verbose"], shuffle=False)
+        outputs = model.predict(eval_cache.dataset(eval_batch_size, shuffle=False), verbose=0)
+        clips = [eval_set.clips[i] for i in eval_cache.meta["clip_indices"]]
+        metrics = task_metrics(eval_set.task, clips, np.asarray(outputs), list(eval_cache.targets),
+                               config["evaluate"])
+    else:
+        model = build_classifier(config, train_set)
+        weights = (balanced_sampling_weights(train_set, data["balanced_sampling"])
+                   if data["balanced_sampling"] else None)
+        pipeline_args = dict(clip_seconds=data["clip_seconds"], engine=data["engine"],
+                             num_workers=data["num_workers"], seed=config["seed"], skipped=skipped,
+                             max_label_length=data["max_label_length"])
+        train_data = make_pipeline(train_set, train["batch_size"], training=True, repeat=True, weights=weights,
+                                   samples_per_epoch=data["samples_per_epoch"], noise_std=data["noise_std"],
+                                   **pipeline_args)
+        validation = (make_pipeline(eval_set, eval_batch_size, training=False, **pipeline_args)
+                      if train["validate"] else None)
+        history = model.fit(train_data, epochs=epochs, steps_per_epoch=train["steps_per_epoch"],
+                            validation_data=validation, callbacks=run_callbacks(run_dir, skipped),
+                            verbose=train["verbose"], shuffle=False)
+        metrics = evaluate(model, eval_set, data["clip_seconds"], eval_batch_size, config["evaluate"],
+                           data["num_workers"], skipped, data["max_label_length"])
     plot = save_layer_gate_plot(model.head, run_dir / "layer_weights.png")
     write_skipped(skipped, run_dir / "skipped_files.txt")
     return {"metrics": metrics, "train_clips": len(train_set), "eval_clips": len(eval_set),
+            "feature_cache": caches is not None,
             "skipped_files": skipped.counts(), "layer_weights_plot": plot,
             "layer_weights": _layer_weights(model.head),
             "history": {k: [float(v) for v in values] for k, values in history.history.items()}}
+
+
+ProbeCaches = collections.namedtuple("ProbeCaches", "train eval backbone")
+
+
+def feature_caches(config, run_dir, train_set, eval_set, skipped):
+    """`(train_cache, eval_cache)` of the frozen encoder's features when the
+    run can use them (`train.feature_cache`: auto | on | off), else `None`.
+
+    A probe can use the cache when the encoder is frozen and nothing random
+    happens before it (no augmentation, training noise or class-balanced
+    sampling), the head is not VQT and the task not CTC; `auto` also needs the
+    estimated size within `train.cache_budget_gb`.
+    """
+    from keras_bat.layers import LogMelSpectrogram
+
+    train, data, head = config["train"], config["data"], config["head"]
+    mode = {True: "on", False: "off"}.get(train["feature_cache"], train["feature_cache"])  # YAML reads on/off as bools
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"train.feature_cache must be auto, on or off. Received: {mode!r}")
+    if mode == "off":
+        return None
+    obstacles = [why for why, present in (
+        ("finetuning trains the encoder", train["finetune"]),
+        ("augmentations run before the encoder", augmentation_active(config["augment"])),
+        ("training noise is added to the waveforms", data["noise_std"] > 0),
+        ("class-balanced sampling", bool(data["balanced_sampling"])),
+        ("VQT heads run inside the encoder", head["type"] == "vqt"),
+        ("CTC targets", train_set.task == "ctc")) if present]
+    if obstacles:
+        if mode == "on":
+            raise ValueError(f"train.feature_cache=on, but the cache cannot serve this run: {'; '.join(obstacles)}.")
+        return None
+    backbone = build_backbone(config["model"])
+    time_frames = config["model"]["time_frames"]
+    tokens = cache_tokens(head, train_set.task)
+    size = estimate_bytes(len(train_set) + len(eval_set), backbone, time_frames, tokens)
+    if size > train["cache_budget_gb"] * 1e9:
+        message = (f"feature cache of {size / 1e9:.1f} GB exceeds train.cache_budget_gb="
+                   f"{train['cache_budget_gb']}")
+        if mode == "on":
+            raise ValueError(message + "; raise the budget or set train.feature_cache=off.")
+        print(message + ": probing through the encoder instead.")
+        return None
+    folder = Path(train["cache_dir"] or run_dir / "feature_cache")
+    frontend = LogMelSpectrogram(time_frames=time_frames)
+    print(f"feature cache: {size / 1e9:.2f} GB of {tokens} tokens in {folder} "
+          f"(one fixed crop per clip: the evaluation clip handling)")
+    return ProbeCaches(*(_open_or_build(folder / name, backbone, frontend, dataset, data, tokens, train, skipped)
+                         for name, dataset in (("train", train_set), ("eval", eval_set))), backbone)
+
+
+def _open_or_build(folder, backbone, frontend, dataset, data, tokens, train, skipped):
+    try:
+        cache = FeatureCache(folder)
+        if (cache.meta["dataset"], cache.meta["tokens"]) == (dataset.name, tokens) and \
+                cache.meta["shapes"]["cls_tokens"] == [backbone.depth, backbone.dim]:
+            return cache  # computed by an earlier run
+    except ValueError:
+        pass
+    return FeatureCache.build(folder, backbone, frontend, dataset, data["clip_seconds"], tokens,
+                              train["cache_budget_gb"], train["eval_batch_size"] or train["batch_size"],
+                              data["num_workers"], skipped)
 
 
 def run_callbacks(run_dir, skipped):
@@ -150,7 +235,11 @@ def evaluate(model, dataset, clip_seconds, batch_size, evaluate_config=None, num
     evaluate_config = evaluate_config or {"event_threshold": 0.3, "median_filter": 3, "collar": 0.2}
     clips, outputs, targets = predict(model, dataset, clip_seconds, batch_size, num_workers, skipped,
                                       max_label_length)
-    task = dataset.task
+    return task_metrics(dataset.task, clips, outputs, targets, evaluate_config)
+
+
+def task_metrics(task, clips, outputs, targets, evaluate_config):
+    """The final metrics of a task from model outputs and targets per clip."""
     if task == "multiclass":
         return {"accuracy": float(np.mean(np.argmax(outputs, -1) == np.array(targets)))}
     if task == "multilabel":

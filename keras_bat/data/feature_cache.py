@@ -1,0 +1,168 @@
+"""Probe feature cache: a frozen encoder's features of every clip, computed
+once and memory-mapped from disk in bfloat16, so that probes (and sweeps of
+them) train without running the encoder again.
+
+What is stored follows the head: class tokens of every block for linear,
+layer-mixed and Head2Toe probes on `pooling="cls"`; every token of every block
+for CGP and the rest. Clips are encoded with the evaluation clip handling (cut
+or padded from the start), so a cached probe sees one fixed crop per clip.
+"""
+
+import concurrent.futures
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from keras_bat.data.audio import AudioDecodeError
+from keras_bat.data.pipeline import ClipLoader, SkippedFiles
+
+META_FILE = "cache.json"
+
+
+def to_bfloat16_bits(x):
+    """float32 -> bfloat16 (round to nearest even), as uint16 bit patterns."""
+    bits = np.ascontiguousarray(x, dtype="float32").view("uint32")
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype("uint16")
+
+
+def from_bfloat16_bits(bits):
+    return (np.asarray(bits).astype("uint32") << 16).view("float32")
+
+
+def feature_shapes(backbone, time_frames, tokens):
+    """Per-clip shapes of the cached features: `{"cls_tokens": (L, D)}` and,
+    with `tokens="all"`, `"patch_tokens": (L, T, F, D)`."""
+    shapes = {"cls_tokens": (backbone.depth, backbone.dim)}
+    if tokens == "all":
+        grid = (time_frames // backbone.patch_size, backbone.num_mels // backbone.patch_size)
+        shapes["patch_tokens"] = (backbone.depth, *grid, backbone.dim)
+    elif tokens != "cls":
+        raise ValueError(f"`tokens` must be 'cls' or 'all'. Received: {tokens!r}")
+    return shapes
+
+
+def estimate_bytes(num_clips, backbone, time_frames, tokens):
+    """Disk size of a cache in bytes (bfloat16: 2 bytes per value)."""
+    return 2 * num_clips * sum(int(np.prod(s)) for s in feature_shapes(backbone, time_frames, tokens).values())
+
+
+class FeatureCache:
+    """Features and targets of one dataset split, memory-mapped from `folder`.
+
+    Build with `FeatureCache.build(...)`, reopen with `FeatureCache(folder)`;
+    `dataset(batch_size)` feeds `model.fit` on every backend.
+    """
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        meta_path = self.folder / META_FILE
+        if not meta_path.exists():
+            raise ValueError(f"{self.folder} holds no feature cache ({META_FILE} missing).")
+        self.meta = json.loads(meta_path.read_text())
+        self.features = {name: np.load(self.folder / f"{name}.npy", mmap_mode="r") for name in self.meta["shapes"]}
+        self.targets = np.load(self.folder / "targets.npy")
+
+    def __len__(self):
+        return len(self.targets)
+
+    @classmethod
+    def build(cls, folder, backbone, frontend, dataset, clip_seconds, tokens="all", budget_gb=50.0,
+              batch_size=16, num_workers=4, skipped=None, verbose=True):
+        """Encodes every clip of `dataset` once and writes the cache.
+
+        Raises:
+            ValueError: when the estimated size exceeds `budget_gb`, before
+                anything is computed.
+        """
+        from tqdm.auto import tqdm
+
+        folder = Path(folder)
+        size = estimate_bytes(len(dataset), backbone, frontend.time_frames, tokens)
+        if size > budget_gb * 1e9:
+            raise ValueError(f"A feature cache of {dataset.name} would take {size / 1e9:.1f} GB (> budget "
+                             f"{budget_gb} GB); raise the budget or probe without the cache.")
+        folder.mkdir(parents=True, exist_ok=True)
+        shapes = feature_shapes(backbone, frontend.time_frames, tokens)
+        arrays = {name: np.lib.format.open_memmap(folder / f"{name}.npy", "w+", "uint16", (len(dataset), *shape))
+                  for name, shape in shapes.items()}
+        loader = ClipLoader(dataset, clip_seconds, training=False)
+        skipped = skipped if skipped is not None else SkippedFiles()
+
+        def load(index):
+            try:
+                return loader(index)
+            except AudioDecodeError as error:
+                skipped.record(error)
+                return None
+
+        kept, targets = [], []
+        with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
+            for start in tqdm(range(0, len(dataset), batch_size), desc=f"caching {dataset.name}",
+                              disable=not verbose, leave=False):
+                indices = range(start, min(start + batch_size, len(dataset)))
+                batch = [(i, ex) for i, ex in zip(indices, pool.map(load, indices)) if ex is not None]
+                if not batch:
+                    continue
+                waveforms = keras.ops.convert_to_tensor(np.stack([ex[0] for _, ex in batch]))
+                features = backbone(frontend(waveforms), training=False)
+                row = len(kept)
+                for name in shapes:
+                    arrays[name][row:row + len(batch)] = to_bfloat16_bits(keras.ops.convert_to_numpy(features[name]))
+                kept += [i for i, _ in batch]
+                targets += [ex[1] for _, ex in batch]
+        for array in arrays.values():
+            array.flush()
+        del arrays
+        # Drop the rows of skipped clips (written last, never filled).
+        for name, shape in shapes.items():
+            if len(kept) < len(dataset):
+                full = np.load(folder / f"{name}.npy", mmap_mode="r")
+                np.save(folder / f"{name}.npy", np.asarray(full[:len(kept)]))
+        np.save(folder / "targets.npy", np.stack(targets))
+        meta = {"shapes": {k: list(v) for k, v in shapes.items()}, "tokens": tokens, "clips": len(kept),
+                "dataset": dataset.name, "task": dataset.task, "bytes": size, "clip_indices": kept}
+        (folder / META_FILE).write_text(json.dumps(meta))
+        return cls(folder)
+
+    def batch(self, indices):
+        """Features (float32) and targets of the given rows."""
+        indices = np.sort(np.asarray(indices))
+        features = {name: from_bfloat16_bits(array[indices]) for name, array in self.features.items()}
+        return features, self.targets[indices]
+
+    def dataset(self, batch_size, shuffle=True, steps_per_epoch=None, seed=0):
+        """Batches `(features, targets)` for `fit` / `predict`: one pass over
+        the cache per epoch, or `steps_per_epoch` batches of an endless
+        stream of passes (reshuffled each pass)."""
+        return _CacheBatches(self, batch_size, shuffle, steps_per_epoch, seed)
+
+
+class _CacheBatches(keras.utils.PyDataset):
+    def __init__(self, cache, batch_size, shuffle, steps_per_epoch, seed):
+        super().__init__()
+        self.cache, self.batch_size, self.shuffle = cache, batch_size, shuffle
+        self.steps_per_epoch = steps_per_epoch
+        self.seed = seed
+        self.batches_per_pass = -(-len(cache) // batch_size) if not shuffle else len(cache) // batch_size
+        if self.batches_per_pass == 0:
+            raise ValueError(f"The cache holds {len(cache)} clips, fewer than one batch of {batch_size}.")
+        self.epoch = 0
+
+    def __len__(self):
+        return self.steps_per_epoch or self.batches_per_pass
+
+    def _order(self, index):
+        if not self.shuffle:
+            return np.arange(len(self.cache))
+        return np.random.default_rng([self.seed, index]).permutation(len(self.cache))
+
+    def __getitem__(self, index):
+        position = self.epoch * len(self) + index  # batches since the start
+        shuffle_pass, batch = divmod(position, self.batches_per_pass)
+        order = self._order(shuffle_pass)
+        return self.cache.batch(order[batch * self.batch_size:(batch + 1) * self.batch_size])
+
+    def on_epoch_end(self):
+        self.epoch += 1
