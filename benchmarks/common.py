@@ -45,14 +45,46 @@ def run_per_backend(script, backends, options, jit_modes=("auto",), timeout=None
     return results
 
 
-def report(title, results, output, config):
+def report(title, results, output, config, gflop=None):
+    """Prints the table (with achieved GFLOP/s against the CPU's nominal peak
+    when the work per step is given) and writes JSON."""
+    peak = cpu_peak_gflops()
     print(title)
-    print(f"{'backend':12s} {'jit':>6s} {'median s':>9s} {'min s':>7s}")
+    if gflop:
+        print(f"{gflop:.1f} GFLOP per step; nominal float32 peak of this CPU {peak['gflops']:.0f} GFLOP/s "
+              f"({peak['basis']})")
+    print(f"{'backend':12s} {'jit':>6s} {'median s':>9s} {'min s':>7s}" + (f" {'GFLOP/s':>8s} {'% peak':>7s}" if gflop else ""))
     for r in results:
-        print(f"{r['backend']:12s} {str(r['jit']):>6s} {r['median_s']:9.2f} {r['min_s']:7.2f}")
+        line = f"{r['backend']:12s} {str(r['jit']):>6s} {r['median_s']:9.3f} {r['min_s']:7.3f}"
+        if gflop:
+            r["gflops"] = gflop / r["median_s"]
+            line += f" {r['gflops']:8.1f} {100 * r['gflops'] / peak['gflops']:6.1f}%"
+        print(line)
     os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
     with open(output, "w") as f:
-        json.dump({"config": config, "results": results}, f, indent=2)
+        json.dump({"config": config, "gflop_per_step": gflop, "cpu_peak": peak, "results": results}, f, indent=2)
+
+
+def cpu_peak_gflops():
+    """Nominal float32 peak: cores x clock x FMA lanes x 2 FMA units x 2 flops
+    (AVX-512: 16 lanes, AVX2: 8), from /proc/cpuinfo."""
+    cores, mhz, lanes = os.cpu_count() or 1, 2000.0, 8
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+        mhz = float(info.split("cpu MHz")[1].split(":")[1].split()[0])
+        lanes = 16 if " avx512f" in info else 8
+    except (OSError, IndexError, ValueError):
+        pass
+    gflops = cores * mhz / 1000 * lanes * 2 * 2
+    return {"gflops": gflops, "basis": f"{cores} cores x {mhz / 1000:.2f} GHz x {lanes} lanes x 2 FMA units x 2"}
+
+
+def encoder_gflop(sequences, tokens, dim, depth, mlp_ratio=4.0, gated=True):
+    """Forward GFLOP of BAT blocks: projections (qkv, gate, out, MLP) and attention."""
+    matmuls = (6 + (2 if gated else 0) + 2 + 4 * mlp_ratio) * dim * dim  # per token and block
+    attention = 4 * tokens * dim  # scores and weighted sum
+    return sequences * tokens * depth * (matmuls + attention) / 1e9
 
 
 def parse_jit(value):
@@ -72,11 +104,11 @@ def benchmark_parser(description, name, jit_default):
     return parser
 
 
-def run(script, args, option_names, run_child, title):
+def run(script, args, option_names, run_child, title, gflop=None):
     """Runs the child measurement, or every backend and jit mode and the report."""
     if args.child:
         args.jit = args.jit[0]
         return run_child(args)
     options = {name: getattr(args, name) for name in option_names}
     results = run_per_backend(script, args.backends, options, args.jit, args.timeout)
-    report(title, results, args.output, options)
+    report(title, results, args.output, options, gflop)

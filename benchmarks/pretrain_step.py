@@ -8,7 +8,7 @@ default; the median step time after warm-up is printed and written as JSON.
 
 import json
 
-from common import benchmark_parser, parse_jit, run, time_steps
+from common import benchmark_parser, encoder_gflop, parse_jit, run, time_steps
 
 
 def run_child(args):
@@ -36,9 +36,16 @@ def main():
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--views", type=int, default=4)
     args = parser.parse_args()
+    patches = args.frames // 16 * 8
+    kept = int(patches * 0.2)
+    views = args.batch * args.views
+    # Student and decoder forward + backward (x3), teacher forward.
+    gflop = (3 * encoder_gflop(views, kept + 1, args.dim, args.depth)
+             + 3 * encoder_gflop(views, patches, args.dim, args.decoder_depth)
+             + encoder_gflop(args.batch, patches + 1, args.dim, args.depth))
     run(__file__, args, ("dim", "depth", "heads", "decoder_depth", "frames", "batch", "views", "warmup", "steps"),
         run_child, f"Pretraining step: student {args.dim} x {args.depth}, decoder {args.decoder_depth} x {args.dim}, "
-        f"{args.batch} clips x {args.views} views x {args.frames} frames")
+        f"{args.batch} clips x {args.views} views x {args.frames} frames", gflop)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ median step time after warm-up is printed and written as JSON.
 
 import json
 
-from common import benchmark_parser, parse_jit, run, time_steps
+from common import benchmark_parser, encoder_gflop, parse_jit, run, time_steps
 
 
 def run_child(args):
@@ -36,9 +36,14 @@ def main():
     parser.add_argument("--prototypes", type=int, default=10000)
     parser.add_argument("--classes", type=int, default=527)
     args = parser.parse_args()
+    patches = args.frames // 16 * 8
+    dim, depth = {"bat_small": (384, 12), "bat_base": (768, 12), "bat_large": (1024, 24)}[args.preset]
+    # Frozen encoder forward; CGP similarities forward and backward (x3), over 1 + chunks of 512 patches.
+    gflop = (encoder_gflop(args.batch, patches + 1, dim, depth)
+             + 3 * 2 * args.batch * patches * args.prototypes * dim / 1e9)
     run(__file__, args, ("preset", "batch", "frames", "prototypes", "classes", "warmup", "steps"), run_child,
         f"CGP probe step: {args.preset}, batch {args.batch} x {args.frames} frames, {args.prototypes} "
-        f"prototypes, {args.classes} classes")
+        f"prototypes, {args.classes} classes", gflop)
 
 
 if __name__ == "__main__":
