@@ -34,6 +34,32 @@ def _dot(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _load_tile(X, b, h, s_b, s_n, s_h, s_d, tokens, token_ok, dims, dim_ok):
+    """A (tokens, head_dim) tile of head `h` of sequence `b`; zeros outside."""
+    return tl.load(X + b * s_b + h * s_h + tokens[:, None] * s_n + dims[None, :] * s_d,
+                   mask=token_ok[:, None] & dim_ok[None, :], other=0.0)
+
+
+@triton.jit
+def _key_end(LENGTHS, b, num_keys, HAS_LENGTHS: tl.constexpr):
+    """One past the last valid key of sequence `b`."""
+    key_end = num_keys
+    if HAS_LENGTHS:
+        key_end = tl.minimum(tl.load(LENGTHS + b), num_keys)
+    return key_end
+
+
+@triton.jit
+def _probabilities_and_score_grads(q, k, v, d_attended, lse, delta, col_ok, scale,
+                                   PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """Recomputed probabilities P and dS = P * (dA v^T - delta) of one tile."""
+    scores = _dot(q, tl.trans(k), PRECISION, UPCAST) * scale
+    p = tl.where(col_ok[None, :], tl.exp(scores - lse[:, None]), 0.0)  # M, N
+    dp = _dot(d_attended, tl.trans(v), PRECISION, UPCAST)
+    return p, p * (dp - delta[:, None])
+
+
+@triton.jit
 def _attention_forward(Q, K, V, G, O, A, LSE, LENGTHS,
                        s_qb, s_qn, s_qh, s_qd, s_kb, s_kn, s_kh, s_kd, s_vb, s_vn, s_vh, s_vd,
                        s_gb, s_gn, s_gh, s_gd, s_ob, s_on, s_oh, s_od,
@@ -41,19 +67,15 @@ def _attention_forward(Q, K, V, G, O, A, LSE, LENGTHS,
                        HAS_GATE: tl.constexpr, HAS_LENGTHS: tl.constexpr, HEAD_DIM: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                        PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    block_m = tl.program_id(0)
     batch_head = tl.program_id(1)
     b = batch_head // num_heads
     h = batch_head % num_heads
-    rows = block_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
     row_ok = rows < num_queries
     dim_ok = dims < HEAD_DIM
-    q = tl.load(Q + b * s_qb + h * s_qh + rows[:, None] * s_qn + dims[None, :] * s_qd,
-                mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
-    key_end = num_keys
-    if HAS_LENGTHS:
-        key_end = tl.minimum(tl.load(LENGTHS + b), num_keys)
+    q = _load_tile(Q, b, h, s_qb, s_qn, s_qh, s_qd, rows, row_ok, dims, dim_ok)
+    key_end = _key_end(LENGTHS, b, num_keys, HAS_LENGTHS)
 
     running_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
     running_sum = tl.zeros([BLOCK_M], tl.float32)
@@ -61,16 +83,14 @@ def _attention_forward(Q, K, V, G, O, A, LSE, LENGTHS,
     for start in range(key_offset, key_end, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         col_ok = cols < key_end
-        k = tl.load(K + b * s_kb + h * s_kh + cols[:, None] * s_kn + dims[None, :] * s_kd,
-                    mask=col_ok[:, None] & dim_ok[None, :], other=0.0)
+        k = _load_tile(K, b, h, s_kb, s_kn, s_kh, s_kd, cols, col_ok, dims, dim_ok)
         scores = _dot(q, tl.trans(k), PRECISION, UPCAST) * scale  # M, N (float32)
         scores = tl.where(col_ok[None, :], scores, float("-inf"))
         new_max = tl.maximum(running_max, tl.max(scores, 1))
         p = tl.exp(scores - new_max[:, None])
         correction = tl.exp(running_max - new_max)
         running_sum = running_sum * correction + tl.sum(p, 1)
-        v = tl.load(V + b * s_vb + h * s_vh + cols[:, None] * s_vn + dims[None, :] * s_vd,
-                    mask=col_ok[:, None] & dim_ok[None, :], other=0.0)
+        v = _load_tile(V, b, h, s_vb, s_vn, s_vh, s_vd, cols, col_ok, dims, dim_ok)
         acc = acc * correction[:, None] + _dot(p.to(v.dtype), v, PRECISION, UPCAST)
         running_max = new_max
 
@@ -81,8 +101,7 @@ def _attention_forward(Q, K, V, G, O, A, LSE, LENGTHS,
     out_offsets = b * s_ob + h * s_oh + rows[:, None] * s_on + dims[None, :] * s_od
     out_mask = row_ok[:, None] & dim_ok[None, :]
     if HAS_GATE:
-        gate = tl.load(G + b * s_gb + h * s_gh + rows[:, None] * s_gn + dims[None, :] * s_gd,
-                       mask=out_mask, other=0.0).to(tl.float32)
+        gate = _load_tile(G, b, h, s_gb, s_gn, s_gh, s_gd, rows, row_ok, dims, dim_ok).to(tl.float32)
         tl.store(A + out_offsets, attended.to(A.dtype.element_ty), mask=out_mask)
         attended = attended * tl.sigmoid(gate)
     tl.store(O + out_offsets, attended.to(O.dtype.element_ty), mask=out_mask)
@@ -97,37 +116,26 @@ def _attention_backward_keys(Q, K, V, DA, LSE, DELTA, DK, DV, LENGTHS,
                              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
                              UPCAST: tl.constexpr):
     """dK and dV for one block of keys, looping over all query blocks."""
-    block_n = tl.program_id(0)
     batch_head = tl.program_id(1)
     b = batch_head // num_heads
     h = batch_head % num_heads
-    cols = block_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     dims = tl.arange(0, BLOCK_D)
     dim_ok = dims < HEAD_DIM
-    key_end = num_keys
-    if HAS_LENGTHS:
-        key_end = tl.minimum(tl.load(LENGTHS + b), num_keys)
-    col_ok = (cols >= key_offset) & (cols < key_end)
-    k = tl.load(K + b * s_kb + h * s_kh + cols[:, None] * s_kn + dims[None, :] * s_kd,
-                mask=col_ok[:, None] & dim_ok[None, :], other=0.0)
-    v = tl.load(V + b * s_vb + h * s_vh + cols[:, None] * s_vn + dims[None, :] * s_vd,
-                mask=col_ok[:, None] & dim_ok[None, :], other=0.0)
+    col_ok = (cols >= key_offset) & (cols < _key_end(LENGTHS, b, num_keys, HAS_LENGTHS))
+    k = _load_tile(K, b, h, s_kb, s_kn, s_kh, s_kd, cols, col_ok, dims, dim_ok)
+    v = _load_tile(V, b, h, s_vb, s_vn, s_vh, s_vd, cols, col_ok, dims, dim_ok)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     for start in range(0, num_queries, BLOCK_M):
         rows = start + tl.arange(0, BLOCK_M)
         row_ok = rows < num_queries
-        q = tl.load(Q + b * s_qb + h * s_qh + rows[:, None] * s_qn + dims[None, :] * s_qd,
-                    mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
-        d_attended = tl.load(DA + b * s_ob + h * s_oh + rows[:, None] * s_on + dims[None, :] * s_od,
-                             mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
+        q = _load_tile(Q, b, h, s_qb, s_qn, s_qh, s_qd, rows, row_ok, dims, dim_ok)
+        d_attended = _load_tile(DA, b, h, s_ob, s_on, s_oh, s_od, rows, row_ok, dims, dim_ok)
         lse = tl.load(LSE + batch_head * num_queries + rows, mask=row_ok, other=float("inf"))
         delta = tl.load(DELTA + batch_head * num_queries + rows, mask=row_ok, other=0.0)
-        scores = _dot(q, tl.trans(k), PRECISION, UPCAST) * scale
-        p = tl.where(col_ok[None, :], tl.exp(scores - lse[:, None]), 0.0)  # M, N
+        p, ds = _probabilities_and_score_grads(q, k, v, d_attended, lse, delta, col_ok, scale, PRECISION, UPCAST)
         dv += _dot(tl.trans(p.to(d_attended.dtype)), d_attended, PRECISION, UPCAST)
-        dp = _dot(d_attended, tl.trans(v), PRECISION, UPCAST)
-        ds = p * (dp - delta[:, None])
         dk += _dot(tl.trans(ds.to(q.dtype)), q, PRECISION, UPCAST)
     out_offsets = b * s_gb + h * s_gh + cols[:, None] * s_gn + dims[None, :] * s_gd  # dK, dV layout
     out_mask = (cols < num_keys)[:, None] & dim_ok[None, :]
@@ -142,37 +150,27 @@ def _attention_backward_queries(Q, K, V, DA, LSE, DELTA, DQ, LENGTHS,
                                 num_heads, num_queries, num_keys, key_offset, scale,
                                 HAS_LENGTHS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
                                 BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
-                             UPCAST: tl.constexpr):
+                                UPCAST: tl.constexpr):
     """dQ for one block of queries, looping over the valid key blocks."""
-    block_m = tl.program_id(0)
     batch_head = tl.program_id(1)
     b = batch_head // num_heads
     h = batch_head % num_heads
-    rows = block_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
     row_ok = rows < num_queries
     dim_ok = dims < HEAD_DIM
-    q = tl.load(Q + b * s_qb + h * s_qh + rows[:, None] * s_qn + dims[None, :] * s_qd,
-                mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
-    d_attended = tl.load(DA + b * s_ob + h * s_oh + rows[:, None] * s_on + dims[None, :] * s_od,
-                         mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
+    q = _load_tile(Q, b, h, s_qb, s_qn, s_qh, s_qd, rows, row_ok, dims, dim_ok)
+    d_attended = _load_tile(DA, b, h, s_ob, s_on, s_oh, s_od, rows, row_ok, dims, dim_ok)
     lse = tl.load(LSE + batch_head * num_queries + rows, mask=row_ok, other=float("inf"))
     delta = tl.load(DELTA + batch_head * num_queries + rows, mask=row_ok, other=0.0)
-    key_end = num_keys
-    if HAS_LENGTHS:
-        key_end = tl.minimum(tl.load(LENGTHS + b), num_keys)
+    key_end = _key_end(LENGTHS, b, num_keys, HAS_LENGTHS)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for start in range(key_offset, key_end, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         col_ok = cols < key_end
-        k = tl.load(K + b * s_kb + h * s_kh + cols[:, None] * s_kn + dims[None, :] * s_kd,
-                    mask=col_ok[:, None] & dim_ok[None, :], other=0.0)
-        v = tl.load(V + b * s_vb + h * s_vh + cols[:, None] * s_vn + dims[None, :] * s_vd,
-                    mask=col_ok[:, None] & dim_ok[None, :], other=0.0)
-        scores = _dot(q, tl.trans(k), PRECISION, UPCAST) * scale
-        p = tl.where(col_ok[None, :], tl.exp(scores - lse[:, None]), 0.0)
-        dp = _dot(d_attended, tl.trans(v), PRECISION, UPCAST)
-        ds = p * (dp - delta[:, None])
+        k = _load_tile(K, b, h, s_kb, s_kn, s_kh, s_kd, cols, col_ok, dims, dim_ok)
+        v = _load_tile(V, b, h, s_vb, s_vn, s_vh, s_vd, cols, col_ok, dims, dim_ok)
+        _, ds = _probabilities_and_score_grads(q, k, v, d_attended, lse, delta, col_ok, scale, PRECISION, UPCAST)
         dq += _dot(ds.to(k.dtype), k, PRECISION, UPCAST)
     tl.store(DQ + b * s_ob + h * s_oh + rows[:, None] * s_on + dims[None, :] * s_od,  # dQ is laid out like dA
              (dq * scale).to(DQ.dtype.element_ty), mask=row_ok[:, None] & dim_ok[None, :])

@@ -2,8 +2,9 @@
 
 A run directory holds `config.yaml`, `log.csv` and TensorBoard logs,
 `checkpoint.weights.h5` (best-effort latest weights), `backup/` (resumes an
-interrupted run where it stopped), `results.json`, `skipped_files.txt` and,
-for heads with a layer gate, `layer_weights.png`.
+interrupted run where it stopped), `results.json`, `skipped_files.txt`,
+`feature_cache/` when the probe trains from cached encoder features and, for
+heads with a layer gate, `layer_weights.png`.
 """
 
 import collections
