@@ -8,15 +8,13 @@ for CGP and the rest. Clips are encoded with the evaluation clip handling (cut
 or padded from the start), so a cached probe sees one fixed crop per clip.
 """
 
-import concurrent.futures
 import json
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from keras_bat.data.audio import AudioDecodeError
-from keras_bat.data.pipeline import ClipLoader, SkippedFiles
+from keras_bat.data.pipeline import ClipLoader, ordered_batches
 
 META_FILE = "cache.json"
 
@@ -61,7 +59,8 @@ class FeatureCache:
         if not meta_path.exists():
             raise ValueError(f"{self.folder} holds no feature cache ({META_FILE} missing).")
         self.meta = json.loads(meta_path.read_text())
-        self.features = {name: np.load(self.folder / f"{name}.npy", mmap_mode="r") for name in self.meta["shapes"]}
+        self.features = {name: np.load(self.folder / f"{name}.npy", mmap_mode="r")[:self.meta["clips"]]
+                         for name in self.meta["shapes"]}
         self.targets = np.load(self.folder / "targets.npy")
 
     def __len__(self):
@@ -76,8 +75,6 @@ class FeatureCache:
             ValueError: when the estimated size exceeds `budget_gb`, before
                 anything is computed.
         """
-        from tqdm.auto import tqdm
-
         folder = Path(folder)
         size = estimate_bytes(len(dataset), backbone, frontend.time_frames, tokens)
         if size > budget_gb * 1e9:
@@ -88,38 +85,18 @@ class FeatureCache:
         arrays = {name: np.lib.format.open_memmap(folder / f"{name}.npy", "w+", "uint16", (len(dataset), *shape))
                   for name, shape in shapes.items()}
         loader = ClipLoader(dataset, clip_seconds, training=False)
-        skipped = skipped if skipped is not None else SkippedFiles()
-
-        def load(index):
-            try:
-                return loader(index)
-            except AudioDecodeError as error:
-                skipped.record(error)
-                return None
-
         kept, targets = [], []
-        with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
-            for start in tqdm(range(0, len(dataset), batch_size), desc=f"caching {dataset.name}",
-                              disable=not verbose, leave=False):
-                indices = range(start, min(start + batch_size, len(dataset)))
-                batch = [(i, ex) for i, ex in zip(indices, pool.map(load, indices)) if ex is not None]
-                if not batch:
-                    continue
-                waveforms = keras.ops.convert_to_tensor(np.stack([ex[0] for _, ex in batch]))
-                features = backbone(frontend(waveforms), training=False)
-                row = len(kept)
-                for name in shapes:
-                    arrays[name][row:row + len(batch)] = to_bfloat16_bits(keras.ops.convert_to_numpy(features[name]))
-                kept += [i for i, _ in batch]
-                targets += [ex[1] for _, ex in batch]
+        for indices, waveforms, batch_targets in ordered_batches(
+                loader, batch_size, num_workers, skipped, desc=f"caching {dataset.name}" if verbose else None):
+            features = backbone(frontend(keras.ops.convert_to_tensor(waveforms)), training=False)
+            row = len(kept)
+            for name in shapes:
+                arrays[name][row:row + len(indices)] = to_bfloat16_bits(keras.ops.convert_to_numpy(features[name]))
+            kept += indices
+            targets += batch_targets
         for array in arrays.values():
             array.flush()
-        del arrays
-        # Drop the rows of skipped clips (written last, never filled).
-        for name, shape in shapes.items():
-            if len(kept) < len(dataset):
-                full = np.load(folder / f"{name}.npy", mmap_mode="r")
-                np.save(folder / f"{name}.npy", np.asarray(full[:len(kept)]))
+        # Rows are filled in order; those past `clips` (skipped files) stay unused.
         np.save(folder / "targets.npy", np.stack(targets))
         meta = {"shapes": {k: list(v) for k, v in shapes.items()}, "tokens": tokens, "clips": len(kept),
                 "dataset": dataset.name, "task": dataset.task, "bytes": size, "clip_indices": kept}

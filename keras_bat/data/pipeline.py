@@ -201,6 +201,31 @@ def make_pipeline(dataset, batch_size, clip_seconds, training=True, engine="tf",
     raise ValueError(f"`engine` must be 'tf' or 'grain'. Received: {engine!r}")
 
 
+def ordered_batches(loader, batch_size, num_workers=4, skipped=None, desc=None):
+    """Batches of a loader's clips in dataset order (fixed clip handling when
+    the loader is not training), decoded by `num_workers` threads; bad files
+    are recorded in `skipped` and left out.
+
+    Yields:
+        `(indices, waveforms (n, samples), targets)` with `n <= batch_size`.
+    """
+    import concurrent.futures
+
+    from tqdm.auto import tqdm
+
+    skipped = skipped if skipped is not None else SkippedFiles()
+    size = len(loader.dataset)
+    with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
+        for start in tqdm(range(0, size, batch_size), desc=desc, disable=desc is None, leave=False):
+            indices = range(start, min(start + batch_size, size))
+            batch = [(i, example) for i, example in
+                     zip(indices, pool.map(lambda i: _safe_load(loader, skipped, i, 0), indices))
+                     if example is not None]
+            if batch:
+                yield ([i for i, _ in batch], np.stack([example[0] for _, example in batch]),
+                       [example[1] for _, example in batch])
+
+
 def _epochs(sampler, repeat):
     for epoch in itertools.count() if repeat else range(1):
         yield from zip(*sampler.order(epoch))

@@ -8,7 +8,6 @@ heads with a layer gate, `layer_weights.png`.
 """
 
 import collections
-import concurrent.futures
 import importlib.util
 import json
 import os
@@ -19,15 +18,15 @@ import keras
 import numpy as np
 import yaml
 
-from keras_bat.data.audio import AudioDecodeError
 from keras_bat.data.datasets import CharTokenizer, balanced_sampling_weights
-from keras_bat.data.pipeline import ClipLoader, SkippedFiles, SkippedFilesLogger, make_pipeline
+from keras_bat.data.feature_cache import FeatureCache, estimate_bytes
+from keras_bat.data.pipeline import ClipLoader, SkippedFiles, SkippedFilesLogger, make_pipeline, ordered_batches
 from keras_bat.training.metrics import (cross_validation_summary, error_rates, event_based_f1, frames_to_events,
                                         mean_average_precision)
 from keras_bat.training.distribution import setup_distribution
-from keras_bat.data.feature_cache import FeatureCache, estimate_bytes
 from keras_bat.workflows.builders import (augmentation_active, build_backbone, build_classifier, build_splits,
                                           cache_tokens, split)
+from keras_bat.workflows.config import DEFAULTS
 
 
 def run_probe(config):
@@ -200,29 +199,13 @@ def predict(model, dataset, clip_seconds, batch_size, num_workers=4, skipped=Non
         `(clips, outputs (n, ...), targets)`; with `stack=False`, outputs is
         the list of per-batch outputs (e.g. dicts).
     """
-    from tqdm.auto import tqdm
-
     loader = ClipLoader(dataset, clip_seconds, training=False, max_label_length=max_label_length)
-    skipped = skipped if skipped is not None else SkippedFiles()
-
-    def load(index):
-        try:
-            return index, loader(index)
-        except AudioDecodeError as error:
-            skipped.record(error)
-            return index, None
-
     clips, outputs, targets = [], [], []
-    with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
-        for start in tqdm(range(0, len(dataset), batch_size), desc=f"evaluating {dataset.name}", leave=False):
-            loaded = pool.map(load, range(start, min(start + batch_size, len(dataset))))
-            batch = [(i, example) for i, example in loaded if example is not None]
-            if not batch:
-                continue
-            waveforms = np.stack([example[0] for _, example in batch])
-            outputs.append(keras.tree.map_structure(keras.ops.convert_to_numpy, model.predict_on_batch(waveforms)))
-            clips += [dataset.clips[i] for i, _ in batch]
-            targets += [example[1] for _, example in batch]
+    for indices, waveforms, batch_targets in ordered_batches(loader, batch_size, num_workers, skipped,
+                                                             desc=f"evaluating {dataset.name}"):
+        outputs.append(keras.tree.map_structure(keras.ops.convert_to_numpy, model.predict_on_batch(waveforms)))
+        clips += [dataset.clips[i] for i in indices]
+        targets += batch_targets
     if not clips:
         raise ValueError(f"No clip of {dataset.name} could be decoded; see the skipped files.")
     return clips, np.concatenate(outputs) if stack else outputs, targets
@@ -233,7 +216,7 @@ def evaluate(model, dataset, clip_seconds, batch_size, evaluate_config=None, num
     """The task's final metrics on `dataset`, computed exactly on all clips:
     accuracy (multiclass), macro mAP (multilabel), frame-wise micro mAP and
     event-based onset F1 (frame), WER and CER (ctc)."""
-    evaluate_config = evaluate_config or {"event_threshold": 0.3, "median_filter": 3, "collar": 0.2}
+    evaluate_config = evaluate_config or DEFAULTS["evaluate"]
     clips, outputs, targets = predict(model, dataset, clip_seconds, batch_size, num_workers, skipped,
                                       max_label_length)
     return task_metrics(dataset.task, clips, outputs, targets, evaluate_config)
