@@ -195,8 +195,17 @@ class BATBackbone(keras.Model):
         Returns:
             A `BATBackbone`.
         """
+        backbone = cls(**{**cls.preset_config(preset), **overrides})
+        if load_weights and preset not in BACKBONE_PRESETS and os.path.isfile(os.path.join(preset, WEIGHTS_FILE)):
+            load_official_weights(backbone, preset)
+        return backbone
+
+    @staticmethod
+    def preset_config(preset):
+        """The constructor arguments of a preset name or preset directory,
+        without building the model."""
         if preset in BACKBONE_PRESETS:
-            return cls(**{**BACKBONE_PRESETS[preset]["config"], **overrides})
+            return dict(BACKBONE_PRESETS[preset]["config"])
         if not os.path.isdir(preset):
             raise ValueError(
                 f"Unknown preset {preset!r}: expected one of {sorted(BACKBONE_PRESETS)} or a "
@@ -205,11 +214,7 @@ class BATBackbone(keras.Model):
         if not os.path.isfile(config_path):
             raise ValueError(f"Preset directory {preset!r} has no {CONFIG_FILE}.")
         with open(config_path) as f:
-            config = json.load(f)
-        backbone = cls(**{**config, **overrides})
-        if load_weights and os.path.isfile(os.path.join(preset, WEIGHTS_FILE)):
-            load_official_weights(backbone, preset)
-        return backbone
+            return json.load(f)
 
     def encode_kept_patches(self, spectrogram, ids_keep, training=None):
         """Runs the encoder on a subset of patches, as the pretraining student does.

@@ -30,8 +30,8 @@ def run_pretrain(config):
     setup_distribution(config["distribution"])
     data, model, settings = config["data"], config["model"], config["pretrain"]
     dataset = split(build_splits(data, output_dir), data["train_split"], "training")
-    encoder = dict(model["backbone"]) if isinstance(model["backbone"], dict) else \
-        BATBackbone.from_preset(model["backbone"], load_weights=False).get_config()
+    spec = model["backbone"]
+    encoder = dict(spec) if isinstance(spec, dict) else BATBackbone.preset_config(spec)
     encoder = {k: v for k, v in encoder.items() if k not in ("name", "trainable", "dtype")}
     encoder["drop_path_rate"] = model["drop_path"]
     if model["dtype"]:
