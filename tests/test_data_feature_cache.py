@@ -97,3 +97,17 @@ def test_bad_files_are_left_out_of_the_cache(synthetic, tmp_path):
     assert cache.features["cls_tokens"].shape == (5, 2, 32)
     batches = cache.dataset(2, shuffle=True, steps_per_epoch=7, seed=0)
     assert len(batches) == 7 and all(len(batches[i][1]) == 2 for i in range(7))
+
+
+def test_a_cache_is_reused_only_for_the_same_encoder_and_clips(synthetic, tmp_path):
+    backbone, frontend = _backbone(), LogMelSpectrogram(time_frames=64)
+    first = FeatureCache.open_or_build(tmp_path / "c", backbone, frontend, synthetic, 0.64, "cls", verbose=False)
+    first_features = np.array(first.features["cls_tokens"])  # a copy: a rebuild rewrites the files
+    stamp = (tmp_path / "c" / "cls_tokens.npy").stat().st_mtime_ns
+    again = FeatureCache.open_or_build(tmp_path / "c", backbone, frontend, synthetic, 0.64, "cls", verbose=False)
+    assert (tmp_path / "c" / "cls_tokens.npy").stat().st_mtime_ns == stamp
+    np.testing.assert_array_equal(again.features["cls_tokens"], first_features)
+    other = BATBackbone(dim=32, depth=2, num_heads=2)  # same shapes, other weights
+    rebuilt = FeatureCache.open_or_build(tmp_path / "c", other, frontend, synthetic, 0.64, "cls", verbose=False)
+    assert rebuilt.meta["source"]["encoder"] != first.meta["source"]["encoder"]
+    assert not np.array_equal(rebuilt.features["cls_tokens"], first_features)

@@ -8,6 +8,7 @@ for CGP and the rest. Clips are encoded with the evaluation clip handling (cut
 or padded from the start), so a cached probe sees one fixed crop per clip.
 """
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -44,6 +45,18 @@ def feature_shapes(backbone, time_frames, tokens):
 def estimate_bytes(num_clips, backbone, time_frames, tokens):
     """Disk size of a cache in bytes (bfloat16: 2 bytes per value)."""
     return 2 * num_clips * sum(int(np.prod(s)) for s in feature_shapes(backbone, time_frames, tokens).values())
+
+
+def cache_source(backbone, frontend, dataset, clip_seconds, tokens):
+    """What a cache was computed from: the encoder's weights (a hash), the
+    frontend length, the clips and what is stored. A cache is reused only
+    when all of these are the same."""
+    weights = hashlib.sha1()
+    for variable in backbone.weights:
+        weights.update(np.ascontiguousarray(keras.ops.convert_to_numpy(variable)).tobytes())
+    return {"encoder": weights.hexdigest(), "time_frames": frontend.time_frames, "clip_seconds": clip_seconds,
+            "dataset": dataset.name, "paths": hashlib.sha1("\n".join(c.path for c in dataset.clips).encode()).hexdigest(),
+            "tokens": tokens}
 
 
 class FeatureCache:
@@ -99,9 +112,22 @@ class FeatureCache:
         # Rows are filled in order; those past `clips` (skipped files) stay unused.
         np.save(folder / "targets.npy", np.stack(targets))
         meta = {"shapes": {k: list(v) for k, v in shapes.items()}, "tokens": tokens, "clips": len(kept),
-                "dataset": dataset.name, "task": dataset.task, "bytes": size, "clip_indices": kept}
+                "dataset": dataset.name, "task": dataset.task, "bytes": size, "clip_indices": kept,
+                "source": cache_source(backbone, frontend, dataset, clip_seconds, tokens)}
         (folder / META_FILE).write_text(json.dumps(meta))
         return cls(folder)
+
+    @classmethod
+    def open_or_build(cls, folder, backbone, frontend, dataset, clip_seconds, tokens="all", **build_options):
+        """The cache in `folder` when it was computed from the same encoder
+        weights, frontend, clips and tokens; otherwise a new one (see `build`)."""
+        try:
+            cache = cls(folder)
+            if cache.meta.get("source") == cache_source(backbone, frontend, dataset, clip_seconds, tokens):
+                return cache
+        except ValueError:
+            pass
+        return cls.build(folder, backbone, frontend, dataset, clip_seconds, tokens, **build_options)
 
     def batch(self, indices):
         """Features (float32) and targets of the given rows."""

@@ -76,6 +76,12 @@ def build_backbone(model, num_query_tokens=0, dropout_free=True):
     return backbone
 
 
+def build_run_backbone(config):
+    """The backbone of a probing or finetuning run (with query tokens for VQT heads)."""
+    head = config["head"]
+    return build_backbone(config["model"], head["num_query_tokens"] if head["type"] == "vqt" else 0)
+
+
 def build_head(head, num_classes, task, backbone):
     kind = head["type"]
     pooling = "frame" if task == "frame" else head["pooling"]
@@ -108,8 +114,7 @@ def build_classifier(config, dataset, backbone=None, cached=False):
     from keras_bat.training import WarmupCosineDecay, paper_adamw
 
     train, head_config = config["train"], config["head"]
-    num_query_tokens = head_config["num_query_tokens"] if head_config["type"] == "vqt" else 0
-    backbone = backbone or build_backbone(config["model"], num_query_tokens)
+    backbone = backbone or build_run_backbone(config)
     head = build_head(head_config, dataset.num_classes, dataset.task, backbone)
     augment = config["augment"]
     model = AudioClassifier(None if cached else backbone, head,

@@ -7,7 +7,6 @@ interrupted run where it stopped), `results.json`, `skipped_files.txt`,
 heads with a layer gate, `layer_weights.png`.
 """
 
-import collections
 import importlib.util
 import json
 import os
@@ -24,7 +23,7 @@ from keras_bat.data.pipeline import ClipLoader, SkippedFiles, SkippedFilesLogger
 from keras_bat.training.metrics import (cross_validation_summary, error_rates, event_based_f1, frames_to_events,
                                         mean_average_precision)
 from keras_bat.training.distribution import setup_distribution
-from keras_bat.workflows.builders import (augmentation_active, build_backbone, build_classifier, build_splits,
+from keras_bat.workflows.builders import (augmentation_active, build_classifier, build_run_backbone, build_splits,
                                           cache_tokens, split)
 from keras_bat.workflows.config import DEFAULTS
 
@@ -72,10 +71,11 @@ def train_and_evaluate(config, run_dir, fold=None):
     skipped = SkippedFiles()
     epochs = max(1, -(-train["steps"] // train["steps_per_epoch"]))
     eval_batch_size = train["eval_batch_size"] or train["batch_size"]
-    caches = feature_caches(config, run_dir, train_set, eval_set, skipped)
+    backbone = build_run_backbone(config)
+    caches = feature_caches(config, run_dir, train_set, eval_set, skipped, backbone)
     if caches is not None:  # the encoder ran once per clip; train the head alone
-        train_cache, eval_cache = caches.train, caches.eval
-        model = build_classifier(config, train_set, backbone=caches.backbone, cached=True)
+        train_cache, eval_cache = caches
+        model = build_classifier(config, train_set, backbone=backbone, cached=True)
         train_data = train_cache.dataset(train["batch_size"], steps_per_epoch=train["steps_per_epoch"],
                                          seed=config["seed"])
         validation = eval_cache.dataset(eval_batch_size, shuffle=False) if train["validate"] else None
@@ -86,7 +86,7 @@ def train_and_evaluate(config, run_dir, fold=None):
         metrics = task_metrics(eval_set.task, clips, np.asarray(outputs), list(eval_cache.targets),
                                config["evaluate"])
     else:
-        model = build_classifier(config, train_set)
+        model = build_classifier(config, train_set, backbone=backbone)
         weights = (balanced_sampling_weights(train_set, data["balanced_sampling"])
                    if data["balanced_sampling"] else None)
         pipeline_args = dict(clip_seconds=data["clip_seconds"], engine=data["engine"],
@@ -111,11 +111,8 @@ def train_and_evaluate(config, run_dir, fold=None):
             "history": {k: [float(v) for v in values] for k, values in history.history.items()}}
 
 
-ProbeCaches = collections.namedtuple("ProbeCaches", "train eval backbone")
-
-
-def feature_caches(config, run_dir, train_set, eval_set, skipped):
-    """`(train_cache, eval_cache)` of the frozen encoder's features when the
+def feature_caches(config, run_dir, train_set, eval_set, skipped, backbone):
+    """`(train_cache, eval_cache)` of the frozen `backbone`'s features when the
     run can use them (`train.feature_cache`: auto | on | off), else `None`.
 
     A probe can use the cache when the encoder is frozen and nothing random
@@ -142,7 +139,6 @@ def feature_caches(config, run_dir, train_set, eval_set, skipped):
         if mode == "on":
             raise ValueError(f"train.feature_cache=on, but the cache cannot serve this run: {'; '.join(obstacles)}.")
         return None
-    backbone = build_backbone(config["model"])
     time_frames = config["model"]["time_frames"]
     tokens = cache_tokens(head, train_set.task)
     size = estimate_bytes(len(train_set) + len(eval_set), backbone, time_frames, tokens)
@@ -157,21 +153,10 @@ def feature_caches(config, run_dir, train_set, eval_set, skipped):
     frontend = LogMelSpectrogram(time_frames=time_frames)
     print(f"feature cache: {size / 1e9:.2f} GB of {tokens} tokens in {folder} "
           f"(one fixed crop per clip: the evaluation clip handling)")
-    return ProbeCaches(*(_open_or_build(folder / name, backbone, frontend, dataset, data, tokens, train, skipped)
-                         for name, dataset in (("train", train_set), ("eval", eval_set))), backbone)
-
-
-def _open_or_build(folder, backbone, frontend, dataset, data, tokens, train, skipped):
-    try:
-        cache = FeatureCache(folder)
-        if (cache.meta["dataset"], cache.meta["tokens"]) == (dataset.name, tokens) and \
-                cache.meta["shapes"]["cls_tokens"] == [backbone.depth, backbone.dim]:
-            return cache  # computed by an earlier run
-    except ValueError:
-        pass
-    return FeatureCache.build(folder, backbone, frontend, dataset, data["clip_seconds"], tokens,
-                              train["cache_budget_gb"], train["eval_batch_size"] or train["batch_size"],
-                              data["num_workers"], skipped)
+    options = dict(budget_gb=train["cache_budget_gb"], batch_size=train["eval_batch_size"] or train["batch_size"],
+                   num_workers=data["num_workers"], skipped=skipped)
+    return tuple(FeatureCache.open_or_build(folder / name, backbone, frontend, dataset, data["clip_seconds"], tokens,
+                                            **options) for name, dataset in (("train", train_set), ("eval", eval_set)))
 
 
 def run_callbacks(run_dir, skipped):
