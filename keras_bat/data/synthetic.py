@@ -111,7 +111,8 @@ def write_synthetic_dataset(folder, task="multiclass", splits=None, clip_seconds
         Paths of the metadata: `{split: "<split>.csv"}` (read with
         `keras_bat.data.csv_dataset(path, class_names=SOUND_CLASSES)`), or for
         `"frame"` the folder, in the DCASE2016 task 2 (HEAR) layout that
-        `keras_bat.data.dcase2016_task2` reads.
+        `keras_bat.data.dcase2016_task2` reads. A folder already written with
+        the same arguments is left as it is (the data are deterministic).
     """
     import soundfile
 
@@ -119,6 +120,13 @@ def write_synthetic_dataset(folder, task="multiclass", splits=None, clip_seconds
         raise ValueError(f"`task` must be 'multiclass', 'multilabel' or 'frame'. Received: {task!r}")
     folder = Path(folder)
     splits = splits or {"train": 256, "test": 128}
+    arguments = {"task": task, "splits": splits, "clip_seconds": clip_seconds, "max_events": max_events,
+                 "sample_rate": sample_rate, "seed": seed}
+    record = folder / "synthetic.json"
+    if record.exists():
+        previous = json.loads(record.read_text())
+        if previous["arguments"] == arguments:
+            return previous["written"]
     rng = np.random.default_rng(seed)
     num_classes = len(SOUND_CLASSES)
     written = {}
@@ -151,4 +159,5 @@ def write_synthetic_dataset(folder, task="multiclass", splits=None, clip_seconds
     if task == "frame":
         with open(folder / "labelvocabulary.csv", "w", newline="") as f:
             f.write("idx,label\n" + "".join(f"{i},{name}\n" for i, name in enumerate(SOUND_CLASSES)))
+    record.write_text(json.dumps({"arguments": arguments, "written": written}))
     return written
