@@ -377,19 +377,14 @@ def _files(folder, extensions=AUDIO_EXTENSIONS):
 
 
 def _read_lines(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read().splitlines()
-    except FileNotFoundError:
-        raise ValueError(f"File not found: {path}") from None
+    with open(_existing(path), encoding="utf-8") as f:
+        return f.read().splitlines()
 
 
 def _read_json(path):
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(_existing(path), encoding="utf-8") as f:
             return json.load(f)
-    except FileNotFoundError:
-        raise ValueError(f"File not found: {path}") from None
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: not valid JSON ({error})") from None
 

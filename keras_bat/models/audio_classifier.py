@@ -80,9 +80,12 @@ class AudioClassifier(keras.Model):
             features = {k: ops.stop_gradient(v) for k, v in features.items()}
         return self.head(features, training=training)
 
+    def _takes_waveforms(self, inputs):
+        """Waveforms `(batch, samples)` go through the frontend; spectrograms and dicts do not."""
+        return self.frontend is not None and not isinstance(inputs, dict) and len(inputs.shape) == 2
+
     def _spectrograms(self, inputs):
-        is_waveform = not isinstance(inputs, dict) and len(inputs.shape) == 2
-        return self.frontend(inputs) if self.frontend is not None and is_waveform else inputs
+        return self.frontend(inputs) if self._takes_waveforms(inputs) else inputs
 
     # --- Augmentation (training steps only) ----------------------------------------
 
@@ -104,7 +107,7 @@ class AudioClassifier(keras.Model):
 
     def _augment(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        if self.frontend is not None and not isinstance(x, dict) and len(x.shape) == 2:
+        if self._takes_waveforms(x):
             x = self.frontend(self.augmentation.augment_waveforms(x))
         if self.augmentation.uses_mixup:
             if self.task == "ctc":
