@@ -7,11 +7,13 @@ file never stops a long run.
 """
 
 import collections
+import concurrent.futures
 import itertools
 import threading
 
 import keras
 import numpy as np
+from tqdm.auto import tqdm
 
 from keras_bat.data.audio import SAMPLE_RATE, AudioDecodeError, load_audio
 
@@ -209,10 +211,6 @@ def ordered_batches(loader, batch_size, num_workers=4, skipped=None, desc=None):
     Yields:
         `(indices, waveforms (n, samples), targets)` with `n <= batch_size`.
     """
-    import concurrent.futures
-
-    from tqdm.auto import tqdm
-
     skipped = skipped if skipped is not None else SkippedFiles()
     size = len(loader.dataset)
     with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
