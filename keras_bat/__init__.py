@@ -1,8 +1,12 @@
 """keras-bat: BAT (Better Audio Transformer) and Convex Gated Probing in Keras 3."""
 
-from keras_bat import convert, heads, layers, models, ops, training
-from keras_bat.layers import KaldiFbank, LogMelSpectrogram
-from keras_bat.models import AudioClassifier, BATBackbone
+from keras_bat.runtime import start_frameworks
+
+start_frameworks()
+
+from keras_bat import convert, heads, layers, models, ops, training  # noqa: E402
+from keras_bat.layers import KaldiFbank, LogMelSpectrogram  # noqa: E402
+from keras_bat.models import AudioClassifier, BATBackbone  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -1,16 +1,20 @@
 """The `keras-bat` command: pretrain, probe, finetune, embed, demo.
 
     keras-bat demo
-    keras-bat probe recipes/configs/esc50.yaml --variant cgp --set data.root=/data/ESC-50
-    keras-bat finetune recipes/configs/as20k.yaml --set data.root=/data/AudioSet model.weights=bat.pt
-    keras-bat pretrain recipes/configs/ssl.yaml --set data.root=/data/AudioSet
+    keras-bat probe esc50 --variant cgp --set data.root=/data/ESC-50
+    keras-bat finetune as20k --set data.root=/data/AudioSet model.weights=bat.pt
+    keras-bat pretrain ssl --set data.root=/data/AudioSet
     keras-bat embed my_audio/ --output embeddings.npz --weights bat.pt --frames
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
+
+from keras_bat.runtime import filtered_stderr, import_tensorflow
+from keras_bat.workflows.config import builtin_recipes
 
 
 def _parser():
@@ -23,7 +27,8 @@ def _parser():
                        ("finetune", "finetune the whole model"), ("demo", "the laptop demo on generated data")):
         command = commands.add_parser(name, help=text)
         command.add_argument("config", nargs="?",
-                             help="YAML recipe (recipes/configs/); the demo's embedded config if omitted")
+                             help=f"a built-in recipe ({', '.join(builtin_recipes())}) or a YAML file; "
+                                  "the demo's embedded config if omitted")
         command.add_argument("--variant", default="finetune" if name == "finetune" else None,
                              help="variant of the recipe, e.g. cgp, lp, h2t (see the file)")
         command.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -41,13 +46,23 @@ def _parser():
     return parser
 
 
+def run(argv=None):
+    """The `keras-bat` command: `main` with harmless framework notices
+    filtered out of standard error (`keras_bat.runtime.filtered_stderr`)."""
+    with filtered_stderr():
+        return main(argv)
+
+
 def main(argv=None):
     args = _parser().parse_args(argv)
     if args.backend:
         if "keras" in sys.modules:
             raise RuntimeError("--backend must be chosen before Keras is imported.")
         os.environ["KERAS_BACKEND"] = args.backend
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if importlib.util.find_spec("tensorflow") is not None:
+        # Keras and the input pipeline import TensorFlow anyway: import it here,
+        # quietly, and (under JAX or torch) off the GPUs.
+        import_tensorflow()
     if args.command == "embed":
         from keras_bat.workflows.embed import run_embed
 
@@ -83,4 +98,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

@@ -2,7 +2,7 @@
 
 import sys
 
-from keras_bat.cli import main
+from keras_bat.cli import run
 
 if __name__ == "__main__":
-    sys.exit(main(["demo", *sys.argv[1:]]))
+    sys.exit(run(["demo", *sys.argv[1:]]))

@@ -64,7 +64,7 @@ def _backbone_gradients(backbone, inputs):
     weights = [v.value for v in backbone.trainable_weights]
     loss = (features["cls_tokens"] ** 2).sum() + features["patch_tokens"].mean()
     grads = torch.autograd.grad(loss, weights)
-    return {k: to_numpy(v) for k, v in features.items()}, [g.detach().numpy() for g in grads]
+    return {k: to_numpy(v) for k, v in features.items()}, [g.detach().cpu().numpy() for g in grads]
 
 
 @needs_torch

@@ -9,7 +9,7 @@ import pytest
 
 from audio_files import tone, write
 from keras_bat.cli import main
-from keras_bat.workflows.config import DEFAULTS, load_config, parse_overrides, recipe_variants
+from keras_bat.workflows.config import DEFAULTS, builtin_recipes, load_config, parse_overrides, recipe_variants
 
 TINY = ["model.backbone={dim: 32, depth: 2, num_heads: 2}", "model.time_frames=64", "data.clip_seconds=0.64",
         "data.options={splits: {train: 16, test: 8}, clip_seconds: 0.64}", "train.batch_size=4", "train.steps=4",
@@ -38,22 +38,28 @@ def test_config_merging_and_errors(tmp_path):
         load_config(recipe, "b")
 
 
-@pytest.mark.parametrize("path", sorted(glob.glob("recipes/configs/*.yaml")))
-def test_every_recipe_variant_loads(path):
-    variants = recipe_variants(path)
+def test_builtin_recipes_ship_with_the_package():
+    assert builtin_recipes() == ["as20k", "dcase2016_task2", "esc50", "hsn", "librispeech", "scv2", "ssl"]
+    with pytest.raises(FileNotFoundError, match="no built-in recipe of that name; built-in recipes: as20k"):
+        load_config("esc_50", "cgp")
+
+
+@pytest.mark.parametrize("name", builtin_recipes())
+def test_every_recipe_variant_loads(name):
+    variants = recipe_variants(name)
     assert variants
     for variant in variants:
-        config = load_config(path, variant)
+        config = load_config(name, variant)
         assert config["data"]["dataset"] and config["output_dir"].endswith(variant)
 
 
 def test_paper_settings_in_recipes():
-    esc50 = load_config("recipes/configs/esc50.yaml", "cgp")
+    esc50 = load_config("esc50", "cgp")
     assert (esc50["train"]["weight_decay"], esc50["train"]["steps"], esc50["head"]["num_prototypes"]) == (0.2, 4000, 10000)
-    finetune = load_config("recipes/configs/as20k.yaml", "finetune")
+    finetune = load_config("as20k", "finetune")
     assert finetune["train"]["lr"] == 5e-5 and finetune["train"]["layer_decay"] == 0.75
     assert finetune["augment"]["mixup_chance"] == 0.9 and finetune["augment"]["time_mask_param"] == 64
-    sed = load_config("recipes/configs/dcase2016_task2.yaml", "cgp")
+    sed = load_config("dcase2016_task2", "cgp")
     assert sed["model"]["time_frames"] == 12000 and sed["train"]["batch_size"] == 4
 
 
@@ -102,7 +108,7 @@ def test_esc50_cross_validation_summary(tmp_path):
         rows.append(f"{i}.wav,{i % 5 + 1},{i % 2},{['low', 'high'][i % 2]},False,x,A")
     (root / "meta" / "esc50.csv").write_text("\n".join(rows) + "\n")
     out = tmp_path / "esc"
-    main(["probe", "recipes/configs/esc50.yaml", "--variant", "lp", "--set", *TINY, f"data.root={root}",
+    main(["probe", "esc50", "--variant", "lp", "--set", *TINY, f"data.root={root}",
           "data.folds=[1, 2]", "data.options={}", f"output_dir={out}"])
     results = json.loads((out / "results.json").read_text())
     assert len(results["folds"]) == 2 and results["folds"][0]["eval_clips"] == 2
@@ -110,7 +116,7 @@ def test_esc50_cross_validation_summary(tmp_path):
     assert summary["mean"] == pytest.approx(np.mean(summary["folds"]))
     # A rerun (e.g. after an interruption) keeps finished folds instead of training them again.
     (out / "fold1" / "fold_results.json").write_text(json.dumps({**results["folds"][0], "metrics": {"accuracy": 0.25}}))
-    main(["probe", "recipes/configs/esc50.yaml", "--variant", "lp", "--set", *TINY, f"data.root={root}",
+    main(["probe", "esc50", "--variant", "lp", "--set", *TINY, f"data.root={root}",
           "data.folds=[1, 2]", "data.options={}", f"output_dir={out}"])
     rerun = json.loads((out / "results.json").read_text())
     assert rerun["summary"]["accuracy"]["folds"][0] == 0.25
@@ -118,7 +124,7 @@ def test_esc50_cross_validation_summary(tmp_path):
 
 def test_missing_dataset_root_is_named(tmp_path):
     with pytest.raises(ValueError, match="data.root"):
-        main(["probe", "recipes/configs/esc50.yaml", "--variant", "cgp", "--set", "data.root=null",
+        main(["probe", "esc50", "--variant", "cgp", "--set", "data.root=null",
               f"output_dir={tmp_path}"])
 
 

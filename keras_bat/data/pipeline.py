@@ -8,6 +8,7 @@ file never stops a long run.
 
 import collections
 import concurrent.futures
+import importlib.util
 import itertools
 import threading
 
@@ -16,6 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from keras_bat.data.audio import SAMPLE_RATE, AudioDecodeError, load_audio
+from keras_bat.runtime import import_tensorflow
 
 
 class SkippedFiles:
@@ -238,7 +240,10 @@ def _safe_load(loader, skipped, index, seed):
 
 
 def _tf_pipeline(loader, sampler, batch_size, training, repeat, num_workers, skipped):
-    import tensorflow as tf
+    if importlib.util.find_spec("tensorflow") is None:
+        raise ModuleNotFoundError("The tf.data input pipeline (engine='tf') needs TensorFlow: pip install "
+                                  "'keras-bat[tensorflow]', or use engine='grain' (pip install 'keras-bat[data]').")
+    tf = import_tensorflow()
 
     template = loader.target(loader.dataset.clips[0])  # the targets' structure, shapes and dtypes
     flat_spec = [(np.shape(a), np.asarray(a).dtype) for a in keras.tree.flatten(template)]

@@ -1,11 +1,15 @@
 """Run configurations: defaults, YAML recipe files with variants, overrides.
 
 A recipe file has a `base` section and optional `variants` (one per head or
-finetuning); each is a partial config merged over `DEFAULTS`. Command-line
-overrides are `section.key=value` strings with YAML values.
+finetuning); each is a partial config merged over `DEFAULTS`. The paper's
+recipes ship with the package (`keras_bat/workflows/configs/`) and are named
+by their stem (`esc50`); any other YAML file is named by its path.
+Command-line overrides are `section.key=value` strings with YAML values.
 """
 
 import copy
+import importlib.resources
+import os
 
 import yaml
 
@@ -131,7 +135,8 @@ def load_config(path=None, variant=None, overrides=None, base=None):
     """The full config of a run.
 
     Args:
-        path: YAML recipe file, or `None` for the embedded demo config.
+        path: a built-in recipe's name (see `builtin_recipes()`), a YAML
+            recipe file, or `None` for the embedded demo config.
         variant: name of a variant in the file (e.g. `cgp`, `finetune`).
         overrides: list of `section.key=value` strings.
         base: dict merged first (the workflow's own defaults).
@@ -144,8 +149,7 @@ def load_config(path=None, variant=None, overrides=None, base=None):
         config = merge(config, DEMO_CONFIG)
         variants = {}
     else:
-        with open(path, encoding="utf-8") as f:
-            recipe = yaml.safe_load(f) or {}
+        recipe = _read_recipe(path)
         unknown = set(recipe) - {"base", "variants", "description"}
         if unknown:
             raise ValueError(f"{path}: top-level keys must be base, variants, description; got {sorted(unknown)}")
@@ -162,6 +166,24 @@ def load_config(path=None, variant=None, overrides=None, base=None):
     return config
 
 
+def builtin_recipes():
+    """Names of the recipes that ship with keras-bat (the paper's settings per task)."""
+    folder = importlib.resources.files("keras_bat.workflows") / "configs"
+    return sorted(entry.name[:-len(".yaml")] for entry in folder.iterdir() if entry.name.endswith(".yaml"))
+
+
+def _read_recipe(path):
+    """The parsed YAML of a recipe file, or of the built-in recipe of that name."""
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            return yaml.safe_load(f) or {}
+    name = os.fspath(path).removesuffix(".yaml")
+    if name not in builtin_recipes():
+        raise FileNotFoundError(f"No recipe file {os.fspath(path)!r} and no built-in recipe of that name; "
+                                f"built-in recipes: {', '.join(builtin_recipes())}")
+    text = (importlib.resources.files("keras_bat.workflows") / "configs" / f"{name}.yaml").read_text("utf-8")
+    return yaml.safe_load(text) or {}
+
+
 def recipe_variants(path):
-    with open(path, encoding="utf-8") as f:
-        return sorted((yaml.safe_load(f) or {}).get("variants") or {})
+    return sorted(_read_recipe(path).get("variants") or {})

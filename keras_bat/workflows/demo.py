@@ -23,8 +23,9 @@ def run_demo(config):
     config = copy.deepcopy(config)
     config["data"]["root"] = config["data"]["root"] or str(output_dir / "synthetic_data")
 
-    print(f"[1/3] pretraining a BAT ({_describe(config['model']['backbone'])}) on "
-          f"{config['data']['options'].get('splits')} procedurally generated clips")
+    splits = config["data"]["options"].get("splits") or {}
+    print(f"[1/3] pretraining a BAT ({_describe(config['model']['backbone'])}) on procedurally generated clips "
+          f"({', '.join(f'{n} {name}' for name, n in splits.items())})")
     pretrain = run_pretrain({**config, "output_dir": str(output_dir / "pretrain")})
     rows = []
     for step, (name, changes) in enumerate(PROBES.items(), start=2):

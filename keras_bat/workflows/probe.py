@@ -7,6 +7,7 @@ interrupted run where it stopped), `results.json`, `skipped_files.txt`,
 heads with a layer gate, `layer_weights.png`.
 """
 
+import functools
 import importlib.util
 import json
 import os
@@ -165,14 +166,20 @@ def run_callbacks(run_dir, skipped):
                  keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True),
                  keras.callbacks.ModelCheckpoint(str(run_dir / "checkpoint.weights.h5"), save_weights_only=True),
                  keras.callbacks.BackupAndRestore(str(run_dir / "backup"))]
-    if _has_tensorboard():
+    if not _tensorboard_missing():
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard")))
     return callbacks
 
 
-def _has_tensorboard():
-    # Keras' TensorBoard callback writes through tf.summary.
-    return importlib.util.find_spec("tensorflow") is not None
+@functools.cache
+def _tensorboard_missing():
+    """The packages TensorBoard logging lacks (Keras' callback writes through
+    tf.summary, which needs TensorFlow and TensorBoard); said once per process."""
+    missing = [name for name in ("tensorflow", "tensorboard") if importlib.util.find_spec(name) is None]
+    if missing:
+        print(f"TensorBoard logs off: {' and '.join(missing)} not installed (pip install {' '.join(missing)}); "
+              "log.csv has the same numbers.")
+    return missing
 
 
 def predict(model, dataset, clip_seconds, batch_size, num_workers=4, skipped=None, max_label_length=400,
