@@ -13,9 +13,10 @@ PARITY_DIR = pathlib.Path(os.environ.get("KERAS_BAT_PARITY_DIR", ROOT.parent / "
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-def parity_path(name):
-    """Path of a parity fixture; skips outside CI and fails in CI when it is absent."""
-    path = PARITY_DIR / name
+def parity_path(name, fixture_set="tiny"):
+    """Path of a parity fixture (`tiny/`, or the sibling sets `short/` and
+    `peer/`); skips outside CI and fails in CI when it is absent."""
+    path = (PARITY_DIR if fixture_set == "tiny" else PARITY_DIR.parent / fixture_set) / name
     if not path.exists():
         message = (f"parity fixture {path} not found (set KERAS_BAT_PARITY_DIR to the folder "
                    "holding the official code's outputs)")
@@ -36,10 +37,10 @@ def require_module(name):
         pytest.skip(message)
 
 
-def load_parity(name):
+def load_parity(name, fixture_set="tiny"):
     from safetensors.numpy import load_file
 
-    return load_file(str(parity_path(name)))
+    return load_file(str(parity_path(name, fixture_set)))
 
 
 def to_numpy(x):

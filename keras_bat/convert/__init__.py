@@ -3,6 +3,7 @@
 from keras_bat.convert.heads import head_parameters, load_official_head_weights
 from keras_bat.convert.official import (
     backbone_parameters,
+    checkpoint_time_patches,
     decoder_parameters,
     load_official_pretrainer_weights,
     load_official_weights,
@@ -10,5 +11,5 @@ from keras_bat.convert.official import (
     save_official_weights,
 )
 
-__all__ = ["backbone_parameters", "decoder_parameters", "head_parameters", "load_official_pretrainer_weights", "load_official_head_weights", "load_official_weights",
+__all__ = ["backbone_parameters", "checkpoint_time_patches", "decoder_parameters", "head_parameters", "load_official_pretrainer_weights", "load_official_head_weights", "load_official_weights",
            "read_state_dict", "save_official_weights"]

@@ -227,8 +227,34 @@ def load_official_weights(backbone, source, prefix=None, checkpoint_key=None, sk
     expected = backbone_parameters(backbone)
     if prefix is None:
         prefix = _choose_prefix(state, expected)
+    time_patches = checkpoint_time_patches(state, backbone.num_mels // backbone.patch_size, prefix)
+    if time_patches not in (None, backbone.chunk_time_patches):
+        raise ValueError(
+            f"The checkpoint's position table is for a {time_patches} x "
+            f"{backbone.num_mels // backbone.patch_size} patch grid ({time_patches * backbone.patch_size} frames: "
+            f"pretrained on clips of that length), this backbone's for {backbone.chunk_time_patches} time "
+            f"patches. Build the backbone with chunk_time_patches={time_patches}; it then encodes longer "
+            "inputs in chunks of that length.")
     assign_parameters(expected, state, prefix, skip_unexpected, "BATBackbone")
     return backbone
+
+
+def checkpoint_time_patches(state, freq_patches=8, prefix=None):
+    """Time patches of the position grid an encoder checkpoint was made for:
+    64 for BAT's 1024-frame table, 16 for an official pretraining on 2.56 s
+    clips; `None` when `state` holds no `pos_embed` that tells.
+
+    Args:
+        state: dict `name -> array` (see `read_state_dict`).
+        freq_patches: int, frequency patches of the grid (8 for 128 mels).
+        prefix: str, prefix of the encoder's keys; `None` tries the usual ones.
+    """
+    if prefix is None:
+        prefix = next((p for p in KNOWN_PREFIXES if p + "pos_embed" in state and p + "cls_token" in state), "")
+    table = state.get(prefix + "pos_embed")
+    if table is None or table.ndim != 3 or table.shape[1] % freq_patches:
+        return None
+    return table.shape[1] // freq_patches
 
 
 def assign_parameters(expected, state, prefix, skip_unexpected, model_name, constants=None):

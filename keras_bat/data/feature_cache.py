@@ -135,19 +135,21 @@ class FeatureCache:
         features = {name: from_bfloat16_bits(array[indices]) for name, array in self.features.items()}
         return features, self.targets[indices]
 
-    def dataset(self, batch_size, shuffle=True, steps_per_epoch=None, seed=0):
+    def dataset(self, batch_size, shuffle=True, steps_per_epoch=None, seed=0, start_batch=0):
         """Batches `(features, targets)` for `fit` / `predict`: one pass over
         the cache per epoch, or `steps_per_epoch` batches of an endless
-        stream of passes (reshuffled each pass)."""
-        return _CacheBatches(self, batch_size, shuffle, steps_per_epoch, seed)
+        stream of passes (reshuffled each pass), from its batch `start_batch`
+        on (a resumed run's position)."""
+        return _CacheBatches(self, batch_size, shuffle, steps_per_epoch, seed, start_batch)
 
 
 class _CacheBatches(keras.utils.PyDataset):
-    def __init__(self, cache, batch_size, shuffle, steps_per_epoch, seed):
+    def __init__(self, cache, batch_size, shuffle, steps_per_epoch, seed, start_batch=0):
         super().__init__()
         self.cache, self.batch_size, self.shuffle = cache, batch_size, shuffle
         self.steps_per_epoch = steps_per_epoch
         self.seed = seed
+        self.start_batch = start_batch
         self.batches_per_pass = -(-len(cache) // batch_size) if not shuffle else len(cache) // batch_size
         if self.batches_per_pass == 0:
             raise ValueError(f"The cache holds {len(cache)} clips, fewer than one batch of {batch_size}.")
@@ -162,7 +164,7 @@ class _CacheBatches(keras.utils.PyDataset):
         return np.random.default_rng([self.seed, index]).permutation(len(self.cache))
 
     def __getitem__(self, index):
-        position = self.epoch * len(self) + index  # batches since the start
+        position = self.start_batch + self.epoch * len(self) + index  # batches since the stream's start
         shuffle_pass, batch = divmod(position, self.batches_per_pass)
         order = self._order(shuffle_pass)
         return self.cache.batch(order[batch * self.batch_size:(batch + 1) * self.batch_size])

@@ -6,10 +6,13 @@ cannot be decoded are skipped and counted (`SkippedFiles`), so that one bad
 file never stops a long run.
 """
 
+import bisect
 import collections
 import concurrent.futures
+import functools
 import importlib.util
 import itertools
+import sys
 import threading
 
 import keras
@@ -163,9 +166,47 @@ class Sampler:
         return indices.astype("int64"), rng.integers(0, 2**31 - 1, len(indices), dtype="int64")
 
 
+class StreamPosition:
+    """Where a training stream stands, for exact resumption.
+
+    The clips of a stream are numbered in stream order (the sampler's epochs
+    one after the other); a batch is made of the next `batch_size` clips that
+    decode. The pipeline records the clips that did not, so that the position
+    after any number of batches is known, and a run restarted there sees the
+    same batches as one that never stopped.
+
+    Args:
+        batch_size: int.
+        start: int, the position of the stream's first clip. Defaults to `0`.
+    """
+
+    def __init__(self, batch_size, start=0):
+        self.batch_size = batch_size
+        self.start = int(start)
+        self._lock = threading.Lock()
+        self._undecoded = []  # positions, ascending
+
+    def record_undecoded(self, position):
+        # Keras may read the first batches twice (a second iterator to build the model): record each clip once.
+        with self._lock:
+            i = bisect.bisect_left(self._undecoded, int(position))
+            if i == len(self._undecoded) or self._undecoded[i] != position:
+                self._undecoded.insert(i, int(position))
+
+    def after(self, batches):
+        """The position of the clip that follows `batches` batches."""
+        position = self.start + batches * self.batch_size
+        with self._lock:
+            for undecoded in self._undecoded[bisect.bisect_left(self._undecoded, self.start):]:
+                if undecoded >= position:
+                    break
+                position += 1
+        return position
+
+
 def make_pipeline(dataset, batch_size, clip_seconds, training=True, engine="tf", repeat=False,
                   weights=None, samples_per_epoch=None, noise_std=0.0, num_workers=4, seed=0,
-                  skipped=None, max_label_length=400, with_targets=True, decoder="soundfile"):
+                  skipped=None, max_label_length=400, with_targets=True, decoder="soundfile", stream=None):
     """Batches of `(waveforms (batch, samples), targets)` from a dataset.
 
     Args:
@@ -187,6 +228,9 @@ def make_pipeline(dataset, batch_size, clip_seconds, training=True, engine="tf",
         with_targets: bool, `False` yields waveforms only (pretraining).
         decoder: `"soundfile"` or `"tfio"` (tensorflow-io's decoders, from
             the `[tfio]` stack).
+        stream: optional `StreamPosition`: the stream starts at its `start`
+            and records the clips that do not decode (training resumption,
+            see `keras_bat.training.fit_resumable`).
 
     Returns:
         `tf.data.Dataset` or grain `IterDataset`, ready for `model.fit`.
@@ -196,11 +240,12 @@ def make_pipeline(dataset, batch_size, clip_seconds, training=True, engine="tf",
     sampler = Sampler(len(dataset), shuffle=training, weights=weights, samples_per_epoch=samples_per_epoch,
                       seed=seed)
     skipped = SkippedFiles() if skipped is None else skipped
+    stream = StreamPosition(batch_size) if stream is None else stream
     if engine == "tf":
-        data = _tf_pipeline(loader, sampler, batch_size, training, repeat, num_workers, skipped)
+        data = _tf_pipeline(loader, sampler, batch_size, training, repeat, num_workers, skipped, stream)
         return data if with_targets else data.map(_waveforms_only)
     if engine == "grain":
-        data = _grain_pipeline(loader, sampler, batch_size, training, repeat, num_workers, skipped)
+        data = _grain_pipeline(loader, sampler, batch_size, training, repeat, num_workers, skipped, stream)
         return data if with_targets else data.map(lambda batch: batch[0])
     raise ValueError(f"`engine` must be 'tf' or 'grain'. Received: {engine!r}")
 
@@ -226,20 +271,27 @@ def ordered_batches(loader, batch_size, num_workers=4, skipped=None, desc=None):
                        [example[1] for _, example in batch])
 
 
-def _epochs(sampler, repeat):
-    for epoch in itertools.count() if repeat else range(1):
-        yield from zip(*sampler.order(epoch))
+def _stream(sampler, repeat, start):
+    """`(position, clip index, clip seed)` from stream position `start` on."""
+    per_epoch = len(sampler.order(0)[0])
+    first_epoch = start // per_epoch
+    for epoch in itertools.count(first_epoch) if repeat else range(first_epoch, 1):
+        indices, seeds = sampler.order(epoch)
+        for i in range(start - epoch * per_epoch if epoch == first_epoch else 0, per_epoch):
+            yield epoch * per_epoch + i, indices[i], seeds[i]
 
 
-def _safe_load(loader, skipped, index, seed):
+def _safe_load(loader, skipped, index, seed, stream=None, position=None):
     try:
         return loader(index, seed)
     except AudioDecodeError as error:
         skipped.record(error)
+        if stream is not None:
+            stream.record_undecoded(position)
         return None
 
 
-def _tf_pipeline(loader, sampler, batch_size, training, repeat, num_workers, skipped):
+def _tf_pipeline(loader, sampler, batch_size, training, repeat, num_workers, skipped, stream):
     if importlib.util.find_spec("tensorflow") is None:
         raise ModuleNotFoundError("The tf.data input pipeline (engine='tf') needs TensorFlow: pip install "
                                   "'keras-bat[tensorflow]', or use engine='grain' (pip install 'keras-bat[data]').")
@@ -249,22 +301,22 @@ def _tf_pipeline(loader, sampler, batch_size, training, repeat, num_workers, ski
     flat_spec = [(np.shape(a), np.asarray(a).dtype) for a in keras.tree.flatten(template)]
     empty_targets = [np.zeros(shape, dtype) for shape, dtype in flat_spec]
 
-    def load(index, seed):
-        example = _safe_load(loader, skipped, index, seed)
+    def load(position, index, seed):
+        example = _safe_load(loader, skipped, index, seed, stream, position)
         if example is None:
             return [np.zeros(loader.clip_samples, "float32"), *empty_targets, np.bool_(False)]
         return [example[0], *keras.tree.flatten(example[1]), np.bool_(True)]
 
-    def tf_load(index, seed):
-        values = tf.numpy_function(load, [index, seed], [tf.float32] + [tf.as_dtype(d) for _, d in flat_spec]
-                                   + [tf.bool], stateful=False)
+    def tf_load(position, index, seed):
+        values = tf.numpy_function(load, [position, index, seed],
+                                   [tf.float32] + [tf.as_dtype(d) for _, d in flat_spec] + [tf.bool], stateful=False)
         values = [tf.ensure_shape(v, s) for v, s in
                   zip(values, [(loader.clip_samples,)] + [s for s, _ in flat_spec] + [()])]
         targets = keras.tree.pack_sequence_as(template, values[1:-1])
         return values[0], targets, values[-1]
 
-    data = tf.data.Dataset.from_generator(lambda: _epochs(sampler, repeat), output_signature=(
-        tf.TensorSpec((), tf.int64), tf.TensorSpec((), tf.int64)))
+    data = tf.data.Dataset.from_generator(lambda: _stream(sampler, repeat, stream.start), output_signature=(
+        tf.TensorSpec((), tf.int64), tf.TensorSpec((), tf.int64), tf.TensorSpec((), tf.int64)))
     data = data.map(tf_load, num_parallel_calls=num_workers, deterministic=True)
     data = data.filter(_is_loaded).map(_drop_flag)
     return data.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
@@ -282,21 +334,19 @@ def _drop_flag(waveform, target, ok):
     return waveform, target
 
 
-def _grain_pipeline(loader, sampler, batch_size, training, repeat, num_workers, skipped):
+def _grain_pipeline(loader, sampler, batch_size, training, repeat, num_workers, skipped, stream):
     import grain
 
     per_epoch = len(sampler.order(0)[0])
-    orders = {}
+    order = functools.lru_cache(maxsize=2)(sampler.order)  # decoding threads may straddle two epochs
 
-    def load(position, _):
+    def load(position):
         epoch, i = divmod(position, per_epoch)
-        if epoch not in orders:  # one epoch's order at a time
-            orders.clear()
-            orders[epoch] = sampler.order(epoch)
-        indices, seeds = orders[epoch]
-        return _safe_load(loader, skipped, indices[i], seeds[i])
+        indices, seeds = order(epoch)
+        return _safe_load(loader, skipped, indices[i], seeds[i], stream, position)
 
-    data = grain.MapDataset.range(per_epoch).repeat(None if repeat else 1).map_with_index(load)
+    end = sys.maxsize if repeat else per_epoch
+    data = grain.MapDataset.range(stream.start, end).map(load)
     data = data.to_iter_dataset(grain.ReadOptions(num_threads=num_workers, prefetch_buffer_size=2 * batch_size))
     data = data.filter(lambda example: example is not None)
     return data.batch(batch_size, drop_remainder=training)

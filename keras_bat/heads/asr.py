@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_bat.heads.base import LayerGateMixin, check_features, mix_layers, pool_layers
+from keras_bat.layers.transformer import seeded_dropout
 
 
 @keras.saving.register_keras_serializable(package="keras_bat")
@@ -47,9 +48,9 @@ class ASRHead(LayerGateMixin, keras.layers.Layer):
                                        dtype="float32", name=f"lstm_{i}")
             for i in range(lstm_layers)
         ]
-        self.between_lstms = keras.layers.Dropout(lstm_dropout)
+        self.between_lstms = seeded_dropout(lstm_dropout)
         self.norm = keras.layers.LayerNormalization(epsilon=1e-6, name="ln") if use_norm else None
-        self.head_dropout = keras.layers.Dropout(dropout)
+        self.head_dropout = seeded_dropout(dropout)
         self.fc = keras.layers.Dense(num_classes, name="fc")
 
     def build(self, features_shape):

@@ -11,6 +11,7 @@ from keras_bat.heads.base import (
     mix_layers,
     pool_layers,
 )
+from keras_bat.layers.transformer import seeded_dropout
 
 
 class _LinearProbe(keras.layers.Layer):
@@ -24,7 +25,7 @@ class _LinearProbe(keras.layers.Layer):
         self.use_norm = use_norm
         self.dropout = dropout
         self.norm = keras.layers.LayerNormalization(epsilon=1e-6, name="ln") if use_norm else None
-        self.head_dropout = keras.layers.Dropout(dropout)
+        self.head_dropout = seeded_dropout(dropout)
         self.fc = keras.layers.Dense(num_classes, name="fc", kernel_regularizer=kernel_regularizer)
 
     def pooled_features(self, features):

@@ -11,6 +11,7 @@ from keras_bat.heads.base import (
     logits_shape,
     mix_layers,
 )
+from keras_bat.layers.transformer import seeded_dropout
 
 
 class _PrototypeHead(keras.layers.Layer):
@@ -26,7 +27,7 @@ class _PrototypeHead(keras.layers.Layer):
         self.num_prototypes = num_prototypes
         self.pooling = pooling
         self.dropout = dropout
-        self.head_dropout = keras.layers.Dropout(dropout)
+        self.head_dropout = seeded_dropout(dropout)
         self.fc = keras.layers.Dense(num_classes, name="fc")
 
     def build(self, features_shape):

@@ -1,9 +1,20 @@
 """Gated self-attention and the BAT transformer block."""
 
+import random
+
 import keras
 from keras import ops
 
 from keras_bat.ops import gated_attention
+
+
+def seeded_dropout(rate, **kwargs):
+    """`keras.layers.Dropout` with an explicit seed (drawn from Python's
+    generator, which `keras.utils.set_random_seed` seeds), so that its masks
+    come from the layer's seed state on every backend, a variable that
+    training backups save. Unseeded, the torch backend draws them from torch's
+    global generator, which data loaders also draw from."""
+    return keras.layers.Dropout(rate, seed=random.randint(1, 2**31 - 1), **kwargs)
 
 
 @keras.saving.register_keras_serializable(package="keras_bat")
@@ -79,7 +90,7 @@ class GatedSelfAttention(keras.layers.Layer):
         self.qkv = keras.layers.Dense(3 * dim, use_bias=qkv_bias, name="qkv", **dense)
         self.gate = keras.layers.Dense(dim, name="gate", **dense) if use_gate else None
         self.proj = keras.layers.Dense(dim, name="proj", **dense)
-        self.proj_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
+        self.proj_dropout = seeded_dropout(dropout, dtype=self.dtype_policy)
 
     def build(self, input_shape):
         self.qkv.build(input_shape)
@@ -159,7 +170,7 @@ class TransformerBlock(keras.layers.Layer):
         self.norm2 = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="norm2", **policy)
         self.fc1 = keras.layers.Dense(int(dim * mlp_ratio), name="fc1", **policy)
         self.fc2 = keras.layers.Dense(dim, name="fc2", **policy)
-        self.mlp_dropout = keras.layers.Dropout(dropout, **policy)
+        self.mlp_dropout = seeded_dropout(dropout, **policy)
         self.drop_path_layer = DropPath(drop_path, **policy)
 
     def build(self, input_shape):

@@ -32,7 +32,12 @@ class BATBackbone(keras.Model):
         patch_size: int, patch side in frames and mel bins. Defaults to `16`.
         num_mels: int, mel bins of the input. Defaults to `128`.
         chunk_time_patches: int, time patches per chunk (64 = 10.24 s at a
-            10 ms hop); also fixes the position table. Defaults to `64`.
+            10 ms hop). It also fixes the sine-cosine table: the one of the
+            `(freq_patches, chunk_time_patches)` grid, as the official code
+            builds it. A backbone pretrained on shorter clips keeps the table
+            of its pretraining grid (16 for 2.56 s, see `BATPretrainer`) and
+            encodes longer inputs in chunks of that length; tables are never
+            mixed. Defaults to `64`.
         use_gate: bool, sigmoid-gated attention (BAT); `False` for EAT/SSLAM.
             Defaults to `True`.
         qkv_bias: bool, bias in the query/key/value projection. Defaults to `True`.
@@ -235,7 +240,7 @@ class BATBackbone(keras.Model):
             kept patch tokens `(batch, num_kept, dim)`.
         """
         tokens = self.chunk_tokens.position_patches(self.patch_embed(spectrogram))  # B, N, D
-        index = ops.broadcast_to(ops.cast(ids_keep, "int32")[..., None], tuple(ids_keep.shape) + (self.dim,))
+        index = ops.broadcast_to(ops.cast(ids_keep, "int32")[..., None], tuple(ops.shape(ids_keep)) + (self.dim,))
         kept = ops.take_along_axis(tokens, index, axis=1)  # B, n, D
         x = ops.concatenate([self.chunk_tokens.class_tokens(ops.shape(kept)[0], kept.dtype), kept], axis=1)
         if self.pre_norm is not None:

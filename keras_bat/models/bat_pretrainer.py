@@ -41,7 +41,12 @@ class BATPretrainer(keras.Model):
         decoder_depth: int. Defaults to `6`.
         decoder_heads: int. Defaults to `12`.
         decoder_mlp_ratio: float. Defaults to `4.0`.
-        time_frames: int, spectrogram frames (at most one chunk: 1024). Defaults to `1024`.
+        time_frames: int, spectrogram frames (at most one chunk: 1024). The
+            encoders' position table is built for this length's patch grid,
+            as the official pretraining does, and `encoder["chunk_time_patches"]`
+            becomes `time_frames // patch_size`: a backbone exported from a
+            2.56 s pretraining encodes longer inputs in 2.56 s chunks.
+            Defaults to `1024`.
         num_views: int, masked views per clip. Defaults to `16`.
         mask_ratio: float, share of removed patches. Defaults to `0.8`.
         ema_decay_start: float. Defaults to `0.9998`.
@@ -61,16 +66,22 @@ class BATPretrainer(keras.Model):
                  frontend=None, seed=None, **kwargs):
         super().__init__(**kwargs)
         encoder = dict(encoder or {})
+        patch = encoder.get("patch_size", 16)
+        max_time_patches = encoder.get("chunk_time_patches", 64)
+        if time_frames % patch or not 0 < time_frames // patch <= max_time_patches:
+            raise ValueError(
+                f"`time_frames` must be a positive multiple of {patch} and at most "
+                f"{max_time_patches * patch} (one chunk). Received: {time_frames}")
+        # As in the official pretraining, the encoders' sine-cosine table is built
+        # for the clips' own patch grid (below 1024 frames it is not a prefix of
+        # the 1024-frame table); the exported backbone keeps it and encodes longer
+        # inputs in chunks of this length.
+        encoder["chunk_time_patches"] = time_frames // patch
         self.encoder_config = encoder
         self.student = BATBackbone(**encoder, name="student")
         teacher_config = {**encoder, "dropout": 0.0, "drop_path_rate": 0.0}
         self.teacher = BATBackbone(**teacher_config, name="teacher")
         self.teacher.trainable = False
-        patch = self.student.patch_size
-        if time_frames % patch or time_frames // patch > self.student.chunk_time_patches:
-            raise ValueError(
-                f"`time_frames` must be a multiple of {patch} and at most "
-                f"{self.student.chunk_time_patches * patch} (one chunk). Received: {time_frames}")
         self.time_patches = time_frames // patch
         self.freq_patches = self.student.num_mels // patch
         self.decoder = MaskedDecoder(self.student.dim, self.time_patches, self.freq_patches, dim=decoder_dim,
@@ -144,8 +155,8 @@ class BATPretrainer(keras.Model):
         spectrograms = self.frontend(inputs) if self.frontend is not None else inputs
         spectrograms = ops.cast(spectrograms, "float32")
         batch = spectrograms.shape[0]
-        if batch is None:
-            raise ValueError("BATPretrainer needs a known batch size when traced: use drop_remainder batches.")
+        if batch is None:  # traced without a static batch size (e.g. grain batches under TensorFlow)
+            batch = ops.shape(spectrograms)[0]
         masks = inverse_block_mask(batch * self.num_views, self.time_patches, self.freq_patches,
                                    self.mask_ratio, seed=self.seed_generator)
         return self.forward_with_masks(spectrograms, masks["ids_keep_sorted"], masks["mask"], training=training)

@@ -61,18 +61,26 @@ def split(splits, name, what):
 def build_backbone(model, num_query_tokens=0, dropout_free=True):
     """A `BATBackbone` from the `model` section (preset, directory or dict),
     with official weights loaded when `model.weights` is set."""
-    from keras_bat.convert import load_official_weights
+    from keras_bat.convert import checkpoint_time_patches, load_official_weights, read_state_dict
     from keras_bat.models import BATBackbone
 
     overrides = {"drop_path_rate": model["drop_path"], "num_query_tokens": num_query_tokens}
     if model["dtype"]:
         overrides["dtype"] = model["dtype"]
     spec = model["backbone"]
-    backbone = (BATBackbone(**{**spec, **overrides}) if isinstance(spec, dict)
+    config = dict(spec) if isinstance(spec, dict) else BATBackbone.preset_config(spec)
+    weights, checkpoint_key = model["weights"], model["checkpoint_key"]
+    if weights and not Path(weights).is_dir():
+        weights, checkpoint_key = read_state_dict(weights, checkpoint_key), None
+        # A checkpoint pretrained on short clips carries the position table of
+        # its own patch grid: the backbone is built for that grid.
+        time_patches = checkpoint_time_patches(weights, config.get("num_mels", 128) // config.get("patch_size", 16))
+        if time_patches:
+            overrides["chunk_time_patches"] = time_patches
+    backbone = (BATBackbone(**{**config, **overrides}) if isinstance(spec, dict)
                 else BATBackbone.from_preset(spec, **overrides))
-    if model["weights"]:
-        kwargs = {"checkpoint_key": model["checkpoint_key"]} if model["checkpoint_key"] else {}
-        load_official_weights(backbone, model["weights"], **kwargs)
+    if weights:
+        load_official_weights(backbone, weights, checkpoint_key=checkpoint_key)
     return backbone
 
 

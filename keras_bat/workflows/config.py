@@ -68,6 +68,8 @@ DEFAULTS = {
         "feature_cache": "auto",  # auto | on | off: probe from the frozen encoder's cached features
         "cache_budget_gb": 50.0,
         "cache_dir": None,        # default: <run>/feature_cache; share it across probes of one encoder
+        "backup_every_steps": None,  # back up every N steps; None: every backup_minutes (and at epoch ends)
+        "backup_minutes": 5.0,
         "verbose": 1,
     },
     "augment": {
@@ -83,6 +85,7 @@ DEFAULTS = {
         "ema_decay_start": 0.9998, "ema_decay_end": 0.99999, "ema_warmup_steps": 100000,
         "batch_size": 24, "steps": 400000, "steps_per_epoch": 1000, "lr": 5e-4, "min_lr": 1e-6,
         "warmup_steps": 53000, "weight_decay": 0.05, "beta2": 0.95, "verbose": 1,
+        "backup_every_steps": None, "backup_minutes": 5.0,
     },
 }
 

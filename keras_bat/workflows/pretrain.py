@@ -9,10 +9,11 @@ from pathlib import Path
 import keras
 import yaml
 
-from keras_bat.data.pipeline import SkippedFiles, make_pipeline
+from keras_bat.data.pipeline import SkippedFiles, StreamPosition, make_pipeline
 from keras_bat.training.distribution import setup_distribution
+from keras_bat.training.resume import fit_resumable
 from keras_bat.workflows.builders import build_splits, split
-from keras_bat.workflows.probe import run_callbacks, write_skipped
+from keras_bat.workflows.probe import backup_options, run_callbacks, write_skipped
 
 
 def run_pretrain(config):
@@ -47,17 +48,22 @@ def run_pretrain(config):
     pretrainer.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=settings["weight_decay"],
                                                         beta_2=settings["beta2"]))
     skipped = SkippedFiles()
-    train_data = make_pipeline(dataset, settings["batch_size"], data["clip_seconds"], training=True,
-                               engine=data["engine"], repeat=True, num_workers=data["num_workers"],
-                               seed=config["seed"], skipped=skipped, with_targets=False)
+
+    def train_data(position):
+        stream = StreamPosition(settings["batch_size"], position)
+        return make_pipeline(dataset, settings["batch_size"], data["clip_seconds"], training=True,
+                             engine=data["engine"], repeat=True, num_workers=data["num_workers"], seed=config["seed"],
+                             skipped=skipped, with_targets=False, stream=stream), stream
+
     epochs = max(1, -(-settings["steps"] // settings["steps_per_epoch"]))
-    history = pretrainer.fit(train_data, epochs=epochs, steps_per_epoch=settings["steps_per_epoch"],
-                             callbacks=run_callbacks(output_dir, skipped), verbose=settings["verbose"], shuffle=False)
+    history = fit_resumable(pretrainer, train_data, epochs, settings["steps_per_epoch"], output_dir / "backup",
+                            callbacks=run_callbacks(output_dir, skipped), **backup_options(settings),
+                            verbose=settings["verbose"], shuffle=False)
     backbone_dir = output_dir / "backbone"
     pretrainer.export_backbone("teacher").save_to_preset(str(backbone_dir))
     write_skipped(skipped, output_dir / "skipped_files.txt")
     results = {"backbone": str(backbone_dir), "clips": len(dataset), "skipped_files": skipped.counts(),
-               "history": {k: [float(v) for v in values] for k, values in history.history.items()},
+               "history": history,
                "wall_seconds": round(time.time() - start, 1)}
     with open(output_dir / "results.json", "w") as f:
         json.dump(results, f, indent=2)

@@ -1,8 +1,9 @@
 """Probing and finetuning runs: train from a config, evaluate, write results.
 
 A run directory holds `config.yaml`, `log.csv` and TensorBoard logs,
-`checkpoint.weights.h5` (best-effort latest weights), `backup/` (resumes an
-interrupted run where it stopped), `results.json`, `skipped_files.txt`,
+`checkpoint.weights.h5` (the weights at the last epoch end), `backup/` (the
+latest backup: a run killed at any step and started again with the same
+command resumes exactly where it stopped), `results.json`, `skipped_files.txt`,
 `feature_cache/` when the probe trains from cached encoder features and, for
 heads with a layer gate, `layer_weights.png`.
 """
@@ -20,10 +21,12 @@ import yaml
 
 from keras_bat.data.datasets import CharTokenizer, balanced_sampling_weights
 from keras_bat.data.feature_cache import FeatureCache, estimate_bytes
-from keras_bat.data.pipeline import ClipLoader, SkippedFiles, SkippedFilesLogger, make_pipeline, ordered_batches
+from keras_bat.data.pipeline import (ClipLoader, SkippedFiles, SkippedFilesLogger, StreamPosition, make_pipeline,
+                                     ordered_batches)
 from keras_bat.training.metrics import (cross_validation_summary, error_rates, event_based_f1, frames_to_events,
                                         mean_average_precision)
 from keras_bat.training.distribution import setup_distribution
+from keras_bat.training.resume import fit_resumable
 from keras_bat.workflows.builders import (augmentation_active, build_classifier, build_run_backbone, build_splits,
                                           cache_tokens, split)
 from keras_bat.workflows.config import DEFAULTS
@@ -77,11 +80,15 @@ def train_and_evaluate(config, run_dir, fold=None):
     if caches is not None:  # the encoder ran once per clip; train the head alone
         train_cache, eval_cache = caches
         model = build_classifier(config, train_set, backbone=backbone, cached=True)
-        train_data = train_cache.dataset(train["batch_size"], steps_per_epoch=train["steps_per_epoch"],
-                                         seed=config["seed"])
+
+        def train_data(position):  # the cache's stream counts batches
+            return (train_cache.dataset(train["batch_size"], steps_per_epoch=train["steps_per_epoch"],
+                                        seed=config["seed"], start_batch=position), StreamPosition(1, position))
+
         validation = eval_cache.dataset(eval_batch_size, shuffle=False) if train["validate"] else None
-        history = model.fit(train_data, epochs=epochs, validation_data=validation,  # batches come shuffled
-                            callbacks=run_callbacks(run_dir, skipped), verbose=train["verbose"], shuffle=False)
+        history = fit_resumable(model, train_data, epochs, train["steps_per_epoch"], run_dir / "backup",
+                                callbacks=run_callbacks(run_dir, skipped), validation_data=validation,
+                                **backup_options(train), verbose=train["verbose"], shuffle=False)
         outputs = model.predict(eval_cache.dataset(eval_batch_size, shuffle=False), verbose=0)
         clips = [eval_set.clips[i] for i in eval_cache.meta["clip_indices"]]
         metrics = task_metrics(eval_set.task, clips, np.asarray(outputs), list(eval_cache.targets),
@@ -93,14 +100,18 @@ def train_and_evaluate(config, run_dir, fold=None):
         pipeline_args = dict(clip_seconds=data["clip_seconds"], engine=data["engine"],
                              num_workers=data["num_workers"], seed=config["seed"], skipped=skipped,
                              max_label_length=data["max_label_length"])
-        train_data = make_pipeline(train_set, train["batch_size"], training=True, repeat=True, weights=weights,
-                                   samples_per_epoch=data["samples_per_epoch"], noise_std=data["noise_std"],
-                                   **pipeline_args)
+
+        def train_data(position):
+            stream = StreamPosition(train["batch_size"], position)
+            return make_pipeline(train_set, train["batch_size"], training=True, repeat=True, weights=weights,
+                                 samples_per_epoch=data["samples_per_epoch"], noise_std=data["noise_std"],
+                                 stream=stream, **pipeline_args), stream
+
         validation = (make_pipeline(eval_set, eval_batch_size, training=False, **pipeline_args)
                       if train["validate"] else None)
-        history = model.fit(train_data, epochs=epochs, steps_per_epoch=train["steps_per_epoch"],
-                            validation_data=validation, callbacks=run_callbacks(run_dir, skipped),
-                            verbose=train["verbose"], shuffle=False)
+        history = fit_resumable(model, train_data, epochs, train["steps_per_epoch"], run_dir / "backup",
+                                callbacks=run_callbacks(run_dir, skipped), validation_data=validation,
+                                **backup_options(train), verbose=train["verbose"], shuffle=False)
         metrics = evaluate(model, eval_set, data["clip_seconds"], eval_batch_size, config["evaluate"],
                            data["num_workers"], skipped, data["max_label_length"])
     plot = save_layer_gate_plot(model.head, run_dir / "layer_weights.png")
@@ -109,7 +120,7 @@ def train_and_evaluate(config, run_dir, fold=None):
             "feature_cache": caches is not None,
             "skipped_files": skipped.counts(), "layer_weights_plot": plot,
             "layer_weights": _layer_weights(model.head),
-            "history": {k: [float(v) for v in values] for k, values in history.history.items()}}
+            "history": history}
 
 
 def feature_caches(config, run_dir, train_set, eval_set, skipped, backbone):
@@ -161,14 +172,19 @@ def feature_caches(config, run_dir, train_set, eval_set, skipped, backbone):
 
 
 def run_callbacks(run_dir, skipped):
-    """CSV and TensorBoard logs, latest weights, resumable backup, skipped files."""
+    """CSV and TensorBoard logs, latest weights, skipped files (the backups
+    are `fit_resumable`'s)."""
     callbacks = [SkippedFilesLogger(skipped),
                  keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True),
-                 keras.callbacks.ModelCheckpoint(str(run_dir / "checkpoint.weights.h5"), save_weights_only=True),
-                 keras.callbacks.BackupAndRestore(str(run_dir / "backup"))]
+                 keras.callbacks.ModelCheckpoint(str(run_dir / "checkpoint.weights.h5"), save_weights_only=True)]
     if not _tensorboard_missing():
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard")))
     return callbacks
+
+
+def backup_options(settings):
+    """`fit_resumable`'s backup interval from a `train` or `pretrain` section."""
+    return {"every_steps": settings["backup_every_steps"], "every_minutes": settings["backup_minutes"]}
 
 
 @functools.cache
