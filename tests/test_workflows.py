@@ -3,9 +3,11 @@
 import csv
 import glob
 import json
+import re
 
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
 from audio_files import tone, write
 from keras_bat.cli import main
@@ -151,9 +153,18 @@ def test_embed_command_skips_bad_files(tmp_path):
 def test_demo_on_tiny_settings(tmp_path, capsys):
     main(["demo", "--set", *TINY, f"output_dir={tmp_path / 'demo'}"])
     printed = capsys.readouterr().out
-    assert "CGP" in printed and "linear probe" in printed and "layer gate plot" in printed
+    assert re.search(r"^random initialisation +[0-9.]+ +[0-9.]+$", printed, re.M)
+    assert re.search(r"^pretrained \(2 steps\) +[0-9.]+ +[0-9.]+$", printed, re.M) and "layer gate plot" in printed
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
-    assert summary["chance_accuracy"] == 1 / 8 and set(summary["probes"]) == {"CGP", "linear probe"}
+    assert summary["chance_accuracy"] == 1 / 8
+    assert set(summary["encoders"]) == {"random initialisation", "pretrained (2 steps)"}
+    for by_probe in summary["encoders"].values():
+        assert set(by_probe) == {"CGP", "linear probe"}
+    # The random row probes the same run's initial weights, not the pretrained ones.
+    pretrain_dir = tmp_path / "demo" / "pretrain"
+    random_weights, pretrained = (load_file(str(d / "model.safetensors"))
+                                  for d in (pretrain_dir / "snapshots" / "step_0", pretrain_dir / "backbone"))
+    assert any(np.abs(random_weights[k] - pretrained[k]).max() > 0 for k in random_weights)
 
 
 def test_bfloat16_runs_and_cached_probes(tmp_path):

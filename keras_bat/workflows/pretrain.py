@@ -56,15 +56,53 @@ def run_pretrain(config):
                              skipped=skipped, with_targets=False, stream=stream), stream
 
     epochs = max(1, -(-settings["steps"] // settings["steps_per_epoch"]))
+    export = settings["export"]
+    if export not in ("teacher", "student"):
+        raise ValueError(f"pretrain.export must be teacher or student. Received: {export!r}")
+    snapshots = Snapshots(pretrainer, output_dir / "snapshots", settings["snapshot_steps"], settings["steps_per_epoch"],
+                          export)
     history = fit_resumable(pretrainer, train_data, epochs, settings["steps_per_epoch"], output_dir / "backup",
-                            callbacks=run_callbacks(output_dir, skipped), **backup_options(settings),
+                            callbacks=[*run_callbacks(output_dir, skipped), snapshots], **backup_options(settings),
                             verbose=settings["verbose"], shuffle=False)
     backbone_dir = output_dir / "backbone"
-    pretrainer.export_backbone("teacher").save_to_preset(str(backbone_dir))
+    pretrainer.export_backbone(export).save_to_preset(str(backbone_dir))
     write_skipped(skipped, output_dir / "skipped_files.txt")
-    results = {"backbone": str(backbone_dir), "clips": len(dataset), "skipped_files": skipped.counts(),
-               "history": history,
+    results = {"backbone": str(backbone_dir), "snapshots": snapshots.written(), "clips": len(dataset),
+               "skipped_files": skipped.counts(), "history": history,
                "wall_seconds": round(time.time() - start, 1)}
     with open(output_dir / "results.json", "w") as f:
         json.dump(results, f, indent=2)
     return results
+
+
+class Snapshots(keras.callbacks.Callback):
+    """Exports the teacher (or the student) as a preset directory `<folder>/step_<N>` after
+    each of `steps` optimizer steps (epoch ends, so multiples of
+    `steps_per_epoch`; step 0 is the random initialisation, exported when
+    the run starts): the encoders of a learning curve."""
+
+    def __init__(self, pretrainer, folder, steps, steps_per_epoch, export="teacher"):
+        super().__init__()
+        steps = sorted(int(step) for step in steps or [])
+        if any(step % steps_per_epoch for step in steps):
+            raise ValueError(f"pretrain.snapshot_steps must be multiples of pretrain.steps_per_epoch "
+                             f"({steps_per_epoch}); received {steps}.")
+        self.pretrainer, self.folder, self.steps = pretrainer, Path(folder), steps
+        self.steps_per_epoch, self.export = steps_per_epoch, export
+        if 0 in steps and not self._path(0).exists():
+            self._export(0)
+
+    def _path(self, step):
+        return self.folder / f"step_{step}"
+
+    def _export(self, step):
+        self.pretrainer.export_backbone(self.export).save_to_preset(str(self._path(step)))
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = (epoch + 1) * self.steps_per_epoch
+        if step in self.steps:
+            self._export(step)
+
+    def written(self):
+        """`{step: preset directory}` of the snapshots on disk."""
+        return {step: str(self._path(step)) for step in self.steps if self._path(step).exists()}
