@@ -37,6 +37,7 @@ def _parser():
     embed = commands.add_parser("embed", help="write embeddings of a folder of audio")
     embed.add_argument("folder")
     embed.add_argument("--output", default="embeddings.npz")
+    embed.add_argument("--encoder", default="bat", choices=["bat", "eat", "sslam", "beats"])
     embed.add_argument("--backbone", default="bat_base", help="preset name or preset directory")
     embed.add_argument("--weights", help="official checkpoint (.pt / .safetensors / folder)")
     embed.add_argument("--checkpoint-key", help="e.g. ema_encoder for the pretraining teacher")
@@ -67,7 +68,7 @@ def main(argv=None):
         from keras_bat.workflows.embed import run_embed
 
         result = run_embed(args.folder, args.output, args.backbone, args.weights, args.checkpoint_key,
-                           args.clip_seconds, args.batch_size, args.frames)
+                           args.clip_seconds, args.batch_size, args.frames, encoder=args.encoder)
         print(json.dumps(result, indent=2))
         return 0
     from keras_bat.workflows.config import load_config

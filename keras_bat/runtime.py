@@ -9,7 +9,6 @@ that real warnings and errors stay visible, even from a process that crashes.
 
 import contextlib
 import os
-import re
 import subprocess
 import sys
 

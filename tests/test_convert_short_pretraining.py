@@ -6,7 +6,6 @@ length, and probes with it."""
 
 import json
 
-import keras
 import numpy as np
 import pytest
 from helpers import load_parity, parity_path, require_module, to_numpy

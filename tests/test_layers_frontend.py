@@ -1,7 +1,9 @@
+import json
+
 import keras
 import numpy as np
 import pytest
-from helpers import load_parity, max_abs_error, run_layer_test, to_numpy
+from helpers import load_parity, max_abs_error, parity_path, run_layer_test, to_numpy
 
 from keras_bat.layers import KaldiFbank, LogMelSpectrogram
 from keras_bat.layers.frontend import htk_mel_filter_bank
@@ -48,7 +50,7 @@ def test_log_mel_tone_peaks_in_its_band():
 
 def test_legacy_fbank_matches_official(frontend):
     waveform = frontend["legacy_fbank_input"][None]
-    normalized = run_layer_test(KaldiFbank(), waveform)
+    normalized = run_layer_test(KaldiFbank.for_encoder("eat", "dcase"), waveform)
     assert max_abs_error(normalized, frontend["legacy_fbank_normalized"][None]) <= 1e-4
     raw = to_numpy(KaldiFbank(mean=None, std=None)(waveform))[0]
     error = np.abs(raw - frontend["legacy_fbank"])
@@ -56,6 +58,44 @@ def test_legacy_fbank_matches_official(frontend):
     # computation differs from the fixture by up to 1.6e-4 in a few low-energy
     # bins (the reference's own float32 rounding), so the raw check is looser.
     assert error.max() <= 3e-4 and error.mean() <= 1e-5
+
+
+@pytest.mark.parametrize("encoder", ["eat", "sslam", "beats"])
+def test_legacy_frontends_match_official(encoder):
+    fixture = load_parity("peer_frontend.safetensors", "peer")
+    expected = fixture["beats_fbank" if encoder == "beats" else "eat_fbank"]
+    layer = KaldiFbank.for_encoder(encoder, time_frames=256)
+    run_layer_test(layer, fixture["waveforms"][:1])  # config round trip, eager = compiled
+    out = to_numpy(layer(fixture["waveforms"]))
+    error = np.abs(out - expected)
+    tolerance = 1e-3 * np.abs(expected).max()
+    # Bins more than 100 dB below their clip's peak hold float32 rounding noise, which
+    # BEATs' 2**15 scale lifts above the log's floor (the second clip is a pure tone):
+    # there the official values themselves are up to 0.01 off a float64 computation.
+    log_power = expected * 2 * layer.std + layer.mean
+    audible = log_power - log_power.max(axis=(1, 2), keepdims=True) > np.log(1e-10)
+    assert audible.mean() > 0.8 and error[audible].max() <= tolerance
+    assert error[0].max() <= tolerance  # the first clip (broadband): every value
+    assert error.max() <= (tolerance if encoder != "beats" else 0.05)
+
+
+def test_legacy_frontend_statistics_follow_the_official_table():
+    config = json.loads(parity_path("peer_config.json", "peer").read_text())["legacy_stats"]
+    names = {"AudioSet": "audioset", "SpeechCommands": "speech_commands", "ESC50": "esc50",
+             "LibriSpeech": "librispeech", "BirdSet": "birdset", "DCASE": "dcase"}
+    for encoder, table in config.items():
+        for dataset, name in names.items():
+            layer = KaldiFbank.for_encoder(encoder, name)
+            assert (layer.mean, layer.std) == (table[dataset]["mu"], table[dataset]["std"])
+            assert layer.window == table["window_type"]
+    # The defaults are EAT's AudioSet frontend.
+    assert KaldiFbank(name="a").get_config() == KaldiFbank.for_encoder("eat", name="a").get_config()
+    with pytest.raises(ValueError, match="expected one of"):
+        KaldiFbank.for_encoder("beats", "imagenet")
+    with pytest.raises(ValueError, match="No legacy frontend"):
+        KaldiFbank.for_encoder("bat")
+    with pytest.raises(ValueError, match="window"):
+        KaldiFbank(window="hamming")
 
 
 @pytest.mark.parametrize("shape", [(24000,), (2, 24000, 1)])

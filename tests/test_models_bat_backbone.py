@@ -129,7 +129,7 @@ def test_mixed_bfloat16_stays_close_to_float32(official_backbone, tiny_config, e
 
 
 def test_presets_build_paper_architectures():
-    assert set(BATBackbone.presets()) == {"bat_small", "bat_base", "bat_large"}
+    assert set(BATBackbone.presets()) == {"bat_small", "bat_base", "bat_large", "eat_base", "sslam_base"}
     small = BATBackbone.from_preset("bat_small", depth=1)
     assert (small.dim, small.num_heads, small.depth) == (384, 6, 1)
     base = BATBackbone.from_preset("bat_base")

@@ -15,8 +15,8 @@ TORCH = keras.backend.backend() == "torch"
 needs_torch = pytest.mark.skipif(not TORCH, reason="the Triton kernels run under the torch backend")
 
 
-def _reference(q, k, v, gate, key_mask):
-    scores = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
+def _reference(q, k, v, gate, key_mask, bias=0.0):
+    scores = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1]) + bias
     scores = np.where(key_mask[:, None, None, :], scores, -np.inf)
     weights = np.exp(scores - scores.max(-1, keepdims=True))
     weights /= weights.sum(-1, keepdims=True)
@@ -31,6 +31,17 @@ def test_auto_takes_the_keras_ops_path_off_cuda():
     np.testing.assert_allclose(out, _reference(q, k, v, gate, key_mask), atol=1e-5)
     reason = kernel_unavailable_reason(keras.ops.convert_to_tensor(q))
     assert reason is not None and ("CUDA" in reason if TORCH else "torch backend" in reason)
+
+
+def test_additive_bias_with_a_key_mask():
+    rng = np.random.default_rng(1)
+    q, k, v, gate = (rng.normal(size=(2, 7, 2, 16)).astype("float32") for _ in range(4))
+    bias = rng.normal(size=(2, 2, 7, 7)).astype("float32")
+    key_mask = np.arange(7)[None, :] < np.array([[7], [4]])
+    out = to_numpy(gated_attention(q, k, v, gate, key_mask, bias=bias))
+    np.testing.assert_allclose(out, _reference(q, k, v, gate, key_mask, bias), atol=1e-5)
+    with pytest.raises(ValueError, match="no additive bias"):
+        gated_attention(q, k, v, gate, key_mask, bias=bias, use_kernels=True)
 
 
 def test_required_kernel_without_cuda_raises_a_clear_error(monkeypatch):

@@ -24,7 +24,7 @@ CUINIT = "E0000 00:00:17.3 1 cuda_executor.cc:1228] failed call to cuInit: UNKNO
 def _run_filtered(body, env=None):
     """stderr of a Python process that writes inside `filtered_stderr()` (from C-level file descriptor 2)."""
     code = ("import os\nfrom keras_bat.runtime import filtered_stderr\n"
-            f"with filtered_stderr():\n" + "".join(f"    {line}\n" for line in body))
+            "with filtered_stderr():\n" + "".join(f"    {line}\n" for line in body))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, env=env, timeout=60)
     return result.returncode, result.stderr.decode()
 

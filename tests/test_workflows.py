@@ -10,6 +10,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from audio_files import tone, write
+from helpers import parity_path, require_module
 from keras_bat.cli import main
 from keras_bat.workflows.config import DEFAULTS, builtin_recipes, load_config, parse_overrides, recipe_variants
 
@@ -79,6 +80,69 @@ def test_probe_command_end_to_end(tmp_path, capsys):
     assert (out / "checkpoint.weights.h5").exists() and (out / "config.yaml").exists()
     assert glob.glob(str(out / "tensorboard" / "*"))
     assert "accuracy" in capsys.readouterr().out
+
+
+PEER_ENCODERS = {
+    "bat": [],
+    "eat": ["model.backbone={dim: 64, depth: 3, num_heads: 4}", "model.weights=eat_checkpoint.pt"],
+    "sslam": ["model.backbone={dim: 64, depth: 3, num_heads: 4}", "model.weights=eat_checkpoint.pt",
+              "model.fbank_statistics=esc50"],
+    "beats": ["model.backbone={dim: 64, depth: 3, num_heads: 4, ffn_dim: 128, embed_dim: 48, conv_pos: 16, "
+              "conv_pos_groups: 4}", "model.weights=beats_checkpoint.pt"],
+}
+
+
+@pytest.mark.parametrize("encoder", sorted(PEER_ENCODERS))
+def test_cgp_probe_on_every_encoder(encoder, tmp_path):
+    settings = PEER_ENCODERS[encoder]
+    if any("weights=" in item for item in settings):
+        require_module("torch")  # the official checkpoints are PyTorch files
+        folder = parity_path("eat_checkpoint.pt", "peer").parent
+        settings = [item.replace("weights=", f"weights={folder}/") for item in settings]
+    out = tmp_path / encoder
+    assert main(["probe", "--set", *TINY, f"model.encoder={encoder}", *settings, f"output_dir={out}"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert 0.0 <= results["metrics"]["accuracy"] <= 1.0 and results["feature_cache"]
+    assert len(results["layer_weights"]) == (2 if encoder == "bat" else 3)
+
+
+BEATS_TINY = ["model.encoder=beats", "model.backbone={dim: 32, depth: 2, num_heads: 2, ffn_dim: 64, embed_dim: 16, "
+              "conv_pos: 8, conv_pos_groups: 2}"]
+
+
+@pytest.mark.parametrize("head", ["linear", "lcgp", "h2t", "pb", "vqt"])
+def test_every_classification_head_probes_beats(head, tmp_path):
+    # CGP on every encoder: above; ASR with BEATs: tests/test_models_audio_classifier.py.
+    out = tmp_path / head
+    assert main(["probe", "--set", *TINY, *BEATS_TINY, f"head.type={head}", "head.num_query_tokens=2",
+                 f"output_dir={out}"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert 0.0 <= results["metrics"]["accuracy"] <= 1.0 and results["feature_cache"] == (head != "vqt")
+
+
+def test_finetune_and_embed_with_beats(tmp_path):
+    out = tmp_path / "finetune"
+    assert main(["probe", "--set", *TINY, *BEATS_TINY, "head.type=linear", "train.finetune=true",
+                 f"output_dir={out}"]) == 0
+    assert not json.loads((out / "results.json").read_text())["feature_cache"]
+    preset = tmp_path / "beats_preset"
+    from keras_bat.models import BEATsBackbone
+
+    BEATsBackbone(dim=32, depth=2, num_heads=2, ffn_dim=64, embed_dim=16, conv_pos=8,
+                  conv_pos_groups=2).save_to_preset(str(preset))
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    for i in range(2):
+        write(audio / f"{i}.wav", tone(0.5, frequency=300 + 200 * i))
+    assert main(["embed", str(audio), "--encoder", "beats", "--backbone", str(preset), "--clip-seconds", "0.64",
+                 "--output", str(tmp_path / "embeddings.npz")]) == 0
+    with np.load(tmp_path / "embeddings.npz") as embeddings:
+        assert embeddings["clip_embeddings"].shape == (2, 2, 32)
+
+
+def test_unknown_encoder_is_named(tmp_path):
+    with pytest.raises(ValueError, match="Unknown encoder 'wav2vec'"):
+        main(["probe", "--set", *TINY, "model.encoder=wav2vec", f"output_dir={tmp_path}"])
 
 
 def test_event_detection_run_reports_event_f1(tmp_path):

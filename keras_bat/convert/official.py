@@ -59,6 +59,18 @@ def _layer_norm(name, norm):
     return {f"{name}.weight": _Param(norm.gamma), f"{name}.bias": _Param(norm.beta)}
 
 
+def _lstm(name, layer, bidirectional):
+    params = {}
+    for suffix, lstm in (("", bidirectional.forward_layer), ("_reverse", bidirectional.backward_layer)):
+        cell, tag = lstm.cell, f"l{layer}{suffix}"
+        params[f"{name}.weight_ih_{tag}"] = _Param(cell.kernel, np.transpose, np.transpose)
+        params[f"{name}.weight_hh_{tag}"] = _Param(cell.recurrent_kernel, np.transpose, np.transpose)
+        # PyTorch keeps two biases that are always added; Keras keeps their sum.
+        params[f"{name}.bias_ih_{tag}"] = _Param(
+            cell.bias, to_keras=lambda ih, hh: ih + hh, extra_sources=(f"{name}.bias_hh_{tag}",))
+    return params
+
+
 def backbone_parameters(backbone):
     """Maps every official encoder parameter name to its BATBackbone variable.
 
@@ -306,12 +318,19 @@ def assign_parameters(expected, state, prefix, skip_unexpected, model_name, cons
         param.variable.assign(value.astype(param.variable.dtype))
 
 
-def save_official_weights(backbone, path):
-    """Writes the backbone's weights to `path` as safetensors with official names."""
+def save_official_weights(backbone, path, parameters=None):
+    """Writes the backbone's weights to `path` as safetensors with official names.
+
+    Args:
+        backbone: the backbone.
+        path: the `.safetensors` file to write.
+        parameters: optional dict `official name -> _Param` (default:
+            `backbone_parameters(backbone)`, BAT's names).
+    """
     from safetensors.numpy import save_file
 
     tensors = {}
-    for name, param in backbone_parameters(backbone).items():
+    for name, param in (parameters or backbone_parameters(backbone)).items():
         value = np.asarray(param.variable.numpy(), dtype="float32")
         # C order matters: save_file writes the raw buffer and ignores strides.
         tensors[name] = np.array(param.to_official(value), order="C")

@@ -6,5 +6,17 @@ from keras_bat.heads.linear import GroupLasso, Head2Toe, LayerMixedLinear, Linea
 from keras_bat.heads.prototypes import CGP, ProtoBin
 from keras_bat.heads.vqt import VQTHead
 
-__all__ = ["ASRHead", "CGP", "GroupLasso", "Head2Toe", "LayerMixedLinear", "LinearHead", "ProtoBin",
-           "VQTHead", "plot_layer_weights"]
+# The heads a recipe names with `head.type`; a new head is its module and one line here.
+HEADS = {"cgp": CGP, "linear": LinearHead, "lcgp": LayerMixedLinear, "h2t": Head2Toe, "pb": ProtoBin,
+         "vqt": VQTHead, "asr": ASRHead}
+
+
+def get_head(name):
+    """The head class a recipe's `head.type` names."""
+    if name not in HEADS:
+        raise ValueError(f"Unknown head type {name!r}; expected one of {tuple(HEADS)}.")
+    return HEADS[name]
+
+
+__all__ = ["ASRHead", "CGP", "GroupLasso", "HEADS", "Head2Toe", "LayerMixedLinear", "LinearHead", "ProtoBin",
+           "VQTHead", "get_head", "plot_layer_weights"]

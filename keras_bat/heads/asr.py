@@ -3,12 +3,12 @@
 import keras
 from keras import ops
 
-from keras_bat.heads.base import LayerGateMixin, check_features, mix_layers, pool_layers
+from keras_bat.heads.base import HeadContract, LayerGateMixin, check_features, mix_layers, pool_layers
 from keras_bat.layers.transformer import seeded_dropout
 
 
 @keras.saving.register_keras_serializable(package="keras_bat")
-class ASRHead(LayerGateMixin, keras.layers.Layer):
+class ASRHead(HeadContract, LayerGateMixin, keras.layers.Layer):
     """The paper's ASR probe.
 
     Softmax mix of all layers' patch tokens -> mean over frequency -> a
@@ -31,6 +31,12 @@ class ASRHead(LayerGateMixin, keras.layers.Layer):
     Returns:
         Log-probabilities `(batch, time_patches * upsample_factor, num_classes)`.
     """
+
+    tasks = ("ctc",)
+
+    @classmethod
+    def from_settings(cls, num_classes, task, backbone, use_norm=False, dropout=0.0, **settings):
+        return cls(num_classes, use_norm=use_norm, dropout=dropout)
 
     def __init__(self, num_classes=29, upsample_factor=8, lstm_units=512, lstm_layers=2,
                  lstm_dropout=0.2, use_norm=False, dropout=0.0, **kwargs):
@@ -89,6 +95,21 @@ class ASRHead(LayerGateMixin, keras.layers.Layer):
         batch, _, time_patches = features_shape["patch_tokens"][:3]
         steps = None if time_patches is None else time_patches * self.upsample_factor
         return (batch, steps, self.num_classes)
+
+    def official_parameters(self):
+        from keras_bat.convert.official import _layer_norm, _linear, _lstm, _Param
+
+        params = {"block_attention": _Param(self.layer_logits), "upsample.weight": _Param(self.upsample_kernel),
+                  "upsample.bias": _Param(self.upsample_bias)}
+        for i, lstm in enumerate(self.lstms):
+            params.update(_lstm("lstm", i, lstm))
+        params.update(_linear("fc", self.fc))
+        if self.norm is not None:
+            params.update(_layer_norm("ln", self.norm))
+        return params, {}
+
+    def official_layers_and_dim(self, shape):
+        return shape("block_attention")[0], shape("upsample.weight")[0]
 
     def get_config(self):
         config = super().get_config()

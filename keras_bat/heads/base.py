@@ -4,6 +4,49 @@ import numpy as np
 from keras import ops
 
 POOLINGS = ("cls", "mean", "frame")
+CLASSIFICATION_TASKS = ("multiclass", "multilabel", "frame")
+
+
+class HeadContract:
+    """What a head declares to the task model, the feature cache and the recipes.
+
+    Attributes:
+        tasks: the tasks the head predicts.
+        reads_query_tokens: the head's query tokens run inside the backbone
+            (VQT): the backbone is built with them, gradients flow through the
+            frozen encoder, and no feature cache can serve the head.
+    """
+
+    tasks = CLASSIFICATION_TASKS
+    reads_query_tokens = False
+
+    @classmethod
+    def cache_tokens(cls, pooling, task):
+        """What a feature cache must hold for this head: `"cls"` (class tokens
+        only), `"all"` (class and patch tokens), or `None` (no cache can serve it)."""
+        return None if cls.reads_query_tokens else "all"
+
+    @classmethod
+    def from_settings(cls, num_classes, task, backbone, pooling="cls", num_prototypes=10000, use_norm=False,
+                      dropout=0.0, lasso_weight=1e-4, num_query_tokens=10):
+        """The head of a recipe: each head takes the settings it has."""
+        raise NotImplementedError
+
+    def official_parameters(self):
+        """`(params, constants)`: the official code's name of each of the head's
+        variables (`official name -> keras_bat.convert.official._Param`), and
+        buffers the official head stores that must equal the configuration."""
+        raise TypeError(f"No official parameters are known for {type(self).__name__}.")
+
+    def official_layers_and_dim(self, shape):
+        """`(layers, dim)` of the features this head reads, from official
+        weights (`shape(name)` is a parameter's shape), to build it before loading."""
+        return 1, shape("fc.weight")[1]
+
+
+def task_pooling(task, pooling):
+    """Frame tasks pool per time patch, whatever the recipe's pooling."""
+    return "frame" if task == "frame" else pooling
 
 
 def check_pooling(pooling, allowed=POOLINGS, head="head"):

@@ -1,21 +1,32 @@
 """Linear probes: last layer, layer-mixed (softmax gate), and Head2Toe."""
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_bat.heads.base import (
+    HeadContract,
     LayerGateMixin,
     check_features,
     check_pooling,
     logits_shape,
     mix_layers,
     pool_layers,
+    task_pooling,
 )
 from keras_bat.layers.transformer import seeded_dropout
 
 
-class _LinearProbe(keras.layers.Layer):
+class _LinearProbe(HeadContract, keras.layers.Layer):
     """Pooled tokens -> optional LayerNorm -> dropout -> Dense."""
+
+    @classmethod
+    def cache_tokens(cls, pooling, task):
+        return "cls" if pooling == "cls" and task != "frame" else "all"
+
+    @classmethod
+    def from_settings(cls, num_classes, task, backbone, pooling="cls", use_norm=False, dropout=0.0, **settings):
+        return cls(num_classes, pooling=task_pooling(task, pooling), use_norm=use_norm, dropout=dropout)
 
     def __init__(self, num_classes, pooling="cls", use_norm=False, dropout=0.0,
                  kernel_regularizer=None, **kwargs):
@@ -58,6 +69,16 @@ class _LinearProbe(keras.layers.Layer):
         if self.pooling == "cls":
             return (features_shape["cls_tokens"][0], self.num_classes)
         return logits_shape(features_shape, self.pooling, self.num_classes)
+
+    def official_parameters(self):
+        from keras_bat.convert.official import _layer_norm, _linear, _Param
+
+        params = _linear("fc", self.fc)
+        if self.norm is not None:
+            params.update(_layer_norm("ln", self.norm))
+        if isinstance(self, LayerGateMixin):
+            params["block_attention"] = _Param(self.layer_logits)
+        return params, {}
 
     def get_config(self):
         config = super().get_config()
@@ -114,6 +135,9 @@ class LayerMixedLinear(LayerGateMixin, _LinearProbe):
 
     def feature_dim(self, features_shape):
         return features_shape["cls_tokens"][-1]
+
+    def official_layers_and_dim(self, shape):
+        return shape("block_attention")[0], shape("fc.weight")[1]
 
 
 @keras.saving.register_keras_serializable(package="keras_bat")
@@ -181,6 +205,12 @@ class Head2Toe(_LinearProbe):
         self.dim = dim
         self.lasso = GroupLasso(1.0, group_size)
 
+    @classmethod
+    def from_settings(cls, num_classes, task, backbone, pooling="cls", use_norm=False, dropout=0.0,
+                      lasso_weight=1e-4, **settings):
+        return cls(num_classes, pooling=task_pooling(task, pooling), use_norm=use_norm, dropout=dropout,
+                   lasso_weight=lasso_weight)
+
     def lasso_penalty(self):
         """The unweighted group-lasso penalty of the current weights."""
         return self.lasso.penalty(self.fc.kernel)
@@ -198,6 +228,17 @@ class Head2Toe(_LinearProbe):
         if self.dim is not None and self.dim != dim:
             raise ValueError(f"Head2Toe was configured with dim={self.dim}, the features have {dim}.")
         return layers * dim
+
+    def official_parameters(self):
+        params, constants = super().official_parameters()
+        group_size = self.dim if self.layer_wise_lasso else self.num_classes
+        return params, {"group_scale": np.float32(np.sqrt(group_size))}
+
+    def official_layers_and_dim(self, shape):
+        if self.dim is None:
+            raise ValueError("Build the Head2Toe head first (call it on features) or give it `dim`: "
+                             "its weights do not tell the number of layers from their width.")
+        return shape("fc.weight")[1] // self.dim, self.dim
 
     def get_config(self):
         config = super().get_config()

@@ -4,20 +4,27 @@ import keras
 from keras import ops
 
 from keras_bat.heads.base import (
+    HeadContract,
     LayerGateMixin,
     check_features,
     check_pooling,
     l2_normalize,
     logits_shape,
     mix_layers,
+    task_pooling,
 )
 from keras_bat.layers.transformer import seeded_dropout
 
 
-class _PrototypeHead(keras.layers.Layer):
+class _PrototypeHead(HeadContract, keras.layers.Layer):
     """Cosine similarities of tokens to learned prototypes, pooled, then Dense."""
 
     features_per_prototype = 1
+
+    @classmethod
+    def from_settings(cls, num_classes, task, backbone, pooling="cls", num_prototypes=10000, dropout=0.2,
+                      **settings):
+        return cls(num_classes, num_prototypes, pooling=task_pooling(task, pooling), dropout=dropout)
 
     def __init__(self, num_classes, num_prototypes=10000, pooling="cls", dropout=0.2, **kwargs):
         super().__init__(**kwargs)
@@ -44,6 +51,21 @@ class _PrototypeHead(keras.layers.Layer):
 
     def compute_output_shape(self, features_shape):
         return logits_shape(features_shape, self.pooling, self.num_classes)
+
+    def official_parameters(self):
+        from keras_bat.convert.official import _linear, _Param
+
+        params = _linear("fc", self.fc)
+        # Official prototypes are 1 x 1 convolution filters (P, D, 1, 1).
+        params["prototype_vectors"] = _Param(self.prototypes, to_keras=lambda w: w[:, :, 0, 0],
+                                             to_official=lambda w: w[:, :, None, None])
+        if isinstance(self, LayerGateMixin):
+            params["block_attention"] = _Param(self.layer_logits)
+        return params, {}
+
+    def official_layers_and_dim(self, shape):
+        layers = shape("block_attention")[0] if isinstance(self, LayerGateMixin) else 1
+        return layers, shape("prototype_vectors")[1]
 
     def get_config(self):
         config = super().get_config()
@@ -132,6 +154,10 @@ class ProtoBin(_PrototypeHead):
         pooling: `"max"` or `"frame"`. Defaults to `"max"`.
         dropout: float, dropout on the similarities. Defaults to `0.2`.
     """
+
+    @classmethod
+    def from_settings(cls, num_classes, task, backbone, num_prototypes=10000, dropout=0.2, **settings):
+        return cls(num_classes, num_prototypes, pooling="frame" if task == "frame" else "max", dropout=dropout)
 
     def __init__(self, num_classes, num_prototypes=10000, pooling="max", dropout=0.2, **kwargs):
         check_pooling(pooling, ("max", "frame"), head="ProtoBin")

@@ -5,12 +5,12 @@ import math
 import keras
 from keras import ops
 
-from keras_bat.heads.base import check_features, l2_normalize
+from keras_bat.heads.base import HeadContract, check_features, l2_normalize
 from keras_bat.layers.transformer import seeded_dropout
 
 
 @keras.saving.register_keras_serializable(package="keras_bat")
-class VQTHead(keras.layers.Layer):
+class VQTHead(HeadContract, keras.layers.Layer):
     """Visual query tokens and their linear classifier.
 
     The head owns `query_tokens` `(depth, num_query_tokens, dim)`; a backbone
@@ -37,6 +37,15 @@ class VQTHead(keras.layers.Layer):
     Returns:
         Logits `(batch, num_classes)`.
     """
+
+    tasks = ("multiclass", "multilabel")
+    reads_query_tokens = True
+
+    @classmethod
+    def from_settings(cls, num_classes, task, backbone, use_norm=False, dropout=0.0, num_query_tokens=10,
+                      **settings):
+        return cls(num_classes, backbone.depth, backbone.dim, num_query_tokens, patch_size=backbone.patch_size,
+                   use_norm=use_norm, dropout=dropout)
 
     def __init__(self, num_classes, depth, dim, num_query_tokens=10, patch_size=16, use_norm=False,
                  dropout=0.0, **kwargs):
@@ -88,6 +97,20 @@ class VQTHead(keras.layers.Layer):
 
     def compute_output_shape(self, features_shape):
         return (features_shape["cls_tokens"][0], self.num_classes)
+
+    def official_parameters(self):
+        from keras_bat.convert.official import _layer_norm, _linear, _Param
+
+        params = {"vqt": _Param(self.query_tokens)}
+        if self.norm is not None:  # official: Sequential(LayerNorm, Linear)
+            params.update(_layer_norm("head.0", self.norm))
+            params.update(_linear("head.1", self.fc))
+        else:
+            params.update(_linear("head", self.fc))
+        return params, {}
+
+    def official_layers_and_dim(self, shape):
+        return self.depth, self.dim
 
     def get_config(self):
         config = super().get_config()

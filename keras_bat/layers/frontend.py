@@ -207,21 +207,38 @@ class LogMelSpectrogram(_Frontend):
         return config
 
 
-# Normalisation statistics of AudioSet used by the EAT / SSLAM / AST checkpoints.
-AUDIOSET_FBANK_MEAN = -10.685920220841732
-AUDIOSET_FBANK_STD = 2.061649722538243
+# The official legacy frontends: Kaldi fbank settings and (mean, std) statistics per encoder family
+# and dataset, as the official BAT code normalises EAT / SSLAM / BEATs inputs.
+_EAT_STATISTICS = {
+    "audioset": (-4.59864076, 4.357353477), "speech_commands": (-9.03415996, 4.57304508),
+    "esc50": (-6.85408831, 5.39770323), "librispeech": (-7.32925959, 4.0610049),
+    "birdset": (-8.5504812, 4.04533479), "dcase": (-10.68592022, 2.06164972),
+}
+LEGACY_FBANK_SETTINGS = {
+    "eat": {"window": "hanning", "remove_mean": True, "waveform_scale": 1.0, "statistics": _EAT_STATISTICS},
+    "sslam": {"window": "hanning", "remove_mean": True, "waveform_scale": 1.0, "statistics": _EAT_STATISTICS},
+    "beats": {"window": "povey", "remove_mean": False, "waveform_scale": 2.0 ** 15, "statistics": {
+        "audioset": (15.41663, 6.55582), "speech_commands": (11.42262215, 5.65233194),
+        "esc50": (11.72161352, 10.60385933), "librispeech": (13.30096596, 4.97074609),
+        "birdset": (11.82694931, 5.40055698), "dcase": (10.01597327, 3.07065857),
+    }},
+}
+EAT_AUDIOSET_MEAN, EAT_AUDIOSET_STD = _EAT_STATISTICS["audioset"]
+KALDI_WINDOWS = ("hanning", "povey")
 
 
 @keras.saving.register_keras_serializable(package="keras_bat")
 class KaldiFbank(_Frontend):
     """Legacy frontend of EAT / SSLAM / BEATs checkpoints: Kaldi log-mel fbank.
 
-    Matches Kaldi's `compute-fbank-feats` (as in `torchaudio.compliance.kaldi
-    .fbank` with `htk_compat=True`, Hanning window, no dither, no energy):
-    the waveform's mean is removed, then per frame the DC offset, a 0.97
-    pre-emphasis, a symmetric Hann window, a zero-padded power FFT, Kaldi's mel
-    bank (20 Hz to Nyquist) and the natural log. The result is normalised as
-    `(fbank - mean) / (2 * std)` with dataset statistics.
+    Matches Kaldi's `compute-fbank-feats` (as `torchaudio.compliance.kaldi
+    .fbank` with no dither and no energy): the waveform is scaled (and its
+    mean removed, EAT / SSLAM), then per frame the DC offset, a 0.97
+    pre-emphasis, the window, a zero-padded power FFT, Kaldi's mel bank (20 Hz
+    to Nyquist) and the natural log. The result is normalised as
+    `(fbank - mean) / (2 * std)` with dataset statistics. The defaults are
+    EAT's and SSLAM's frontend with AudioSet statistics;
+    `KaldiFbank.for_encoder("beats", "esc50")` builds another official one.
 
     Args:
         sample_rate: int, sample rate in Hz. Defaults to `16000`.
@@ -230,10 +247,16 @@ class KaldiFbank(_Frontend):
         frame_shift_ms: float, hop in ms. Defaults to `10.0`.
         preemphasis: float, pre-emphasis coefficient. Defaults to `0.97`.
         low_freq: float, lowest mel edge in Hz. Defaults to `20.0`.
-        mean: float or `None`, normalisation mean (AudioSet's by default);
-            `None` returns the raw log fbank.
-        std: float, normalisation standard deviation (AudioSet's by default).
+        mean: float or `None`, normalisation mean (EAT's AudioSet mean by
+            default); `None` returns the raw log fbank.
+        std: float, normalisation standard deviation (EAT's AudioSet one by default).
         time_frames: int or `None`, pad or crop the output to this many frames.
+        window: str, `"hanning"` (symmetric Hann; EAT, SSLAM) or `"povey"`
+            (Hann to the power 0.85, Kaldi's default; BEATs). Defaults to `"hanning"`.
+        remove_mean: bool, subtract each waveform's mean first (EAT, SSLAM).
+            Defaults to `True`.
+        waveform_scale: float, multiply the waveform by this first (`2 ** 15`
+            for BEATs, which reads 16-bit sample values). Defaults to `1.0`.
 
     Call arguments:
         waveforms: float tensor `(batch, samples)`.
@@ -244,11 +267,14 @@ class KaldiFbank(_Frontend):
 
     def __init__(self, sample_rate=16000, num_mels=128, frame_length_ms=25.0,
                  frame_shift_ms=10.0, preemphasis=0.97, low_freq=20.0,
-                 mean=AUDIOSET_FBANK_MEAN, std=AUDIOSET_FBANK_STD, time_frames=None, **kwargs):
+                 mean=EAT_AUDIOSET_MEAN, std=EAT_AUDIOSET_STD, time_frames=None, window="hanning",
+                 remove_mean=True, waveform_scale=1.0, **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         if std is not None and std <= 0:
             raise ValueError(f"`std` must be positive. Received: {std!r}")
+        if window not in KALDI_WINDOWS:
+            raise ValueError(f"`window` must be one of {KALDI_WINDOWS}. Received: {window!r}")
         self.sample_rate = int(sample_rate)
         self.num_mels = int(num_mels)
         self.frame_length_ms = float(frame_length_ms)
@@ -258,12 +284,41 @@ class KaldiFbank(_Frontend):
         self.mean = None if mean is None else float(mean)
         self.std = None if std is None else float(std)
         self.time_frames = None if time_frames is None else int(time_frames)
+        self.window = window
+        self.remove_mean = bool(remove_mean)
+        self.waveform_scale = float(waveform_scale)
         self.window_length = int(self.sample_rate * self.frame_length_ms / 1000)
         self.hop_length = int(self.sample_rate * self.frame_shift_ms / 1000)
         self.fft_length = 1 << (self.window_length - 1).bit_length()  # next power of two
         self._window = hann_window(self.window_length, periodic=False)
+        if window == "povey":
+            self._window = self._window ** np.float32(0.85)
         self._filter_bank = kaldi_mel_filter_bank(
             self.num_mels, self.fft_length, self.sample_rate, self.low_freq)
+
+    @classmethod
+    def for_encoder(cls, encoder, dataset="audioset", time_frames=None, **kwargs):
+        """The official frontend of a legacy encoder for a dataset.
+
+        Args:
+            encoder: str, `"eat"`, `"sslam"` or `"beats"`.
+            dataset: str, whose statistics normalise the fbank: `"audioset"`,
+                `"speech_commands"`, `"esc50"`, `"librispeech"`, `"birdset"`
+                or `"dcase"`. Defaults to `"audioset"`.
+            time_frames: int or `None`, pad or crop to this many frames.
+            **kwargs: further `KaldiFbank` arguments.
+        """
+        settings = LEGACY_FBANK_SETTINGS.get(str(encoder).lower())
+        if settings is None:
+            raise ValueError(f"No legacy frontend for encoder {encoder!r}; expected one of "
+                             f"{sorted(LEGACY_FBANK_SETTINGS)}.")
+        statistics = settings["statistics"].get(str(dataset).lower())
+        if statistics is None:
+            raise ValueError(f"No {encoder} statistics for dataset {dataset!r}; expected one of "
+                             f"{sorted(settings['statistics'])}.")
+        mean, std = statistics
+        options = {key: settings[key] for key in ("window", "remove_mean", "waveform_scale")}
+        return cls(mean=mean, std=std, time_frames=time_frames, **{**options, **kwargs})
 
     def num_frames(self, num_samples):
         """Frames produced for `num_samples` samples (Kaldi's snip-edges rule)."""
@@ -272,7 +327,10 @@ class KaldiFbank(_Frontend):
     def call(self, waveforms):
         _check_waveforms(waveforms, self.window_length, self.__class__.__name__)
         waveforms = ops.cast(waveforms, "float32")
-        waveforms = waveforms - ops.mean(waveforms, axis=1, keepdims=True)
+        if self.waveform_scale != 1.0:
+            waveforms = waveforms * self.waveform_scale
+        if self.remove_mean:
+            waveforms = waveforms - ops.mean(waveforms, axis=1, keepdims=True)
         num_frames = self.num_frames(waveforms.shape[1])
         starts = np.arange(num_frames)[:, None] * self.hop_length
         frame_index = starts + np.arange(self.window_length)[None, :]  # frames, window
@@ -295,5 +353,6 @@ class KaldiFbank(_Frontend):
             "frame_length_ms": self.frame_length_ms, "frame_shift_ms": self.frame_shift_ms,
             "preemphasis": self.preemphasis, "low_freq": self.low_freq,
             "mean": self.mean, "std": self.std, "time_frames": self.time_frames,
+            "window": self.window, "remove_mean": self.remove_mean, "waveform_scale": self.waveform_scale,
         })
         return config

@@ -38,6 +38,7 @@ class PatchEmbedding(keras.layers.Layer):
         dim: int, token width.
         patch_size: int, patch side in frames and mel bins. Defaults to `16`.
         num_mels: int, expected number of mel bins. Defaults to `128`.
+        use_bias: bool, add a bias (BAT); BEATs has none. Defaults to `True`.
 
     Call arguments:
         spectrogram: tensor `(batch, frames, num_mels)`, `frames` a multiple
@@ -47,7 +48,7 @@ class PatchEmbedding(keras.layers.Layer):
         Tensor `(batch, frames // patch_size, num_mels // patch_size, dim)`.
     """
 
-    def __init__(self, dim, patch_size=16, num_mels=128, **kwargs):
+    def __init__(self, dim, patch_size=16, num_mels=128, use_bias=True, **kwargs):
         super().__init__(**kwargs)
         if num_mels % patch_size:
             raise ValueError(
@@ -56,7 +57,8 @@ class PatchEmbedding(keras.layers.Layer):
         self.dim = dim
         self.patch_size = patch_size
         self.num_mels = num_mels
-        self.proj = keras.layers.Dense(dim, name="proj", dtype=self.dtype_policy)
+        self.use_bias = use_bias
+        self.proj = keras.layers.Dense(dim, use_bias=use_bias, name="proj", dtype=self.dtype_policy)
 
     def build(self, input_shape):
         self.proj.build((None, self.patch_size * self.patch_size))
@@ -94,7 +96,8 @@ class PatchEmbedding(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"dim": self.dim, "patch_size": self.patch_size, "num_mels": self.num_mels})
+        config.update({"dim": self.dim, "patch_size": self.patch_size, "num_mels": self.num_mels,
+                       "use_bias": self.use_bias})
         return config
 
 
@@ -107,6 +110,9 @@ class ChunkTokens(keras.layers.Layer):
         freq_patches: int, frequency patches per time step (8 for 128 mels).
         chunk_time_patches: int, time patches per chunk. Defaults to `64`.
         patch_size: int, frames per time patch (to read a frame mask). Defaults to `16`.
+        class_token: bool, put a learned class token in front of each chunk
+            and add the sine-cosine table (BAT); `False` returns the bare
+            patch tokens (BEATs). Defaults to `True`.
 
     Call arguments:
         patch_grid: tensor `(batch, time_patches, freq_patches, dim)`.
@@ -115,19 +121,23 @@ class ChunkTokens(keras.layers.Layer):
 
     Returns:
         Dict with `tokens` `(batch * chunks, 1 + chunk_len * freq_patches, dim)`
-        (class token first, patches time-major), `key_mask` of the same
+        (class token first, if any; patches time-major), `key_mask` of the same
         leading shape (true for tokens to attend to), and `chunk_weights`
         `(batch, chunks)` (1 for chunks holding any real patch).
     """
 
-    def __init__(self, dim, freq_patches, chunk_time_patches=64, patch_size=16, **kwargs):
+    def __init__(self, dim, freq_patches, chunk_time_patches=64, patch_size=16, class_token=True, **kwargs):
         super().__init__(**kwargs)
         self.dim = dim
         self.freq_patches = freq_patches
         self.chunk_time_patches = chunk_time_patches
         self.patch_size = patch_size
+        self.class_token = class_token
 
     def build(self, input_shape):
+        if not self.class_token:
+            self.built = True
+            return
         self.cls_token = self.add_weight(
             shape=(1, 1, self.dim), initializer=keras.initializers.RandomNormal(stddev=0.02),
             name="cls_token")
@@ -159,13 +169,15 @@ class ChunkTokens(keras.layers.Layer):
 
         x = ops.pad(patch_grid, [[0, 0], [0, pad], [0, 0], [0, 0]])
         x = ops.reshape(x, (-1, chunk_len * f, d))  # B * chunks, chunk_len * F, D
-        x = x + ops.cast(self.pos_embed[None, : chunk_len * f], x.dtype)
-        tokens = ops.concatenate([self.class_tokens(ops.shape(x)[0], x.dtype), x], axis=1)
-
         valid = ops.reshape(valid, (-1, num_chunks, chunk_len))  # B, chunks, chunk_len
-        patch_keys = ops.repeat(ops.reshape(valid, (-1, chunk_len)), f, axis=1)
-        key_mask = ops.concatenate([ops.ones_like(patch_keys[:, :1]), patch_keys], axis=1)
-        key_mask = ops.broadcast_to(key_mask, (ops.shape(tokens)[0], 1 + chunk_len * f))
+        key_mask = ops.repeat(ops.reshape(valid, (-1, chunk_len)), f, axis=1)
+        if self.class_token:
+            x = x + ops.cast(self.pos_embed[None, : chunk_len * f], x.dtype)
+            tokens = ops.concatenate([self.class_tokens(ops.shape(x)[0], x.dtype), x], axis=1)
+            key_mask = ops.concatenate([ops.ones_like(key_mask[:, :1]), key_mask], axis=1)
+        else:
+            tokens = x
+        key_mask = ops.broadcast_to(key_mask, tuple(ops.shape(tokens)[:2]))
         chunk_weights = ops.cast(ops.any(valid, axis=-1), "float32")
         chunk_weights = ops.broadcast_to(chunk_weights, (ops.shape(patch_grid)[0], num_chunks))
         return {"tokens": tokens, "key_mask": key_mask, "chunk_weights": chunk_weights}
@@ -189,7 +201,7 @@ class ChunkTokens(keras.layers.Layer):
             tokens, chunks = None, None
         else:
             chunk_len, chunks = self._layout(time_patches)
-            tokens = 1 + chunk_len * self.freq_patches
+            tokens = int(self.class_token) + chunk_len * self.freq_patches
         return {"tokens": (None, tokens, self.dim), "key_mask": (None, tokens),
                 "chunk_weights": (input_shape[0], chunks)}
 
@@ -201,7 +213,8 @@ class ChunkTokens(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update({"dim": self.dim, "freq_patches": self.freq_patches,
-                       "chunk_time_patches": self.chunk_time_patches, "patch_size": self.patch_size})
+                       "chunk_time_patches": self.chunk_time_patches, "patch_size": self.patch_size,
+                       "class_token": self.class_token})
         return config
 
 

@@ -3,6 +3,7 @@
 from keras_bat.models.audio_classifier import AudioClassifier
 from keras_bat.models.bat_backbone import BATBackbone
 from keras_bat.models.bat_pretrainer import BATPretrainer
-from keras_bat.models.presets import BACKBONE_PRESETS
+from keras_bat.models.beats_backbone import BEATsBackbone
+from keras_bat.models.presets import BACKBONE_PRESETS, BEATS_PRESETS
 
-__all__ = ["AudioClassifier", "BACKBONE_PRESETS", "BATBackbone", "BATPretrainer"]
+__all__ = ["AudioClassifier", "BACKBONE_PRESETS", "BATBackbone", "BATPretrainer", "BEATS_PRESETS", "BEATsBackbone"]

@@ -3,7 +3,6 @@
 import keras
 from keras import ops
 
-from keras_bat.heads import ASRHead, VQTHead
 from keras_bat.training.losses import AsymmetricLoss, SoftmaxCrossEntropy, add_layer_losses, ctc_loss
 from keras_bat.training.metrics import ClassAccuracy, LogitF1Score, MeanAveragePrecision
 from keras_bat.training.optimizers import paper_adamw
@@ -73,10 +72,11 @@ class AudioClassifier(keras.Model):
         if self.backbone is None:  # precomputed features
             return self.head(inputs, training=training)
         x = self._spectrograms(inputs)
-        if isinstance(self.head, VQTHead):
+        reads_queries = getattr(self.head, "reads_query_tokens", False)
+        if reads_queries:
             x = {"spectrogram": x, "query_tokens": self.head.batch_query_tokens(ops.shape(x)[0])}
         features = self.backbone(x, training=bool(training) and not self.freeze_backbone)
-        if self.freeze_backbone and not isinstance(self.head, VQTHead):
+        if self.freeze_backbone and not reads_queries:
             features = {k: ops.stop_gradient(v) for k, v in features.items()}
         return self.head(features, training=training)
 
@@ -147,7 +147,9 @@ class AudioClassifier(keras.Model):
 
         Args:
             optimizer: `"auto"`: `paper_adamw` (lr 1e-3 probing, 5e-5 with
-                0.75 layer decay finetuning), or any Keras optimizer.
+                0.75 layer decay finetuning), or any Keras optimizer. With a
+                `mixed_float16` backbone it is wrapped in a
+                `keras.optimizers.LossScaleOptimizer` (dynamic loss scaling).
             loss: `"auto"`: by task (softmax cross-entropy with label
                 smoothing, asymmetric loss or BCE, CTC), or any Keras loss.
             metrics: `"auto"`: accuracy; macro mAP and F1; frame-wise micro
@@ -161,6 +163,13 @@ class AudioClassifier(keras.Model):
             else:
                 optimizer = paper_adamw(learning_rate or 5e-5, finetune=True, layer_decay=0.75,
                                         depth=self.backbone.depth)
+        optimizer = keras.optimizers.get(optimizer)
+        float16 = self.backbone is not None and any(
+            layer.dtype_policy.name == "mixed_float16" for layer in self.backbone.layers)
+        if float16 and not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            # float16 gradients underflow without loss scaling (Keras wraps only models whose
+            # own policy is mixed_float16; here the backbone's layers have it).
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         if loss == "auto":
             loss = self.default_loss()
         if metrics == "auto":
@@ -207,13 +216,15 @@ def _check_task(backbone, head, task):
     if task in ("multiclass", "multilabel") and pooling == "frame":
         raise ValueError(f"A head with pooling='frame' predicts per time patch; use task='frame' "
                          f"(received task={task!r}).")
-    if (task == "ctc") != isinstance(head, ASRHead):
-        raise ValueError(f"The ctc task goes with an ASRHead and the ASRHead with the ctc task. "
-                         f"Received: task={task!r}, head {type(head).__name__}.")
-    if isinstance(head, VQTHead) and backbone is None:
-        raise ValueError("A VQT head reads its query tokens inside the backbone; it cannot train on "
-                         "precomputed features.")
-    if isinstance(head, VQTHead):
+    tasks = getattr(head, "tasks", ("multiclass", "multilabel", "frame"))
+    if task not in tasks:
+        raise ValueError(f"A {type(head).__name__} serves the tasks {tasks}, not {task!r} (the ctc task goes "
+                         f"with an ASRHead).")
+    reads_queries = getattr(head, "reads_query_tokens", False)
+    if reads_queries and backbone is None:
+        raise ValueError(f"A {type(head).__name__} reads its query tokens inside the backbone; it cannot train "
+                         "on precomputed features.")
+    if reads_queries:
         expected = (backbone.depth, backbone.num_query_tokens, backbone.dim)
         if expected != (head.depth, head.num_query_tokens, head.dim):
             raise ValueError(

@@ -6,16 +6,19 @@ import os
 import keras
 from keras import ops
 
-from keras_bat.convert.official import WEIGHTS_FILE, load_official_weights, save_official_weights
-from keras_bat.layers.patching import ChunkTokens, MergeChunks, PatchEmbedding, PrependQueries
+from keras_bat.convert.official import (CONFIG_FILE, WEIGHTS_FILE, backbone_parameters, checkpoint_time_patches,
+                                        load_official_weights)
+from keras_bat.layers.frontend import KaldiFbank, LogMelSpectrogram
+from keras_bat.layers.patching import ChunkTokens, MergeChunks, PatchEmbedding
 from keras_bat.layers.transformer import TransformerBlock
+from keras_bat.models.encoder_graph import EncoderModel, encoder_inputs, run_blocks
 from keras_bat.models.presets import BACKBONE_PRESETS
 
-CONFIG_FILE = "config.json"
+FRONTENDS = ("log_mel", "eat", "sslam")
 
 
 @keras.saving.register_keras_serializable(package="keras_bat")
-class BATBackbone(keras.Model):
+class BATBackbone(EncoderModel):
     """The BAT encoder: a ViT over log-mel spectrogram patches.
 
     Spectrogram -> 16 x 16 patches (time-major) -> time chunks of at most
@@ -54,6 +57,10 @@ class BATBackbone(keras.Model):
             excluded from the attention keys. Defaults to `False`.
         use_kernels: `None`, `True` or `False`: the fused attention kernel
             switch, see `keras_bat.ops.gated_attention`. Defaults to `None`.
+        frontend: str, the frontend the encoder was trained with: `"log_mel"`
+            (BAT, `LogMelSpectrogram`), or `"eat"` / `"sslam"` (the legacy
+            `KaldiFbank` of those checkpoints); see `make_frontend`.
+            Defaults to `"log_mel"`.
         dtype: dtype policy of the layers, e.g. `"mixed_bfloat16"`.
 
     Inputs:
@@ -76,9 +83,11 @@ class BATBackbone(keras.Model):
                  num_mels=128, chunk_time_patches=64, use_gate=True, qkv_bias=True,
                  pre_norm=True, norm_first=False, dropout=0.0, drop_path_rate=0.0,
                  layer_norm_epsilon=1e-6, use_padding_mask=False, num_query_tokens=0,
-                 use_kernels=None, dtype=None, **kwargs):
+                 use_kernels=None, frontend="log_mel", dtype=None, **kwargs):
         if depth < 1:
             raise ValueError(f"`depth` must be at least 1. Received: {depth}")
+        if frontend not in FRONTENDS:
+            raise ValueError(f"`frontend` must be one of {FRONTENDS}. Received: {frontend!r}")
         # === Layers ===
         freq_patches = num_mels // patch_size
         patch_embed = PatchEmbedding(dim, patch_size, num_mels, dtype=dtype, name="patch_embed")
@@ -99,35 +108,16 @@ class BATBackbone(keras.Model):
         merge_chunks = MergeChunks(dtype=dtype, name="merge_chunks")
 
         # === Functional model ===
-        spectrogram = keras.Input(shape=(None, num_mels), name="spectrogram")
-        inputs = {"spectrogram": spectrogram}
-        padding_mask = query_tokens = None
-        if use_padding_mask:
-            padding_mask = inputs["padding_mask"] = keras.Input(shape=(None,), name="padding_mask")
-        if num_query_tokens:
-            query_tokens = inputs["query_tokens"] = keras.Input(
-                shape=(depth, num_query_tokens, dim), name="query_tokens")
+        inputs, spectrogram, padding_mask, query_tokens = encoder_inputs(
+            num_mels, depth, dim, use_padding_mask, num_query_tokens)
         patch_grid = patch_embed(spectrogram)
         chunks = chunk_tokens(patch_grid, padding_mask)
         x = chunks["tokens"]
         if norm is not None:
             x = norm(x)
-        block_outputs, query_outputs = [], None
-        if num_query_tokens:
-            prepend_queries = PrependQueries(dtype=dtype, name="prepend_queries")
-            query_outputs = []
-        for i, block in enumerate(blocks):
-            if num_query_tokens:
-                x, key_mask = prepend_queries(x, chunks["key_mask"], query_tokens[:, i], chunks["chunk_weights"])
-                x = block(x, key_mask=key_mask, key_offset=num_query_tokens)
-                query_outputs.append(x[:, :num_query_tokens])
-                x = x[:, num_query_tokens:]
-            else:
-                x = block(x, key_mask=chunks["key_mask"])
-            block_outputs.append(x)
+        block_outputs, query_outputs = run_blocks(blocks, x, chunks["key_mask"], chunks["chunk_weights"],
+                                                  query_tokens, dtype)
         outputs = merge_chunks(block_outputs, patch_grid, chunks["chunk_weights"], query_outputs)
-        if len(inputs) == 1:
-            inputs = spectrogram
         super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)
         self.patch_embed = patch_embed
         self.chunk_tokens = chunk_tokens
@@ -153,6 +143,21 @@ class BATBackbone(keras.Model):
         self.use_padding_mask = use_padding_mask
         self.num_query_tokens = num_query_tokens
         self.use_kernels = use_kernels
+        self.frontend = frontend
+
+    def make_frontend(self, time_frames=None, dataset="audioset"):
+        """The frontend this encoder reads: waveforms -> its spectrogram.
+
+        Args:
+            time_frames: int or `None`, pad or crop to this many frames.
+            dataset: str, whose normalisation statistics a legacy Kaldi-fbank
+                frontend uses (see `KaldiFbank.for_encoder`); BAT's log-mel
+                frontend normalises each clip and ignores it. Defaults to
+                `"audioset"`.
+        """
+        if self.frontend == "log_mel":
+            return LogMelSpectrogram(num_mels=self.num_mels, time_frames=time_frames, use_kernels=self.use_kernels)
+        return KaldiFbank.for_encoder(self.frontend, dataset, time_frames=time_frames, num_mels=self.num_mels)
 
     def get_config(self):
         return {
@@ -165,16 +170,13 @@ class BATBackbone(keras.Model):
             "dropout": self.dropout, "drop_path_rate": self.drop_path_rate,
             "layer_norm_epsilon": self.layer_norm_epsilon,
             "use_padding_mask": self.use_padding_mask, "num_query_tokens": self.num_query_tokens,
-            "use_kernels": self.use_kernels,
+            "use_kernels": self.use_kernels, "frontend": self.frontend,
             "dtype": keras.dtype_policies.serialize(self.dtype_policy),
         }
 
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        if isinstance(config.get("dtype"), dict):
-            config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
-        return cls(**config)
+    def official_parameters(self):
+        """`official name -> _Param` of every variable (see `keras_bat.convert`)."""
+        return backbone_parameters(self)
 
     # --- Presets -------------------------------------------------------------------
 
@@ -221,6 +223,14 @@ class BATBackbone(keras.Model):
         with open(config_path) as f:
             return json.load(f)
 
+    @classmethod
+    def arguments_for_checkpoint(cls, state, config):
+        """Constructor arguments an official checkpoint dictates beyond `config`:
+        the position grid of one pretrained on short clips (`chunk_time_patches`)."""
+        freq_patches = config.get("num_mels", 128) // config.get("patch_size", 16)
+        time_patches = checkpoint_time_patches(state, freq_patches)
+        return {"chunk_time_patches": time_patches} if time_patches else {}
+
     def encode_kept_patches(self, spectrogram, ids_keep, training=None):
         """Runs the encoder on a subset of patches, as the pretraining student does.
 
@@ -248,11 +258,3 @@ class BATBackbone(keras.Model):
         for block in self.blocks:
             x = block(x, training=training)
         return x[:, 0], x[:, 1:]
-
-    def save_to_preset(self, directory):
-        """Writes `config.json` and `model.safetensors` (official names) to `directory`."""
-        os.makedirs(directory, exist_ok=True)
-        config = {k: v for k, v in self.get_config().items() if k not in ("name", "trainable", "dtype")}
-        with open(os.path.join(directory, CONFIG_FILE), "w") as f:
-            json.dump(config, f, indent=2)
-        save_official_weights(self, os.path.join(directory, WEIGHTS_FILE))

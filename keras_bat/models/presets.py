@@ -14,8 +14,27 @@ BACKBONE_PRESETS = {
                        "parameters with the gates); the paper's released model.",
         "config": {"dim": 768, "depth": 12, "num_heads": 12},
     },
+    "eat_base": {
+        "description": "EAT ViT-B/16 (no attention gate), Kaldi-fbank frontend with EAT's statistics; load "
+                       "an EAT checkpoint with keras_bat.convert.load_eat_weights.",
+        "config": {"dim": 768, "depth": 12, "num_heads": 12, "use_gate": False, "frontend": "eat"},
+    },
+    "sslam_base": {
+        "description": "SSLAM ViT-B/16 (EAT's architecture and frontend); load an SSLAM checkpoint with "
+                       "keras_bat.convert.load_eat_weights.",
+        "config": {"dim": 768, "depth": 12, "num_heads": 12, "use_gate": False, "frontend": "sslam"},
+    },
     "bat_large": {
         "description": "BAT ViT-L/16: 1024 wide, 24 blocks, 16 heads (327.8M trainable parameters with the gates).",
         "config": {"dim": 1024, "depth": 24, "num_heads": 16},
+    },
+}
+
+BEATS_PRESETS = {
+    "beats_iter3": {
+        "description": "BEATs iter3 (AS2M): 768 wide, 12 deep-norm blocks, 12 heads, relative positions, "
+                       "Kaldi-fbank frontend with BEATs' statistics; load the official checkpoint with "
+                       "keras_bat.convert.load_beats_weights.",
+        "config": {"dim": 768, "depth": 12, "num_heads": 12, "ffn_dim": 3072, "embed_dim": 512},
     },
 }

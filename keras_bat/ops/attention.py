@@ -1,11 +1,12 @@
 """Gated multi-head attention: the one place that picks its implementation."""
 
 from keras import ops
+from keras.backend import standardize_dtype
 
 from keras_bat.ops.dispatch import use_kernel
 
 
-def gated_attention(query, key, value, gate=None, key_mask=None, key_offset=0, use_kernels=None):
+def gated_attention(query, key, value, gate=None, key_mask=None, key_offset=0, bias=None, use_kernels=None):
     """Scaled dot-product attention with an optional sigmoid output gate.
 
     Computes `softmax(q k^T / sqrt(head_dim) + mask) v * sigmoid(gate)` per
@@ -26,13 +27,20 @@ def gated_attention(query, key, value, gate=None, key_mask=None, key_offset=0, u
             masks (the valid keys first); other masks use the keras.ops path.
         key_offset: int, the first `key_offset` tokens of `key` and `value`
             are not keys (queries only, like VQT's query tokens).
+        bias: optional tensor `(batch or 1, num_heads, query_length, keys)`
+            added to the attention logits (over the keys after `key_offset`),
+            e.g. BEATs' relative position bias. The fused kernel takes no
+            bias: with one, attention runs on the keras.ops path.
         use_kernels: `None` (auto), `True` (require the fused kernel) or
             `False` (always the keras.ops path).
 
     Returns:
         Tensor `(batch, query_length, num_heads, head_dim)`.
     """
-    if use_kernel(query, use_kernels, "attention") and _kernel_supports(query, use_kernels is True):
+    if bias is not None and use_kernels is True:
+        raise ValueError("The fused attention kernel takes no additive bias (BEATs' relative positions); "
+                         "use use_kernels=None or False.")
+    if bias is None and use_kernel(query, use_kernels, "attention") and _kernel_supports(query, use_kernels is True):
         lengths = _padding_lengths(key_mask, key_offset, required=use_kernels is True)
         if key_mask is None or lengths is not None:
             from keras_bat_kernels.gated_attention import gated_attention as fused
@@ -45,7 +53,10 @@ def gated_attention(query, key, value, gate=None, key_mask=None, key_offset=0, u
     mask = None
     if key_mask is not None:
         mask = ops.cast(key_mask, "bool")[:, None, None, :]  # B, 1, 1, S
-    out = ops.dot_product_attention(query, key, value, mask=mask)
+    if bias is not None and mask is not None:  # keras.ops takes one of them: fold the mask into the bias
+        bias = ops.where(mask, bias, -6e4 if standardize_dtype(bias.dtype) == "float16" else -1e9)
+        mask = None
+    out = ops.dot_product_attention(query, key, value, bias=bias, mask=mask)
     if gate is not None:
         out = out * ops.sigmoid(gate)
     return out

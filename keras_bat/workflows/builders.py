@@ -8,9 +8,9 @@ from keras_bat.data.audio import SAMPLE_RATE
 from keras_bat.data.feature_cache import feature_shapes
 from keras_bat.data import datasets as readers
 from keras_bat.data.synthetic import SOUND_CLASSES, write_synthetic_dataset
-from keras_bat.heads import ASRHead, CGP, Head2Toe, LayerMixedLinear, LinearHead, ProtoBin, VQTHead
+from keras_bat.heads import HEADS, get_head
 
-HEAD_TYPES = ("cgp", "linear", "lcgp", "h2t", "pb", "vqt", "asr")
+HEAD_TYPES = tuple(HEADS)
 
 
 def build_splits(data, output_dir, fold=None):
@@ -59,65 +59,57 @@ def split(splits, name, what):
 
 
 def build_backbone(model, num_query_tokens=0, dropout_free=True):
-    """A `BATBackbone` from the `model` section (preset, directory or dict),
-    with official weights loaded when `model.weights` is set."""
-    from keras_bat.convert import checkpoint_time_patches, load_official_weights, read_state_dict
-    from keras_bat.models import BATBackbone
+    """The backbone of the `model` section: the encoder `model.encoder` (bat,
+    eat, sslam, beats) from a preset name, preset directory or dict of
+    constructor arguments, with the checkpoint `model.weights` loaded by that
+    encoder's loader."""
+    from keras_bat.convert import read_state_dict
+    from keras_bat.models.encoders import get_encoder
 
-    overrides = {"drop_path_rate": model["drop_path"], "num_query_tokens": num_query_tokens}
+    encoder = get_encoder(model.get("encoder", "bat"))
+    overrides = {**encoder.fixed_arguments, "num_query_tokens": num_query_tokens}
+    if model["drop_path"]:
+        overrides["drop_path_rate"] = model["drop_path"]
     if model["dtype"]:
         overrides["dtype"] = model["dtype"]
     spec = model["backbone"]
-    config = dict(spec) if isinstance(spec, dict) else BATBackbone.preset_config(spec)
     weights, checkpoint_key = model["weights"], model["checkpoint_key"]
     if weights and not Path(weights).is_dir():
         weights, checkpoint_key = read_state_dict(weights, checkpoint_key), None
-        # A checkpoint pretrained on short clips carries the position table of
-        # its own patch grid: the backbone is built for that grid.
-        time_patches = checkpoint_time_patches(weights, config.get("num_mels", 128) // config.get("patch_size", 16))
-        if time_patches:
-            overrides["chunk_time_patches"] = time_patches
-    backbone = (BATBackbone(**{**config, **overrides}) if isinstance(spec, dict)
-                else BATBackbone.from_preset(spec, **overrides))
+        # E.g. a BAT checkpoint pretrained on short clips carries the position table
+        # of its own patch grid: the backbone is built for that grid.
+        config = dict(spec) if isinstance(spec, dict) else encoder.backbone_class.preset_config(spec)
+        overrides.update(encoder.backbone_class.arguments_for_checkpoint(weights, config))
+    try:
+        backbone = (encoder.backbone_class(**{**spec, **overrides}) if isinstance(spec, dict)
+                    else encoder.backbone_class.from_preset(spec, **overrides))
+    except TypeError as error:
+        raise ValueError(f"model.backbone / model settings do not fit a {encoder.backbone_class.__name__}: "
+                         f"{error}") from error
     if weights:
-        load_official_weights(backbone, weights, checkpoint_key=checkpoint_key)
+        if checkpoint_key is not None:  # a preset directory with a nested checkpoint entry
+            weights = read_state_dict(weights, checkpoint_key)
+        encoder.load_weights(backbone, weights)
     return backbone
 
 
 def build_run_backbone(config):
     """The backbone of a probing or finetuning run (with query tokens for VQT heads)."""
     head = config["head"]
-    return build_backbone(config["model"], head["num_query_tokens"] if head["type"] == "vqt" else 0)
+    return build_backbone(config["model"], head["num_query_tokens"] if get_head(head["type"]).reads_query_tokens else 0)
 
 
 def build_head(head, num_classes, task, backbone):
-    kind = head["type"]
-    pooling = "frame" if task == "frame" else head["pooling"]
-    if kind == "cgp":
-        return CGP(num_classes, head["num_prototypes"], pooling=pooling, dropout=head["dropout"])
-    if kind == "linear":
-        return LinearHead(num_classes, pooling=pooling, use_norm=head["use_norm"], dropout=head["dropout"])
-    if kind == "lcgp":
-        return LayerMixedLinear(num_classes, pooling=pooling, use_norm=head["use_norm"], dropout=head["dropout"])
-    if kind == "h2t":
-        return Head2Toe(num_classes, pooling=pooling, use_norm=head["use_norm"], dropout=head["dropout"],
-                        lasso_weight=head["lasso_weight"])
-    if kind == "pb":
-        return ProtoBin(num_classes, head["num_prototypes"], pooling="frame" if task == "frame" else "max",
-                        dropout=head["dropout"])
-    if kind == "vqt":
-        return VQTHead(num_classes, backbone.depth, backbone.dim, head["num_query_tokens"],
-                       use_norm=head["use_norm"], dropout=head["dropout"])
-    if kind == "asr":
-        return ASRHead(num_classes, use_norm=head["use_norm"], dropout=head["dropout"])
-    raise ValueError(f"Unknown head type {kind!r}; expected one of {HEAD_TYPES}.")
+    """The head of the `head` section, built by its class from the settings it takes."""
+    settings = {key: head[key] for key in ("pooling", "num_prototypes", "use_norm", "dropout", "lasso_weight",
+                                           "num_query_tokens")}
+    return get_head(head["type"]).from_settings(num_classes, task, backbone, **settings)
 
 
 def build_classifier(config, dataset, backbone=None, cached=False):
     """Backbone + head + frontend + augmentation, compiled as the config says;
     with `cached=True`, the head alone, trained on precomputed features."""
     from keras_bat.data.augment import AudioAugmentation
-    from keras_bat.layers import LogMelSpectrogram
     from keras_bat.models import AudioClassifier
     from keras_bat.training import WarmupCosineDecay, paper_adamw
 
@@ -126,7 +118,7 @@ def build_classifier(config, dataset, backbone=None, cached=False):
     head = build_head(head_config, dataset.num_classes, dataset.task, backbone)
     augment = config["augment"]
     model = AudioClassifier(None if cached else backbone, head,
-                            frontend=None if cached else LogMelSpectrogram(time_frames=config["model"]["time_frames"]),
+                            frontend=None if cached else run_frontend(config, backbone),
                             task=dataset.task, freeze_backbone=not train["finetune"],
                             label_smoothing=train["label_smoothing"], asymmetric_loss=train["asymmetric_loss"],
                             augmentation=AudioAugmentation(**augment, seed=config["seed"])
@@ -145,14 +137,19 @@ def build_classifier(config, dataset, backbone=None, cached=False):
     return model
 
 
+def run_frontend(config, backbone):
+    """The frontend the backbone reads, at the run's `model.time_frames` (legacy
+    Kaldi-fbank frontends normalised with `model.fbank_statistics`)."""
+    model = config["model"]
+    return backbone.make_frontend(model["time_frames"], dataset=model["fbank_statistics"])
+
+
 def augmentation_active(augment):
     return any(augment[k] for k in ("gain", "color_noise_chance", "time_roll", "mixup_chance",
                                     "freq_mask_param", "time_mask_param"))
 
 
 def cache_tokens(head_config, task):
-    """What a feature cache must hold for this head: class tokens only for
-    linear, layer-mixed and Head2Toe probes on the class token."""
-    if head_config["type"] in ("linear", "lcgp", "h2t") and head_config["pooling"] == "cls" and task != "frame":
-        return "cls"
-    return "all"
+    """What a feature cache must hold for this head (its class declares it):
+    `"cls"`, `"all"`, or `None` when no cache can serve it."""
+    return get_head(head_config["type"]).cache_tokens(head_config["pooling"], task)

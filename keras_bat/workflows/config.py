@@ -34,7 +34,9 @@ DEFAULTS = {
         "max_label_length": 400,
     },
     "model": {
-        "backbone": "bat_base",   # preset name, preset directory, or dict of BATBackbone arguments
+        "encoder": "bat",         # bat | eat | sslam | beats (keras_bat.models.encoders)
+        "backbone": "bat_base",   # preset name, preset directory, or dict of the encoder's backbone arguments
+        "fbank_statistics": "audioset",  # eat / sslam / beats: whose Kaldi-fbank statistics normalise inputs
         "weights": None,          # official checkpoint (.pt / .safetensors / folder)
         "checkpoint_key": None,   # e.g. ema_encoder
         "time_frames": 1024,

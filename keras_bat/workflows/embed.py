@@ -12,7 +12,7 @@ from keras_bat.workflows.builders import build_backbone
 
 
 def run_embed(folder, output, backbone="bat_base", weights=None, checkpoint_key=None, clip_seconds=10.24,
-              batch_size=8, frames=False, num_workers=4):
+              batch_size=8, frames=False, num_workers=4, encoder="bat"):
     """Writes `output` (.npz) with `paths`, `clip_embeddings` `(clips, blocks,
     dim)` and, with `frames=True`, `frame_embeddings` `(clips, blocks,
     time_patches, dim)`; files that cannot be decoded are listed in `skipped`.
@@ -22,14 +22,13 @@ def run_embed(folder, output, backbone="bat_base", weights=None, checkpoint_key=
     """
     import keras
 
-    from keras_bat.layers import LogMelSpectrogram
     from keras_bat.workflows.probe import predict
 
     dataset = audio_files(folder)
-    encoder = build_backbone({"backbone": backbone, "weights": weights, "checkpoint_key": checkpoint_key,
-                              "drop_path": 0.0, "dtype": None})
+    encoder = build_backbone({"encoder": encoder, "backbone": backbone, "weights": weights,
+                              "checkpoint_key": checkpoint_key, "drop_path": 0.0, "dtype": None})
     frames_per_clip = int(round(clip_seconds * 100))
-    frontend = LogMelSpectrogram(time_frames=frames_per_clip - frames_per_clip % encoder.patch_size)
+    frontend = encoder.make_frontend(frames_per_clip - frames_per_clip % encoder.patch_size)
 
     class Embedder(keras.Model):
         def call(self, waveforms):

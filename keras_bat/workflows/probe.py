@@ -28,7 +28,7 @@ from keras_bat.training.metrics import (cross_validation_summary, error_rates, e
 from keras_bat.training.distribution import setup_distribution
 from keras_bat.training.resume import fit_resumable
 from keras_bat.workflows.builders import (augmentation_active, build_classifier, build_run_backbone, build_splits,
-                                          cache_tokens, split)
+                                          cache_tokens, run_frontend, split)
 from keras_bat.workflows.config import DEFAULTS
 
 
@@ -132,8 +132,6 @@ def feature_caches(config, run_dir, train_set, eval_set, skipped, backbone):
     sampling), the head is not VQT and the task not CTC; `auto` also needs the
     estimated size within `train.cache_budget_gb`.
     """
-    from keras_bat.layers import LogMelSpectrogram
-
     train, data, head = config["train"], config["data"], config["head"]
     mode = {True: "on", False: "off"}.get(train["feature_cache"], train["feature_cache"])  # YAML reads on/off as bools
     if mode not in ("auto", "on", "off"):
@@ -145,7 +143,7 @@ def feature_caches(config, run_dir, train_set, eval_set, skipped, backbone):
         ("augmentations run before the encoder", augmentation_active(config["augment"])),
         ("training noise is added to the waveforms", data["noise_std"] > 0),
         ("class-balanced sampling", bool(data["balanced_sampling"])),
-        ("VQT heads run inside the encoder", head["type"] == "vqt"),
+        (f"{head['type']} heads run inside the encoder", cache_tokens(head, train_set.task) is None),
         ("CTC targets", train_set.task == "ctc")) if present]
     if obstacles:
         if mode == "on":
@@ -162,7 +160,7 @@ def feature_caches(config, run_dir, train_set, eval_set, skipped, backbone):
         print(message + ": probing through the encoder instead.")
         return None
     folder = Path(train["cache_dir"] or run_dir / "feature_cache")
-    frontend = LogMelSpectrogram(time_frames=time_frames)
+    frontend = run_frontend(config, backbone)
     print(f"feature cache: {size / 1e9:.2f} GB of {tokens} tokens in {folder} "
           f"(one fixed crop per clip: the evaluation clip handling)")
     options = dict(budget_gb=train["cache_budget_gb"], batch_size=train["eval_batch_size"] or train["batch_size"],

@@ -1,0 +1,73 @@
+"""Official BEATs checkpoints (`{"model": state_dict, "cfg": {...}}`) -> BEATsBackbone."""
+
+import numpy as np
+
+from keras_bat.convert.official import (
+    _choose_prefix,
+    _layer_norm,
+    _linear,
+    _Param,
+    assign_parameters,
+    read_state_dict,
+)
+
+# BEATs keeps one relative-bias table, layer 0's; the state dict repeats it under every layer.
+_BIAS_TABLE = "encoder.layers.{}.self_attn.relative_attention_bias.weight"
+
+
+def beats_parameters(backbone):
+    """Maps every official BEATs parameter name to its `BEATsBackbone` variable."""
+    e, p = backbone.embed_dim, backbone.patch_size
+    params = {
+        "patch_embedding.weight": _Param(
+            backbone.patch_embed.proj.kernel,
+            to_keras=lambda w: np.reshape(w, (e, p * p)).T,
+            to_official=lambda k: np.reshape(k.T, (e, 1, p, p))),
+        **_layer_norm("layer_norm", backbone.extract_norm),
+        **_linear("post_extract_proj", backbone.post_extract_proj),
+        "encoder.pos_conv.0.weight_g": _Param(backbone.pos_conv.weight_g),
+        "encoder.pos_conv.0.weight_v": _Param(backbone.pos_conv.weight_v),
+        "encoder.pos_conv.0.bias": _Param(backbone.pos_conv.bias),
+        **_layer_norm("encoder.layer_norm", backbone.encoder_norm),
+        _BIAS_TABLE.format(0): _Param(backbone.relative_bias.table),
+    }
+    for i, block in enumerate(backbone.blocks):
+        name, attn = f"encoder.layers.{i}", block.self_attn
+        for projection in ("q_proj", "k_proj", "v_proj", "out_proj", "grep_linear"):
+            params.update(_linear(f"{name}.self_attn.{projection}", getattr(attn, projection)))
+        params[f"{name}.self_attn.grep_a"] = _Param(attn.grep_a)
+        params.update(_layer_norm(f"{name}.self_attn_layer_norm", block.self_attn_layer_norm))
+        params.update(_linear(f"{name}.fc1", block.fc1))
+        params.update(_linear(f"{name}.fc2", block.fc2))
+        params.update(_layer_norm(f"{name}.final_layer_norm", block.final_layer_norm))
+    return params
+
+
+def load_beats_weights(backbone, source, prefix=None):
+    """Loads an official BEATs checkpoint into a `BEATsBackbone`.
+
+    The relative-bias table is layer 0's; the copies the state dict holds
+    under the other layers' names must equal it. Keys the encoder does not
+    use (the tokenizer's `predictor.*`, ...) are ignored; missing or
+    mis-shaped ones are listed in one error and nothing is assigned.
+
+    Args:
+        backbone: a `keras_bat.models.BEATsBackbone`.
+        source: the official checkpoint (`.pt` holding `{"model": ..., "cfg":
+            ...}`), a `.safetensors` file, a folder with `model.safetensors`,
+            or a dict.
+        prefix: str or `None`, the prefix of the encoder's keys; `None` tries
+            the usual ones.
+
+    Returns:
+        The backbone, for chaining.
+    """
+    state = read_state_dict(source)
+    expected = beats_parameters(backbone)
+    if prefix is None:
+        prefix = _choose_prefix(state, expected)
+    table = state.get(prefix + _BIAS_TABLE.format(0))
+    copies = {_BIAS_TABLE.format(i): table for i in range(1, backbone.depth)
+              if table is not None and prefix + _BIAS_TABLE.format(i) in state}
+    assign_parameters(expected, state, prefix, True, "BEATsBackbone", constants=copies)
+    return backbone
