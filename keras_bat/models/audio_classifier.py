@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_bat.heads.base import CLASSIFICATION_TASKS
 from keras_bat.training.losses import AsymmetricLoss, SoftmaxCrossEntropy, add_layer_losses, ctc_loss
 from keras_bat.training.metrics import ClassAccuracy, LogitF1Score, MeanAveragePrecision
 from keras_bat.training.optimizers import paper_adamw
@@ -216,7 +217,7 @@ def _check_task(backbone, head, task):
     if task in ("multiclass", "multilabel") and pooling == "frame":
         raise ValueError(f"A head with pooling='frame' predicts per time patch; use task='frame' "
                          f"(received task={task!r}).")
-    tasks = getattr(head, "tasks", ("multiclass", "multilabel", "frame"))
+    tasks = getattr(head, "tasks", CLASSIFICATION_TASKS)
     if task not in tasks:
         raise ValueError(f"A {type(head).__name__} serves the tasks {tasks}, not {task!r} (the ctc task goes "
                          f"with an ASRHead).")

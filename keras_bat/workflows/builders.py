@@ -74,8 +74,10 @@ def build_backbone(model, num_query_tokens=0, dropout_free=True):
         overrides["dtype"] = model["dtype"]
     spec = model["backbone"]
     weights, checkpoint_key = model["weights"], model["checkpoint_key"]
-    if weights and not Path(weights).is_dir():
-        weights, checkpoint_key = read_state_dict(weights, checkpoint_key), None
+    # A preset directory without a nested entry goes to the loader as it is (it checks the
+    # directory's config.json); anything else is read once, here.
+    if weights and (checkpoint_key or not Path(weights).is_dir()):
+        weights = read_state_dict(weights, checkpoint_key)
         # E.g. a BAT checkpoint pretrained on short clips carries the position table
         # of its own patch grid: the backbone is built for that grid.
         config = dict(spec) if isinstance(spec, dict) else encoder.backbone_class.preset_config(spec)
@@ -87,8 +89,6 @@ def build_backbone(model, num_query_tokens=0, dropout_free=True):
         raise ValueError(f"model.backbone / model settings do not fit a {encoder.backbone_class.__name__}: "
                          f"{error}") from error
     if weights:
-        if checkpoint_key is not None:  # a preset directory with a nested checkpoint entry
-            weights = read_state_dict(weights, checkpoint_key)
         encoder.load_weights(backbone, weights)
     return backbone
 
