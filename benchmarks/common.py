@@ -20,18 +20,23 @@ def time_steps(step, warmup, steps):
     return {"median_s": statistics.median(times), "min_s": min(times), "steps": steps}
 
 
+BASELINE = "plain_torch"  # the baseline's row: benchmarks/plain_torch.py, the same work in plain PyTorch
+
+
 def run_per_backend(script, backends, options, jit_modes=("auto",), timeout=None):
-    """Runs `script --child` once per backend and jit mode; returns the parsed JSON lines.
+    """Runs `script --child` once per backend and jit mode (the baseline once);
+    returns the parsed JSON lines.
 
     A run past `timeout` seconds is reported as timed out and skipped.
     """
     results = []
     for backend in backends:
-        for jit in jit_modes:
+        for jit in (jit_modes if backend != BASELINE else ("n/a",)):
             command = [sys.executable, script, "--child", "--jit", str(jit)]
             for key, value in options.items():
                 command += [f"--{key.replace('_', '-')}", str(value)]
-            env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
+            env = dict(os.environ, KERAS_BACKEND="torch" if backend == BASELINE else backend,
+                       KERAS_BAT_BENCHMARK_BASELINE=str(int(backend == BASELINE)), TF_CPP_MIN_LOG_LEVEL="2")
             try:
                 done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -46,16 +51,24 @@ def run_per_backend(script, backends, options, jit_modes=("auto",), timeout=None
 
 
 def report(title, results, output, config, gflop=None):
-    """Prints the table (with achieved GFLOP/s against the CPU's nominal peak
-    when the work per step is given) and writes JSON."""
+    """Prints the table (each row's time over the plain-PyTorch baseline's of
+    the same run, and achieved GFLOP/s against the CPU's nominal peak when the
+    work per step is given) and writes JSON."""
     peak = cpu_peak_gflops()
     print(title)
     if gflop:
         print(f"{gflop:.1f} GFLOP per step; nominal float32 peak of this CPU {peak['gflops']:.0f} GFLOP/s "
               f"({peak['basis']})")
-    print(f"{'backend':12s} {'jit':>6s} {'median s':>9s} {'min s':>7s}" + (f" {'GFLOP/s':>8s} {'% peak':>7s}" if gflop else ""))
+    baseline = next((r for r in results if r["backend"] == BASELINE), None)
+    if baseline and baseline.get("implementation"):
+        print(f"baseline: {baseline['implementation']}")
+    print(f"{'backend':12s} {'jit':>6s} {'median s':>9s} {'min s':>7s} {'ratio':>6s}"
+          + (f" {'GFLOP/s':>8s} {'% peak':>7s}" if gflop else ""))
     for r in results:
-        line = f"{r['backend']:12s} {str(r['jit']):>6s} {r['median_s']:9.3f} {r['min_s']:7.3f}"
+        if baseline:
+            r["ratio_to_baseline"] = r["median_s"] / baseline["median_s"]
+        ratio = f"{r['ratio_to_baseline']:6.2f}" if baseline else f"{'n/a':>6s}"
+        line = f"{r['backend']:12s} {str(r['jit']):>6s} {r['median_s']:9.3f} {r['min_s']:7.3f} {ratio}"
         if gflop:
             r["gflops"] = gflop / r["median_s"]
             line += f" {r['gflops']:8.1f} {100 * r['gflops'] / peak['gflops']:6.1f}%"
@@ -94,21 +107,43 @@ def parse_jit(value):
 def benchmark_parser(description, name, jit_default):
     """An argument parser with the options every benchmark shares."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--backends", nargs="+", default=["tensorflow", "jax", "torch"])
+    parser.add_argument("--backends", nargs="+", default=["tensorflow", "jax", "torch", BASELINE],
+                        help=f"Keras backends, and {BASELINE} for the plain-PyTorch baseline")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--jit", nargs="+", default=jit_default, help="jit_compile values: auto true false")
     parser.add_argument("--output", default=f"benchmarks/results/{name}.json")
     parser.add_argument("--timeout", type=float, default=None, help="seconds allowed per backend and jit mode")
+    parser.add_argument("--dtype-policy", default="float32",
+                        help="Keras dtype policy, e.g. mixed_bfloat16 (the baseline then runs under "
+                             "torch.autocast in bfloat16)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
-def run(script, args, option_names, run_child, title, gflop=None):
-    """Runs the child measurement, or every backend and jit mode and the report."""
+def run(script, args, option_names, run_child, title, gflop=None, run_baseline=None):
+    """Runs the child measurement (keras-bat, or the baseline's step), or every
+    backend and jit mode and the report."""
     if args.child:
         args.jit = args.jit[0]
+        if os.environ.get("KERAS_BAT_BENCHMARK_BASELINE") == "1":
+            import torch
+
+            step, implementation = run_baseline(args)
+            if args.dtype_policy == "mixed_bfloat16":
+                plain_step = step
+
+                def step():
+                    with torch.autocast("cpu", dtype=torch.bfloat16):
+                        return plain_step()
+
+            print(json.dumps({"backend": BASELINE, "jit": "n/a", "implementation": implementation,
+                              **time_steps(step, args.warmup, args.steps)}))
+            return None
+        import keras
+
+        keras.config.set_dtype_policy(args.dtype_policy)
         return run_child(args)
-    options = {name: getattr(args, name) for name in option_names}
+    options = {name: getattr(args, name) for name in (*option_names, "dtype_policy")}
     results = run_per_backend(script, args.backends, options, args.jit, args.timeout)
-    report(title, results, args.output, options, gflop)
+    report(f"{title} ({args.dtype_policy})", results, args.output, options, gflop)

@@ -22,6 +22,14 @@ def run_child(args):
     print(json.dumps({"backend": keras.backend.backend(), "jit": parse_jit(args.jit), **timing}))
 
 
+def run_baseline(args):
+    from plain_torch import features_step
+
+    if args.preset != "bat_base":
+        raise SystemExit("the plain-PyTorch baseline is ViT-B (bat_base)")
+    return features_step(args.batch, args.frames), "plain PyTorch ViT-B (benchmarks/plain_torch.py)"
+
+
 def main():
     parser = benchmark_parser(__doc__.split("\n\n")[0], "feature_extraction", ["auto"])
     parser.add_argument("--preset", default="bat_base")
@@ -31,7 +39,8 @@ def main():
     dim, depth = {"bat_small": (384, 12), "bat_base": (768, 12), "bat_large": (1024, 24)}[args.preset]
     gflop = encoder_gflop(args.batch, args.frames // 16 * 8 + 1, dim, depth)
     run(__file__, args, ("preset", "batch", "frames", "warmup", "steps"), run_child,
-        f"Feature extraction: {args.preset}, all blocks, batch {args.batch} x {args.frames} frames", gflop)
+        f"Feature extraction: {args.preset}, all blocks, batch {args.batch} x {args.frames} frames", gflop,
+        run_baseline)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,12 @@ def run_child(args):
     print(json.dumps({"backend": keras.backend.backend(), "jit": parse_jit(args.jit), **timing}))
 
 
+def run_baseline(args):
+    from plain_torch import log_mel_step
+
+    return log_mel_step(args.clips, args.seconds)
+
+
 def main():
     parser = benchmark_parser(__doc__.split("\n\n")[0], "frontend", ["auto"])
     parser.add_argument("--clips", type=int, default=32)
@@ -32,7 +38,7 @@ def main():
     # Real FFT of 1024 points (about 2.5 N log2 N) and the 513 x 128 mel projection per frame.
     gflop = frames * (2.5 * 1024 * math.log2(1024) + 2 * 513 * 128) / 1e9
     run(__file__, args, ("clips", "seconds", "warmup", "steps"), run_child,
-        f"Frontend: {args.clips} clips x {args.seconds} s", gflop)
+        f"Frontend: {args.clips} clips x {args.seconds} s", gflop, run_baseline)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
 """Triton kernels vs PyTorch on a CUDA GPU: fused gated attention against
 scaled_dot_product_attention + a separate gate and against keras_bat's keras.ops
-path, at BAT's shapes (bfloat16); fused log-mel against torch.stft + matmul and
-the keras.ops frontend. Prints a table (ms, TFLOP/s, speed-up) and writes JSON.
+path, at BAT's shapes (bfloat16; "padded": half the sequences cut to about half
+their length); fused log-mel against torch.stft + matmul and the keras.ops
+frontend. Prints a table (ms, TFLOP/s, peak memory, error against a float32
+reference, speed-up) and the limit checks (64-bit offsets, more than 65535
+sequences x heads, a log-mel batch past 2**31 values), and writes JSON.
 
     python benchmarks/kernels.py                 # on a CUDA GPU
     python benchmarks/kernels.py --smoke         # tiny shapes in Triton's CPU interpreter (checks the script)
@@ -22,14 +25,28 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-# name: batch, tokens (queries = keys), heads, head_dim, masked (random padding lengths)
+# name: batch, tokens (queries = keys), heads, head_dim, padded (every second sequence about half as long)
 ATTENTION_SHAPES = {
     "vit_b_10s_513": (64, 513, 12, 64, False),
     "pretrain_kept_103": (384, 103, 12, 64, False),
-    "vit_b_20s_1025_masked": (32, 1025, 12, 64, True),
-    "vit_b_10s_513_masked": (64, 513, 12, 64, True),
+    "vit_b_10s_513_padded": (64, 513, 12, 64, True),
+    "vit_b_20s_1025_padded": (32, 1025, 12, 64, True),
 }
 SMOKE_SHAPES = {"smoke": (2, 40, 2, 32, True)}
+
+
+def padded_lengths(batch, tokens, device):
+    """Every second sequence keeps the class token and half of its patches."""
+    import torch
+
+    lengths = torch.full((batch,), tokens, device=device)
+    lengths[1::2] = 1 + (tokens - 1) // 2
+    return lengths
+
+
+def relative_error(actual, expected):
+    actual, expected = actual.detach().float(), expected.detach().float()
+    return float((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-12))
 
 
 def time_ms(function, warmup, repeats, device):
@@ -75,8 +92,7 @@ def attention_rows(shapes, dtype, device, warmup, repeats):
                                generator=generator).requires_grad_()
 
         q, k, v, gate = tensor(), tensor(), tensor(), tensor()
-        lengths = (torch.randint(tokens // 2, tokens + 1, (batch,), device=device, generator=generator)
-                   if masked else None)
+        lengths = padded_lengths(batch, tokens, device) if masked else None
         key_mask = (torch.arange(tokens, device=device)[None, :] < lengths[:, None]) if masked else None
         upstream = torch.randn_like(q)
 
@@ -92,22 +108,114 @@ def attention_rows(shapes, dtype, device, warmup, repeats):
             "keras_ops_path": lambda: keras_path(q, k, v, gate, key_mask, use_kernels=False),
         }
         flops = 4.0 * batch * heads * tokens * tokens * head_dim  # two matmuls, forward
+        expected = reference_with_grads(q, k, v, gate, lengths, upstream)
         results = {}
         for label, forward in implementations.items():
             def forward_backward():
-                torch.autograd.grad(forward(), (q, k, v, gate), upstream)
+                return torch.autograd.grad(forward(), (q, k, v, gate), upstream)
 
             with torch.no_grad():
                 forward_ms = time_ms(forward, warmup, repeats, device)
             both_ms = time_ms(forward_backward, warmup, repeats, device)
+            memory = peak_memory_mib(forward_backward, device)
+            actual = (forward().detach(), *forward_backward())
             results[label] = {"forward_ms": forward_ms, "forward_backward_ms": both_ms,
                               "forward_tflops": flops / forward_ms / 1e9,
-                              "forward_backward_tflops": 3.5 * flops / both_ms / 1e9}
+                              "forward_backward_tflops": 3.5 * flops / both_ms / 1e9,
+                              "peak_mib": memory,
+                              "max_relative_error": max(relative_error(a, e) for a, e in zip(actual, expected))}
         rows.append({"shape": name, "batch": batch, "tokens": tokens, "heads": heads, "head_dim": head_dim,
                      "masked": masked, "results": results,
                      "speedup_vs_sdpa_forward_backward": results["sdpa_then_gate"]["forward_backward_ms"]
                      / results["fused_triton"]["forward_backward_ms"]})
     return rows
+
+
+def reference_with_grads(q, k, v, gate, lengths, upstream):
+    """Float32 output and gradients of the plain-PyTorch reference (the
+    error column's ground truth)."""
+    import torch
+
+    from keras_bat_kernels.gated_attention import gated_attention_reference
+
+    inputs = [t.detach().float().requires_grad_() for t in (q, k, v, gate)]
+    out = gated_attention_reference(*inputs, lengths)
+    return (out.detach(), *torch.autograd.grad(out, inputs, upstream.float()))
+
+
+def peak_memory_mib(function, device):
+    """Peak memory above what was allocated before `function()` (CUDA only)."""
+    import torch
+
+    if device != "cuda":
+        return None
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    function()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - before) / 2**20
+
+
+def limit_rows(device, smoke):
+    """The sizes that 32-bit offsets or a 65535-program grid axis would break:
+    the fused kernels run there and the last sequences or clips are compared
+    with the reference computed on them alone."""
+    import torch
+
+    from keras_bat.layers.frontend import htk_mel_filter_bank
+    from keras_bat_kernels.gated_attention import gated_attention as fused
+    from keras_bat_kernels.log_mel import log_mel_reference, log_mel_spectrogram
+
+    dtype = torch.float32 if smoke else torch.bfloat16
+    rows = []
+    # A fused (B, N, 3, H, D) projection: sequence 1820 of 513 tokens starts past 2**31 elements.
+    batch, tokens, heads, head_dim = (2, 40, 2, 32) if smoke else (1900, 513, 12, 64)
+    generator = torch.Generator(device=device).manual_seed(0)
+    qkv = torch.randn(batch, tokens, 3, heads, head_dim, device=device, dtype=dtype, generator=generator)
+    gate = torch.randn(batch, tokens, heads, head_dim, device=device, dtype=dtype, generator=generator)
+    qkv.requires_grad_()
+    lengths = padded_lengths(batch, tokens, device)
+    out = fused(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], gate, lengths)
+    (grad,) = torch.autograd.grad(out.float().sum(), qkv)
+    tail = slice(batch - 2, batch)
+    part = qkv[tail].detach().float().requires_grad_()
+    expected = fused_reference(part, gate[tail], lengths[tail])
+    (expected_grad,) = torch.autograd.grad(expected.sum(), part)
+    rows.append({"check": f"attention fwd+bwd, fused qkv {batch} x {tokens} tokens x {heads} heads (offsets "
+                          f"up to {qkv.numel() * 1.0:.2e})",
+                 "max_relative_error": max(relative_error(out[tail], expected),
+                                           relative_error(grad[tail], expected_grad))})
+    del qkv, gate, out, grad
+    # More than 65535 sequences x heads.
+    batch, tokens, heads = (3, 20, 2) if smoke else (5500, 32, 12)
+    q, k, v = (torch.randn(batch, tokens, heads, 64, device=device, dtype=dtype, generator=generator)
+               for _ in range(3))
+    with torch.no_grad():
+        out = fused(q, k, v)
+        expected = fused_reference(torch.stack((q[-2:], k[-2:], v[-2:]), 2).float(), None, None)
+    rows.append({"check": f"attention fwd, {batch} x {heads} = {batch * heads} sequences x heads",
+                 "max_relative_error": relative_error(out[-2:], expected)})
+    del q, k, v, out
+    # A log-mel batch whose interleaved STFT holds more than 2**31 values.
+    clips, seconds = (2, 0.5) if smoke else (2100, 10.0)
+    waveforms = torch.randn(clips, int(seconds * 16000), device=device, generator=generator)
+    bank = torch.as_tensor(htk_mel_filter_bank(513, 128, 16000, 0.0, None), device=device)
+    with torch.no_grad():
+        out = log_mel_spectrogram(waveforms, bank)[-2:]
+        window = torch.hann_window(1024, periodic=True, device=device)
+        stft = torch.stft(waveforms[-2:], 1024, 160, window=window, center=True, pad_mode="reflect",
+                          return_complex=True).transpose(1, 2)
+        expected = log_mel_reference(stft.real, stft.imag, bank)
+    rows.append({"check": f"log-mel, {clips} x {seconds:g} s clips ({clips * stft.shape[1] * 513 * 2:.2e} STFT "
+                          "values)", "max_relative_error": relative_error(out, expected)})
+    return rows
+
+
+def fused_reference(qkv, gate, lengths):
+    from keras_bat_kernels.gated_attention import gated_attention_reference
+
+    return gated_attention_reference(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], gate, lengths)
 
 
 def log_mel_rows(clips, seconds, device, warmup, repeats):
@@ -152,14 +260,19 @@ def main(argv=None):
     warmup, repeats = (1, 2) if args.smoke else (args.warmup, args.repeats)
     attention = attention_rows(SMOKE_SHAPES if args.smoke else ATTENTION_SHAPES, dtype, device, warmup, repeats)
     log_mel = log_mel_rows(2 if args.smoke else 32, 0.5 if args.smoke else 10.0, device, warmup, repeats)
+    limits = limit_rows(device, args.smoke)
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu (Triton interpreter)"
     print(f"device: {name}, attention dtype {dtype}")
-    print(f"{'attention shape':24s} {'implementation':16s} {'fwd ms':>8s} {'fwd+bwd ms':>11s} {'fwd+bwd TFLOP/s':>16s}")
+    print(f"{'attention shape':24s} {'implementation':16s} {'fwd ms':>8s} {'fwd+bwd ms':>11s} {'fwd+bwd TFLOP/s':>16s} "
+          f"{'peak MiB':>9s} {'max rel err':>11s}")
     for row in attention:
         for label, r in row["results"].items():
+            memory = "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
             print(f"{row['shape']:24s} {label:16s} {r['forward_ms']:8.3f} {r['forward_backward_ms']:11.3f} "
-                  f"{r['forward_backward_tflops']:16.1f}")
+                  f"{r['forward_backward_tflops']:16.1f} {memory:>9s} {r['max_relative_error']:11.1e}")
         print(f"{'':24s} fused vs SDPA + gate (fwd+bwd): {row['speedup_vs_sdpa_forward_backward']:.2f}x")
+    for row in limits:
+        print(f"limit check: {row['check']}: max relative error {row['max_relative_error']:.1e}")
     for row in log_mel:
         print(f"log-mel, {row['clips']} x {row['seconds']} s clips (max abs difference {row['max_abs_difference']:.1e})")
         for label, r in row["results"].items():
@@ -167,8 +280,9 @@ def main(argv=None):
         print(f"  fused vs torch.stft + matmul: {row['speedup_vs_stft_then_matmul']:.2f}x")
     os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
     with open(args.output, "w") as f:
-        json.dump({"device": name, "dtype": str(dtype), "attention": attention, "log_mel": log_mel}, f, indent=2)
-    return {"attention": attention, "log_mel": log_mel}
+        json.dump({"device": name, "dtype": str(dtype), "attention": attention, "log_mel": log_mel,
+                   "limits": limits}, f, indent=2)
+    return {"attention": attention, "log_mel": log_mel, "limits": limits}
 
 
 if __name__ == "__main__":

@@ -26,6 +26,13 @@ def run_child(args):
     print(json.dumps({"backend": keras.backend.backend(), "jit": parse_jit(args.jit), **timing}))
 
 
+def run_baseline(args):
+    from plain_torch import pretrain_step
+
+    step = pretrain_step(args.dim, args.depth, args.heads, args.decoder_depth, args.frames, args.batch, args.views)
+    return step, "plain PyTorch student, decoder and EMA teacher, AdamW (benchmarks/plain_torch.py)"
+
+
 def main():
     parser = benchmark_parser(__doc__.split("\n\n")[0], "pretrain_step", ["true", "false"])
     parser.add_argument("--dim", type=int, default=384)
@@ -45,7 +52,7 @@ def main():
              + encoder_gflop(args.batch, patches + 1, args.dim, args.depth))
     run(__file__, args, ("dim", "depth", "heads", "decoder_depth", "frames", "batch", "views", "warmup", "steps"),
         run_child, f"Pretraining step: student {args.dim} x {args.depth}, decoder {args.decoder_depth} x {args.dim}, "
-        f"{args.batch} clips x {args.views} views x {args.frames} frames", gflop)
+        f"{args.batch} clips x {args.views} views x {args.frames} frames", gflop, run_baseline)
 
 
 if __name__ == "__main__":

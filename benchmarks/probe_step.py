@@ -28,6 +28,15 @@ def run_child(args):
     print(json.dumps({"backend": keras.backend.backend(), "jit": parse_jit(args.jit), **timing}))
 
 
+def run_baseline(args):
+    from plain_torch import probe_step
+
+    if args.preset != "bat_base":
+        raise SystemExit("the plain-PyTorch baseline is ViT-B (bat_base)")
+    step = probe_step(args.batch, args.frames, args.prototypes, args.classes)
+    return step, "plain PyTorch ViT-B + CGP probe, AdamW (benchmarks/plain_torch.py)"
+
+
 def main():
     parser = benchmark_parser(__doc__.split("\n\n")[0], "probe_step", ["auto"])
     parser.add_argument("--preset", default="bat_base")
@@ -43,7 +52,7 @@ def main():
              + 3 * 2 * args.batch * patches * args.prototypes * dim / 1e9)
     run(__file__, args, ("preset", "batch", "frames", "prototypes", "classes", "warmup", "steps"), run_child,
         f"CGP probe step: {args.preset}, batch {args.batch} x {args.frames} frames, {args.prototypes} "
-        f"prototypes, {args.classes} classes", gflop)
+        f"prototypes, {args.classes} classes", gflop, run_baseline)
 
 
 if __name__ == "__main__":

@@ -7,11 +7,18 @@ per-sequence valid lengths (`key_lengths[b]`: keys at or after it are padding)
 and a `key_offset` (the first `key_offset` tokens are queries only, as BAT's
 visual query tokens are). No `(queries, keys)` matrix is ever stored: the
 forward pass keeps a running max and sum per query row (and saves the
-log-sum-exp), the backward pass recomputes the probabilities block by block.
-Inputs are float32, bfloat16 or float16, with float32 accumulation.
+log-sum-exp when a gradient will be asked for), the backward pass recomputes
+the probabilities block by block. Inputs are float32, bfloat16 or float16,
+with float32 accumulation.
 
 Layout: `(batch, tokens, heads, head_dim)` with any strides (BAT slices q, k and
-v out of one fused projection without copying them).
+v out of one fused projection without copying them). Memory offsets are 64-bit
+and `batch * heads` runs on the first launch-grid axis, so neither the tensor
+size nor the number of sequences is capped below what the GPU holds.
+
+Tiles: on a GPU each kernel is autotuned over a small config set, keyed on the
+token count (rounded up to a power of two), the head dim and the dtype; fixed
+tiles (`block_m`, `block_n`, or `KERAS_BAT_AUTOTUNE=0`) use `default_config`.
 """
 
 import math
@@ -22,7 +29,9 @@ import triton
 import triton.language as tl
 
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 128
+MIN_BLOCK, MAX_BLOCK = 16, 256  # tl.dot needs every tile side >= 16 on GPUs
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+AUTOTUNE_ENV = "KERAS_BAT_AUTOTUNE"
 
 
 @triton.jit
@@ -34,10 +43,40 @@ def _dot(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _head_start(b, h, s_b, s_h):
+    """64-bit element offset of head `h` of sequence `b` (past 2**31 in large batches)."""
+    return b.to(tl.int64) * s_b + h.to(tl.int64) * s_h
+
+
+@triton.jit
+def _tile_offsets(b, h, s_b, s_n, s_h, s_d, tokens, dims):
+    """Element offsets of a (tokens, head_dim) tile of head `h` of sequence `b`:
+    a 64-bit head start plus 32-bit offsets within one sequence (the launcher
+    checks that they fit)."""
+    return _head_start(b, h, s_b, s_h) + (tokens[:, None] * s_n + dims[None, :] * s_d)
+
+
+@triton.jit
 def _load_tile(X, b, h, s_b, s_n, s_h, s_d, tokens, token_ok, dims, dim_ok):
     """A (tokens, head_dim) tile of head `h` of sequence `b`; zeros outside."""
-    return tl.load(X + b * s_b + h * s_h + tokens[:, None] * s_n + dims[None, :] * s_d,
+    return tl.load(X + _tile_offsets(b, h, s_b, s_n, s_h, s_d, tokens, dims),
                    mask=token_ok[:, None] & dim_ok[None, :], other=0.0)
+
+
+@triton.jit
+def _row_offsets(batch_head, num_queries, rows):
+    """64-bit offsets into a (batch * heads, queries) float32 row statistic."""
+    return batch_head.to(tl.int64) * num_queries + rows
+
+
+@triton.jit
+def _query_block(num_heads, num_queries, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's (sequence x head, sequence, head) from grid axis 0 and its
+    block of query rows from axis 1, with the rows' and head dims' bounds."""
+    batch_head = tl.program_id(0)
+    rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    dims = tl.arange(0, BLOCK_D)
+    return batch_head, batch_head // num_heads, batch_head % num_heads, rows, rows < num_queries, dims, dims < HEAD_DIM
 
 
 @triton.jit
@@ -63,20 +102,18 @@ def _probabilities_and_score_grads(q, k, v, d_attended, lse, delta, col_ok, scal
 def _attention_forward(Q, K, V, G, O, A, LSE, LENGTHS,
                        s_qb, s_qn, s_qh, s_qd, s_kb, s_kn, s_kh, s_kd, s_vb, s_vn, s_vh, s_vd,
                        s_gb, s_gn, s_gh, s_gd, s_ob, s_on, s_oh, s_od,
-                       num_heads, num_queries, num_keys, key_offset, scale,
-                       HAS_GATE: tl.constexpr, HAS_LENGTHS: tl.constexpr, HEAD_DIM: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                       PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    batch_head = tl.program_id(1)
-    b = batch_head // num_heads
-    h = batch_head % num_heads
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    dims = tl.arange(0, BLOCK_D)
-    row_ok = rows < num_queries
-    dim_ok = dims < HEAD_DIM
+                       num_heads, num_queries, num_keys, key_offset, scale, tokens_bucket,
+                       HAS_GATE: tl.constexpr, HAS_LENGTHS: tl.constexpr, FOR_BACKWARD: tl.constexpr,
+                       HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                       BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """One block of queries. `A` (the attention before the gate) and `LSE` are
+    written only when the backward pass will read them (`FOR_BACKWARD`)."""
+    batch_head, b, h, rows, row_ok, dims, dim_ok = _query_block(num_heads, num_queries, HEAD_DIM, BLOCK_M, BLOCK_D)
     q = _load_tile(Q, b, h, s_qb, s_qn, s_qh, s_qd, rows, row_ok, dims, dim_ok)
     key_end = _key_end(LENGTHS, b, num_keys, HAS_LENGTHS)
 
+    # Scores in base 2 (exp2 is the GPU's native exponential): log2(e) folded into the scale.
+    scale_log2 = scale * 1.4426950408889634
     running_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
     running_sum = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
@@ -84,11 +121,11 @@ def _attention_forward(Q, K, V, G, O, A, LSE, LENGTHS,
         cols = start + tl.arange(0, BLOCK_N)
         col_ok = cols < key_end
         k = _load_tile(K, b, h, s_kb, s_kn, s_kh, s_kd, cols, col_ok, dims, dim_ok)
-        scores = _dot(q, tl.trans(k), PRECISION, UPCAST) * scale  # M, N (float32)
+        scores = _dot(q, tl.trans(k), PRECISION, UPCAST) * scale_log2  # M, N (float32, base 2)
         scores = tl.where(col_ok[None, :], scores, float("-inf"))
         new_max = tl.maximum(running_max, tl.max(scores, 1))
-        p = tl.exp(scores - new_max[:, None])
-        correction = tl.exp(running_max - new_max)
+        p = tl.exp2(scores - new_max[:, None])
+        correction = tl.exp2(running_max - new_max)
         running_sum = running_sum * correction + tl.sum(p, 1)
         v = _load_tile(V, b, h, s_vb, s_vn, s_vh, s_vd, cols, col_ok, dims, dim_ok)
         acc = acc * correction[:, None] + _dot(p.to(v.dtype), v, PRECISION, UPCAST)
@@ -96,30 +133,60 @@ def _attention_forward(Q, K, V, G, O, A, LSE, LENGTHS,
 
     has_keys = running_sum > 0
     attended = acc / tl.where(has_keys, running_sum, 1.0)[:, None]  # rows without keys give 0
-    lse = tl.where(has_keys, running_max + tl.log(tl.where(has_keys, running_sum, 1.0)), float("inf"))
-    tl.store(LSE + batch_head * num_queries + rows, lse, mask=row_ok)
-    out_offsets = b * s_ob + h * s_oh + rows[:, None] * s_on + dims[None, :] * s_od
+    out_offsets = _tile_offsets(b, h, s_ob, s_on, s_oh, s_od, rows, dims)
     out_mask = row_ok[:, None] & dim_ok[None, :]
+    if FOR_BACKWARD:
+        lse = tl.where(has_keys, (running_max + tl.log2(tl.where(has_keys, running_sum, 1.0))) * 0.6931471805599453,
+                       float("inf"))  # natural log-sum-exp
+        tl.store(LSE + _row_offsets(batch_head, num_queries, rows), lse, mask=row_ok)
     if HAS_GATE:
         gate = _load_tile(G, b, h, s_gb, s_gn, s_gh, s_gd, rows, row_ok, dims, dim_ok).to(tl.float32)
-        tl.store(A + out_offsets, attended.to(A.dtype.element_ty), mask=out_mask)
+        if FOR_BACKWARD:
+            tl.store(A + out_offsets, attended.to(A.dtype.element_ty), mask=out_mask)
         attended = attended * tl.sigmoid(gate)
     tl.store(O + out_offsets, attended.to(O.dtype.element_ty), mask=out_mask)
+
+
+@triton.jit
+def _gate_backward(DO, A, G, DA, DG, DELTA,
+                   s_ob, s_on, s_oh, s_od, s_ab, s_an, s_ah, s_ad, s_gb, s_gn, s_gh, s_gd,
+                   s_db, s_dn, s_dh, s_dd, num_heads, num_queries,
+                   HAS_GATE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_D: tl.constexpr):
+    """The backward pass's preprocessing in one read of each input: for
+    out = A * sigmoid(G), dA = dO * sigmoid(G), dG = dO * A * sigmoid(G) (1 -
+    sigmoid(G)) and the row statistic delta = sum(dA * A) over the head dim.
+    dA and dG are written in the inputs' dtype (dG laid out like dA)."""
+    batch_head, b, h, rows, row_ok, dims, dim_ok = _query_block(num_heads, num_queries, HEAD_DIM, BLOCK_M, BLOCK_D)
+    d_out = _load_tile(DO, b, h, s_ob, s_on, s_oh, s_od, rows, row_ok, dims, dim_ok).to(tl.float32)
+    attended = _load_tile(A, b, h, s_ab, s_an, s_ah, s_ad, rows, row_ok, dims, dim_ok).to(tl.float32)
+    out_offsets = _tile_offsets(b, h, s_db, s_dn, s_dh, s_dd, rows, dims)
+    out_mask = row_ok[:, None] & dim_ok[None, :]
+    d_attended = d_out
+    if HAS_GATE:
+        sig = tl.sigmoid(_load_tile(G, b, h, s_gb, s_gn, s_gh, s_gd, rows, row_ok, dims, dim_ok).to(tl.float32))
+        d_attended = d_out * sig
+        tl.store(DG + out_offsets, (d_out * attended * sig * (1.0 - sig)).to(DG.dtype.element_ty), mask=out_mask)
+    d_attended = d_attended.to(DA.dtype.element_ty)
+    tl.store(DA + out_offsets, d_attended, mask=out_mask)
+    # delta from the rounded dA, as the other backward kernels read it
+    delta = tl.sum(d_attended.to(tl.float32) * attended, 1)
+    tl.store(DELTA + _row_offsets(batch_head, num_queries, rows), delta, mask=row_ok)
 
 
 @triton.jit
 def _attention_backward_keys(Q, K, V, DA, LSE, DELTA, DK, DV, LENGTHS,
                              s_qb, s_qn, s_qh, s_qd, s_kb, s_kn, s_kh, s_kd, s_vb, s_vn, s_vh, s_vd,
                              s_ob, s_on, s_oh, s_od, s_gb, s_gn, s_gh, s_gd,
-                             num_heads, num_queries, num_keys, key_offset, scale,
+                             num_heads, num_queries, num_keys, key_offset, scale, tokens_bucket,
                              HAS_LENGTHS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
                              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
                              UPCAST: tl.constexpr):
     """dK and dV for one block of keys, looping over all query blocks."""
-    batch_head = tl.program_id(1)
+    batch_head = tl.program_id(0)
     b = batch_head // num_heads
     h = batch_head % num_heads
-    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     dims = tl.arange(0, BLOCK_D)
     dim_ok = dims < HEAD_DIM
     col_ok = (cols >= key_offset) & (cols < _key_end(LENGTHS, b, num_keys, HAS_LENGTHS))
@@ -132,12 +199,12 @@ def _attention_backward_keys(Q, K, V, DA, LSE, DELTA, DK, DV, LENGTHS,
         row_ok = rows < num_queries
         q = _load_tile(Q, b, h, s_qb, s_qn, s_qh, s_qd, rows, row_ok, dims, dim_ok)
         d_attended = _load_tile(DA, b, h, s_ob, s_on, s_oh, s_od, rows, row_ok, dims, dim_ok)
-        lse = tl.load(LSE + batch_head * num_queries + rows, mask=row_ok, other=float("inf"))
-        delta = tl.load(DELTA + batch_head * num_queries + rows, mask=row_ok, other=0.0)
+        lse = tl.load(LSE + _row_offsets(batch_head, num_queries, rows), mask=row_ok, other=float("inf"))
+        delta = tl.load(DELTA + _row_offsets(batch_head, num_queries, rows), mask=row_ok, other=0.0)
         p, ds = _probabilities_and_score_grads(q, k, v, d_attended, lse, delta, col_ok, scale, PRECISION, UPCAST)
         dv += _dot(tl.trans(p.to(d_attended.dtype)), d_attended, PRECISION, UPCAST)
         dk += _dot(tl.trans(ds.to(q.dtype)), q, PRECISION, UPCAST)
-    out_offsets = b * s_gb + h * s_gh + cols[:, None] * s_gn + dims[None, :] * s_gd  # dK, dV layout
+    out_offsets = _tile_offsets(b, h, s_gb, s_gn, s_gh, s_gd, cols, dims)  # dK, dV layout
     out_mask = (cols < num_keys)[:, None] & dim_ok[None, :]
     tl.store(DK + out_offsets, (dk * scale).to(DK.dtype.element_ty), mask=out_mask)
     tl.store(DV + out_offsets, dv.to(DV.dtype.element_ty), mask=out_mask)
@@ -147,22 +214,16 @@ def _attention_backward_keys(Q, K, V, DA, LSE, DELTA, DK, DV, LENGTHS,
 def _attention_backward_queries(Q, K, V, DA, LSE, DELTA, DQ, LENGTHS,
                                 s_qb, s_qn, s_qh, s_qd, s_kb, s_kn, s_kh, s_kd, s_vb, s_vn, s_vh, s_vd,
                                 s_ob, s_on, s_oh, s_od,
-                                num_heads, num_queries, num_keys, key_offset, scale,
+                                num_heads, num_queries, num_keys, key_offset, scale, tokens_bucket,
                                 HAS_LENGTHS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
                                 BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
                                 UPCAST: tl.constexpr):
     """dQ for one block of queries, looping over the valid key blocks."""
-    batch_head = tl.program_id(1)
-    b = batch_head // num_heads
-    h = batch_head % num_heads
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    dims = tl.arange(0, BLOCK_D)
-    row_ok = rows < num_queries
-    dim_ok = dims < HEAD_DIM
+    batch_head, b, h, rows, row_ok, dims, dim_ok = _query_block(num_heads, num_queries, HEAD_DIM, BLOCK_M, BLOCK_D)
     q = _load_tile(Q, b, h, s_qb, s_qn, s_qh, s_qd, rows, row_ok, dims, dim_ok)
     d_attended = _load_tile(DA, b, h, s_ob, s_on, s_oh, s_od, rows, row_ok, dims, dim_ok)
-    lse = tl.load(LSE + batch_head * num_queries + rows, mask=row_ok, other=float("inf"))
-    delta = tl.load(DELTA + batch_head * num_queries + rows, mask=row_ok, other=0.0)
+    lse = tl.load(LSE + _row_offsets(batch_head, num_queries, rows), mask=row_ok, other=float("inf"))
+    delta = tl.load(DELTA + _row_offsets(batch_head, num_queries, rows), mask=row_ok, other=0.0)
     key_end = _key_end(LENGTHS, b, num_keys, HAS_LENGTHS)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for start in range(key_offset, key_end, BLOCK_N):
@@ -172,8 +233,39 @@ def _attention_backward_queries(Q, K, V, DA, LSE, DELTA, DQ, LENGTHS,
         v = _load_tile(V, b, h, s_vb, s_vn, s_vh, s_vd, cols, col_ok, dims, dim_ok)
         _, ds = _probabilities_and_score_grads(q, k, v, d_attended, lse, delta, col_ok, scale, PRECISION, UPCAST)
         dq += _dot(ds.to(k.dtype), k, PRECISION, UPCAST)
-    tl.store(DQ + b * s_ob + h * s_oh + rows[:, None] * s_on + dims[None, :] * s_od,  # dQ is laid out like dA
+    tl.store(DQ + _tile_offsets(b, h, s_ob, s_on, s_oh, s_od, rows, dims),  # dQ is laid out like dA
              (dq * scale).to(DQ.dtype.element_ty), mask=row_ok[:, None] & dim_ok[None, :])
+
+
+def default_config(head_dim, dtype, device_type="cuda"):
+    """Fixed tiles: `(block_m, block_n, num_warps)`. 16 x 16 keeps Triton's CPU
+    interpreter fast; on GPUs 64 x 64 tiles, with 8 warps for float32 head
+    dims above 64 (4 warps spill their registers there)."""
+    if device_type == "cpu":
+        return 16, 16, 4
+    return 64, 64, 8 if dtype == torch.float32 and head_dim > 64 else 4
+
+
+def _keep_feasible_configs(configs, named_args, **kwargs):
+    """Drops 4-warp configs for float32 head dims above 64 (register spills)."""
+    head_dim = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM"))
+    float32_wide = named_args["Q"].dtype == torch.float32 and head_dim > 64
+    kept = [c for c in configs if not (float32_wide and c.num_warps < 8)]
+    return kept or configs
+
+
+def _configs(block_names):
+    tiles = [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 3), (64, 32, 4, 3)]
+    return [triton.Config(dict(zip(block_names, (m, n))), num_warps=w, num_stages=s) for m, n, w, s in tiles]
+
+
+def _autotuned(kernel):
+    return triton.autotune(configs=_configs(("BLOCK_M", "BLOCK_N")), key=["tokens_bucket", "HEAD_DIM"],
+                           prune_configs_by={"early_config_prune": _keep_feasible_configs})(kernel)
+
+
+_TUNED = {kernel: _autotuned(kernel) for kernel in
+          (_attention_forward, _attention_backward_keys, _attention_backward_queries)}
 
 
 def _upcast_dots(dtype):
@@ -191,69 +283,118 @@ def _strides(x):
     return tuple(x.stride())
 
 
-def _blocks(device, block_m, block_n):
-    if block_m and block_n:
-        return block_m, block_n
-    # Small blocks keep Triton's CPU interpreter fast; 64 x 64 suits head dims up to 128 on GPUs.
-    default = 16 if device.type == "cpu" else 64
-    return block_m or default, block_n or default
+def check_block(name, value):
+    """Tile sides must be powers of two from MIN_BLOCK to MAX_BLOCK."""
+    if value is None:
+        return None
+    if not (isinstance(value, int) and MIN_BLOCK <= value <= MAX_BLOCK and value & (value - 1) == 0):
+        raise ValueError(f"{name} must be a power of two from {MIN_BLOCK} to {MAX_BLOCK}; received {value!r}.")
+    return value
+
+
+def _autotune_enabled(device):
+    return device.type == "cuda" and os.environ.get(AUTOTUNE_ENV, "1") != "0"
+
+
+class _Launcher:
+    """Launches one kernel either autotuned (tiles chosen by Triton) or with the
+    given fixed tiles, on a grid of (batch * heads, blocks of `tokens`)."""
+
+    def __init__(self, device, head_dim, dtype, block_m, block_n):
+        self.tuned = _autotune_enabled(device) and block_m is None and block_n is None
+        default_m, default_n, self.num_warps = default_config(head_dim, dtype, device.type)
+        self.block_m, self.block_n = block_m or default_m, block_n or default_n
+
+    def __call__(self, kernel, batch_heads, tokens, tile, *args, **kwargs):
+        if self.tuned:
+            grid = lambda meta: attention_grid(batch_heads, tokens, meta[tile])  # noqa: E731
+            return _TUNED[kernel][grid](*args, **kwargs)
+        blocks = {"BLOCK_M": self.block_m, "BLOCK_N": self.block_n}
+        return kernel[attention_grid(batch_heads, tokens, blocks[tile])](
+            *args, **kwargs, **blocks, num_warps=self.num_warps)
+
+
+def attention_grid(batch_heads, tokens, block):
+    """Launch grid: `batch * heads` on axis 0 (up to 2**31 - 1 programs), the
+    token blocks on axis 1 (up to 65535, i.e. a million tokens at 16 per tile)."""
+    return (batch_heads, triton.cdiv(tokens, block))
+
+
+def _forward(q, k, v, gate, key_lengths, key_offset, launcher, for_backward):
+    """Runs the forward kernel: `(out, attended, lse)`, the last two `None`
+    unless `for_backward` (attended is `out` itself when there is no gate)."""
+    batch, num_queries, num_heads, head_dim = q.shape
+    num_keys = k.shape[1]
+    out = torch.empty((batch, num_queries, num_heads, head_dim), device=q.device, dtype=q.dtype)
+    attended = torch.empty_like(out) if gate is not None and for_backward else out
+    lse = (torch.empty((batch, num_heads, num_queries), device=q.device, dtype=torch.float32)
+           if for_backward else out)
+    gate_arg = gate if gate is not None else out
+    lengths_arg = key_lengths if key_lengths is not None else out
+    launcher(_attention_forward, batch * num_heads, num_queries, "BLOCK_M",
+             q, k, v, gate_arg, out, attended, lse, lengths_arg,
+             *_strides(q), *_strides(k), *_strides(v), *_strides(gate_arg), *_strides(out),
+             num_heads, num_queries, num_keys, key_offset, 1.0 / math.sqrt(head_dim),
+             triton.next_power_of_2(max(num_queries, num_keys)),
+             HAS_GATE=gate is not None, HAS_LENGTHS=key_lengths is not None, FOR_BACKWARD=for_backward,
+             HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim), PRECISION=_precision(q.dtype),
+             UPCAST=_upcast_dots(q.dtype))
+    if not for_backward:
+        return out, None, None
+    return out, attended, lse
+
+
+def _block_d(head_dim):
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def _gate_backward_pass(d_out, attended, gate, dtype):
+    """`(d_attended, d_gate, delta)` from one kernel; d_attended is contiguous."""
+    batch, num_queries, num_heads, head_dim = attended.shape
+    d_attended = torch.empty((batch, num_queries, num_heads, head_dim), device=d_out.device, dtype=dtype)
+    d_gate = torch.empty_like(d_attended) if gate is not None else d_attended
+    delta = torch.empty((batch, num_heads, num_queries), device=d_out.device, dtype=torch.float32)
+    gate_arg = gate if gate is not None else attended
+    block_m = 16 if d_out.device.type == "cpu" else 64
+    _gate_backward[attention_grid(batch * num_heads, num_queries, block_m)](
+        d_out, attended, gate_arg, d_attended, d_gate, delta,
+        *_strides(d_out), *_strides(attended), *_strides(gate_arg), *_strides(d_attended), num_heads, num_queries,
+        HAS_GATE=gate is not None, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_D=_block_d(head_dim))
+    return d_attended, (d_gate if gate is not None else None), delta
 
 
 class _GatedAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, gate, key_lengths, key_offset, block_m, block_n):
-        batch, num_queries, num_heads, head_dim = q.shape
-        num_keys = k.shape[1]
-        block_m, block_n = _blocks(q.device, block_m, block_n)
-        block_d = max(16, triton.next_power_of_2(head_dim))
-        out = torch.empty((batch, num_queries, num_heads, head_dim), device=q.device, dtype=q.dtype)
-        attended = torch.empty_like(out) if gate is not None else out
-        lse = torch.empty((batch, num_heads, num_queries), device=q.device, dtype=torch.float32)
-        scale = 1.0 / math.sqrt(head_dim)
-        precision, upcast = _precision(q.dtype), _upcast_dots(q.dtype)
-        grid = (triton.cdiv(num_queries, block_m), batch * num_heads)
-        gate_arg = gate if gate is not None else out
-        lengths_arg = key_lengths if key_lengths is not None else lse
-        _attention_forward[grid](
-            q, k, v, gate_arg, out, attended, lse, lengths_arg,
-            *_strides(q), *_strides(k), *_strides(v), *_strides(gate_arg), *_strides(out),
-            num_heads, num_queries, num_keys, key_offset, scale,
-            HAS_GATE=gate is not None, HAS_LENGTHS=key_lengths is not None, HEAD_DIM=head_dim,
-            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, PRECISION=precision, UPCAST=upcast)
-        ctx.save_for_backward(q, k, v, gate, key_lengths, attended, lse)
-        ctx.settings = (key_offset, block_m, block_n, block_d, scale, precision, upcast)
+    def forward(ctx, q, k, v, gate, key_lengths, key_offset, block_m, block_n, for_backward):
+        launcher = _Launcher(q.device, q.shape[3], q.dtype, block_m, block_n)
+        out, attended, lse = _forward(q, k, v, gate, key_lengths, key_offset, launcher, for_backward)
+        if for_backward:
+            ctx.save_for_backward(q, k, v, gate, key_lengths, attended, lse)
+            ctx.settings = (key_offset, launcher)
         return out
 
     @staticmethod
     def backward(ctx, d_out):
         q, k, v, gate, key_lengths, attended, lse = ctx.saved_tensors
-        key_offset, block_m, block_n, block_d, scale, precision, upcast = ctx.settings
+        key_offset, launcher = ctx.settings
         batch, num_queries, num_heads, head_dim = q.shape
         num_keys = k.shape[1]
-        d_out = d_out.float()
-        d_gate = None
-        if gate is not None:  # out = attended * sigmoid(gate)
-            sig = torch.sigmoid(gate.float())
-            d_attended = d_out * sig
-            d_gate = (d_out * attended.float() * sig * (1.0 - sig)).to(gate.dtype)
-        else:
-            d_attended = d_out
-        delta = (d_attended * attended.float()).sum(-1).permute(0, 2, 1).contiguous()  # B, H, Nq
-        d_attended = d_attended.to(q.dtype).contiguous()
+        d_attended, d_gate, delta = _gate_backward_pass(d_out, attended, gate, q.dtype)
         dq = torch.empty((batch, num_queries, num_heads, head_dim), device=q.device, dtype=q.dtype)
         dk = torch.empty((batch, num_keys, num_heads, head_dim), device=q.device, dtype=k.dtype)  # contiguous
         dv = torch.empty_like(dk)
         lengths_arg = key_lengths if key_lengths is not None else lse
-        common = dict(HAS_LENGTHS=key_lengths is not None, HEAD_DIM=head_dim, BLOCK_M=block_m,
-                      BLOCK_N=block_n, BLOCK_D=block_d, PRECISION=precision, UPCAST=upcast)
-        sizes = (num_heads, num_queries, num_keys, key_offset, scale)
-        _attention_backward_keys[(triton.cdiv(num_keys, block_n), batch * num_heads)](
-            q, k, v, d_attended, lse, delta, dk, dv, lengths_arg,
-            *_strides(q), *_strides(k), *_strides(v), *_strides(d_attended), *_strides(dk), *sizes, **common)
-        _attention_backward_queries[(triton.cdiv(num_queries, block_m), batch * num_heads)](
-            q, k, v, d_attended, lse, delta, dq, lengths_arg,
-            *_strides(q), *_strides(k), *_strides(v), *_strides(d_attended), *sizes, **common)
-        return dq, dk, dv, d_gate, None, None, None, None
+        common = dict(HAS_LENGTHS=key_lengths is not None, HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim),
+                      PRECISION=_precision(q.dtype), UPCAST=_upcast_dots(q.dtype))
+        sizes = (num_heads, num_queries, num_keys, key_offset, 1.0 / math.sqrt(head_dim),
+                 triton.next_power_of_2(max(num_queries, num_keys)))
+        launcher(_attention_backward_keys, batch * num_heads, num_keys, "BLOCK_N",
+                 q, k, v, d_attended, lse, delta, dk, dv, lengths_arg,
+                 *_strides(q), *_strides(k), *_strides(v), *_strides(d_attended), *_strides(dk), *sizes, **common)
+        launcher(_attention_backward_queries, batch * num_heads, num_queries, "BLOCK_M",
+                 q, k, v, d_attended, lse, delta, dq, lengths_arg,
+                 *_strides(q), *_strides(k), *_strides(v), *_strides(d_attended), *sizes, **common)
+        return dq, dk, dv, d_gate, None, None, None, None, None
 
 
 def gated_attention(q, k, v, gate=None, key_lengths=None, key_offset=0, block_m=None, block_n=None):
@@ -268,15 +409,19 @@ def gated_attention(q, k, v, gate=None, key_lengths=None, key_offset=0, block_m=
             `key_lengths[b]` are padding.
         key_offset: int, keys start at this index (earlier tokens are
             queries only). A query row without any valid key gives zeros.
-        block_m, block_n: optional tile sizes (powers of two, >= 16).
+        block_m, block_n: optional fixed tile sizes (powers of two, 16 to
+            256); by default tiles are autotuned on GPUs.
 
     Returns:
         Tensor like `q`.
     """
     _check_inputs(q, k, v, gate, key_lengths, key_offset)
+    check_block("block_m", block_m)
+    check_block("block_n", block_n)
     if key_lengths is not None:
         key_lengths = key_lengths.to(device=q.device, dtype=torch.int32).contiguous()
-    return _GatedAttention.apply(q, k, v, gate, key_lengths, int(key_offset), block_m, block_n)
+    for_backward = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, gate))
+    return _GatedAttention.apply(q, k, v, gate, key_lengths, int(key_offset), block_m, block_n, for_backward)
 
 
 def unsupported_reason(q):
@@ -286,6 +431,14 @@ def unsupported_reason(q):
     if not MIN_HEAD_DIM <= q.shape[-1] <= MAX_HEAD_DIM:
         return f"head_dim {q.shape[-1]} is outside {MIN_HEAD_DIM} to {MAX_HEAD_DIM}"
     return None
+
+
+def _check_sequence_offsets(*tensors):
+    """Offsets within one (tokens, heads, head_dim) sequence are 32-bit."""
+    for x in tensors:
+        if x is not None and sum((size - 1) * stride for size, stride in zip(x.shape[1:], x.stride()[1:])) >= 2**31:
+            raise ValueError(f"One sequence of a tensor shaped {tuple(x.shape)} with strides {x.stride()} spans "
+                             "2**31 elements or more; split its tokens into shorter sequences.")
 
 
 def _check_inputs(q, k, v, gate, key_lengths, key_offset):
@@ -304,6 +457,7 @@ def _check_inputs(q, k, v, gate, key_lengths, key_offset):
         raise ValueError(f"key_lengths must be (batch,) = ({q.shape[0]},); received {tuple(key_lengths.shape)}.")
     if not 0 <= key_offset <= k.shape[1]:
         raise ValueError(f"key_offset must be 0 to {k.shape[1]}; received {key_offset}.")
+    _check_sequence_offsets(q, k, v, gate)
 
 
 def gated_attention_reference(q, k, v, gate=None, key_lengths=None, key_offset=0):

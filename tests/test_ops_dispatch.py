@@ -13,6 +13,12 @@ from keras_bat.ops import gated_attention, kernel_unavailable_reason
 
 TORCH = keras.backend.backend() == "torch"
 needs_torch = pytest.mark.skipif(not TORCH, reason="the Triton kernels run under the torch backend")
+CUDA = TORCH and __import__("torch").cuda.is_available()
+
+
+def _on_cpu():
+    """Places new tensors on the CPU, also on a machine with a GPU."""
+    return keras.device("cpu")
 
 
 def _reference(q, k, v, gate, key_mask, bias=0.0):
@@ -23,14 +29,24 @@ def _reference(q, k, v, gate, key_mask, bias=0.0):
     return np.einsum("bhqk,bkhd->bqhd", weights, v) / (1 + np.exp(-gate))
 
 
-def test_auto_takes_the_keras_ops_path_off_cuda():
+def test_auto_takes_the_keras_ops_path_off_cuda(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     rng = np.random.default_rng(0)
     q, k, v, gate = (rng.normal(size=(2, 7, 2, 16)).astype("float32") for _ in range(4))
     key_mask = np.arange(7)[None, :] < np.array([[7], [4]])
-    out = to_numpy(gated_attention(q, k, v, gate, key_mask))
+    with _on_cpu():
+        out = to_numpy(gated_attention(q, k, v, gate, key_mask))
+        reason = kernel_unavailable_reason(keras.ops.convert_to_tensor(q))
     np.testing.assert_allclose(out, _reference(q, k, v, gate, key_mask), atol=1e-5)
-    reason = kernel_unavailable_reason(keras.ops.convert_to_tensor(q))
     assert reason is not None and ("CUDA" in reason if TORCH else "torch backend" in reason)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_auto_takes_the_kernel_on_cuda():
+    import torch
+
+    q = torch.randn(2, 7, 2, 16, device="cuda")
+    assert kernel_unavailable_reason(q) is None
 
 
 def test_additive_bias_with_a_key_mask():
@@ -46,15 +62,16 @@ def test_additive_bias_with_a_key_mask():
 
 def test_required_kernel_without_cuda_raises_a_clear_error(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    q = keras.ops.convert_to_tensor(np.zeros((1, 3, 2, 16), "float32"))
     expected = "not CUDA" if TORCH else "torch backend"
-    with pytest.raises(RuntimeError, match=f"use_kernels=True asks for the fused attention kernel, but .*{expected}"):
-        gated_attention(q, q, q, use_kernels=True)
-    with pytest.raises(RuntimeError, match="fused log-mel kernel"):
-        LogMelSpectrogram(use_kernels=True)(np.zeros((1, 4000), "float32"))
-    monkeypatch.setenv("KERAS_BAT_USE_KERNELS", "on")
-    with pytest.raises(RuntimeError, match="KERAS_BAT_USE_KERNELS"):
-        gated_attention(q, q, q)
+    with _on_cpu():
+        q = keras.ops.convert_to_tensor(np.zeros((1, 3, 2, 16), "float32"))
+        with pytest.raises(RuntimeError, match=f"use_kernels=True asks for the fused attention kernel, but .*{expected}"):
+            gated_attention(q, q, q, use_kernels=True)
+        with pytest.raises(RuntimeError, match="fused log-mel kernel"):
+            LogMelSpectrogram(use_kernels=True)(np.zeros((1, 4000), "float32"))
+        monkeypatch.setenv("KERAS_BAT_USE_KERNELS", "on")
+        with pytest.raises(RuntimeError, match="KERAS_BAT_USE_KERNELS"):
+            gated_attention(q, q, q)
 
 
 @needs_torch
@@ -111,3 +128,54 @@ def test_frontend_equal_with_kernels_on_and_off():
     fused = to_numpy(LogMelSpectrogram(time_frames=64, use_kernels=True)(waveforms))
     plain = to_numpy(LogMelSpectrogram(time_frames=64, use_kernels=False)(waveforms))
     np.testing.assert_allclose(fused, plain, atol=1e-5)
+
+
+def test_padding_as_lengths_equals_padding_as_a_mask():
+    rng = np.random.default_rng(2)
+    q, k, v, gate = (rng.normal(size=(2, 9, 2, 16)).astype("float32") for _ in range(4))
+    lengths = np.array([9, 5], "int32")
+    key_mask = np.arange(9)[None, :] < lengths[:, None]
+    expected = _reference(q, k[:, 2:], v[:, 2:], gate, key_mask[:, 2:])
+    out = to_numpy(gated_attention(q, k, v, gate, key_lengths=lengths, key_offset=2, use_kernels=False))
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="not both"):
+        gated_attention(q, k, v, gate, key_mask=key_mask, key_lengths=lengths)
+
+
+@needs_torch
+def test_encoder_passes_the_chunking_lengths_to_every_block(monkeypatch):
+    # The padding is read once, as lengths, by the chunking: no block turns a
+    # mask back into lengths (a device-to-host sync and a torch.compile break).
+    import keras_bat.ops.attention as attention
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a block read its padding back from a mask")
+
+    monkeypatch.setattr(attention, "_padding_lengths", refuse)
+    backbone = BATBackbone(dim=32, depth=2, num_heads=2, chunk_time_patches=4, use_padding_mask=True,
+                           num_query_tokens=2, use_kernels=True)
+    padding = np.ones((2, 96), "float32")
+    padding[1, 40:] = 0
+    features = backbone({"spectrogram": np.random.default_rng(0).uniform(size=(2, 96, 128)).astype("float32"),
+                         "padding_mask": padding, "query_tokens": np.zeros((2, 2, 2, 32), "float32")})
+    assert np.isfinite(to_numpy(features["cls_tokens"])).all()
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_padded_encoder_step_on_cuda_never_waits_for_the_device():
+    import torch
+
+    backbone = BATBackbone(dim=64, depth=2, num_heads=2, chunk_time_patches=4, use_padding_mask=True,
+                           use_kernels=True)
+    padding = torch.ones(2, 96, device="cuda")
+    padding[1, 40:] = 0
+    inputs = {"spectrogram": torch.rand(2, 96, 128, device="cuda"), "padding_mask": padding}
+    backbone(inputs)  # builds the weights
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        features = backbone(inputs)
+        loss = features["cls_tokens"].square().sum()
+        torch.autograd.grad(loss, [w.value for w in backbone.trainable_weights])
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_bat.heads.base import HeadContract, LayerGateMixin, check_features, mix_layers, pool_layers
+from keras_bat.layers.dense import Dense
 from keras_bat.layers.transformer import seeded_dropout
 
 
@@ -57,7 +58,7 @@ class ASRHead(HeadContract, LayerGateMixin, keras.layers.Layer):
         self.between_lstms = seeded_dropout(lstm_dropout)
         self.norm = keras.layers.LayerNormalization(epsilon=1e-6, name="ln") if use_norm else None
         self.head_dropout = seeded_dropout(dropout)
-        self.fc = keras.layers.Dense(num_classes, name="fc")
+        self.fc = Dense(num_classes, name="fc")
 
     def build(self, features_shape):
         check_features(features_shape, type(self).__name__)

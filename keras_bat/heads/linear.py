@@ -14,6 +14,7 @@ from keras_bat.heads.base import (
     pool_layers,
     task_pooling,
 )
+from keras_bat.layers.dense import Dense
 from keras_bat.layers.transformer import seeded_dropout
 
 
@@ -37,7 +38,7 @@ class _LinearProbe(HeadContract, keras.layers.Layer):
         self.dropout = dropout
         self.norm = keras.layers.LayerNormalization(epsilon=1e-6, name="ln") if use_norm else None
         self.head_dropout = seeded_dropout(dropout)
-        self.fc = keras.layers.Dense(num_classes, name="fc", kernel_regularizer=kernel_regularizer)
+        self.fc = Dense(num_classes, name="fc", kernel_regularizer=kernel_regularizer)
 
     def pooled_features(self, features):
         raise NotImplementedError

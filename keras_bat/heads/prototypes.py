@@ -13,6 +13,7 @@ from keras_bat.heads.base import (
     mix_layers,
     task_pooling,
 )
+from keras_bat.layers.dense import Dense
 from keras_bat.layers.transformer import seeded_dropout
 
 
@@ -35,7 +36,7 @@ class _PrototypeHead(HeadContract, keras.layers.Layer):
         self.pooling = pooling
         self.dropout = dropout
         self.head_dropout = seeded_dropout(dropout)
-        self.fc = keras.layers.Dense(num_classes, name="fc")
+        self.fc = Dense(num_classes, name="fc")
 
     def build(self, features_shape):
         check_features(features_shape, type(self).__name__)
@@ -117,13 +118,14 @@ class CGP(LayerGateMixin, _PrototypeHead):
         gate = self.gate()
         patches = mix_layers(l2_normalize(features["patch_tokens"]), gate)  # B, T, F, D
         prototypes = ops.cast(self.normalized_prototypes(), patches.dtype)  # P, D
-        similarity = ops.einsum("btfd,pd->btfp", patches, prototypes)
+        time_patches, freq_patches = patches.shape[1], patches.shape[2]
+        flat = ops.matmul(ops.reshape(patches, (-1, time_patches * freq_patches, patches.shape[3])),
+                          ops.transpose(prototypes))  # B, N, P (one product, no relayout)
         if self.pooling == "frame":
+            similarity = ops.reshape(flat, (-1, time_patches, freq_patches, self.num_prototypes))
             pooled = [ops.min(similarity, axis=2), ops.mean(similarity, axis=2),
                       ops.max(similarity, axis=2)]  # B, T, P each
         else:
-            flat = ops.reshape(similarity, (-1, similarity.shape[1] * similarity.shape[2],
-                                            self.num_prototypes))  # B, N, P
             if self.pooling == "cls":
                 cls = mix_layers(l2_normalize(features["cls_tokens"]), gate)  # B, D
                 middle = ops.matmul(cls, ops.transpose(prototypes))

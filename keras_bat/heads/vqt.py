@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from keras_bat.heads.base import HeadContract, check_features, l2_normalize
+from keras_bat.layers.dense import Dense
 from keras_bat.layers.transformer import seeded_dropout
 
 
@@ -62,7 +63,7 @@ class VQTHead(HeadContract, keras.layers.Layer):
         self.num_features = dim + depth * num_query_tokens * dim
         self.norm = keras.layers.LayerNormalization(epsilon=1e-6, name="ln") if use_norm else None
         self.head_dropout = seeded_dropout(dropout)
-        self.fc = keras.layers.Dense(num_classes, name="fc")
+        self.fc = Dense(num_classes, name="fc")
         limit = math.sqrt(6.0 / (3 * patch_size * patch_size + dim))
         self.query_tokens = self.add_weight(
             shape=(depth, num_query_tokens, dim),

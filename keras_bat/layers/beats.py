@@ -7,6 +7,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_bat.layers.dense import Dense
 from keras_bat.ops import gated_attention
 
 
@@ -142,6 +143,7 @@ class BEATsAttention(keras.layers.Layer):
         position_bias: tensor `(num_heads, tokens, keys)` from `RelativePositionBias`.
         key_mask: optional boolean tensor `(batch, tokens)`.
         key_offset: int, the first `key_offset` tokens are queries only.
+        key_lengths: optional int tensor `(batch,)`, the padding as lengths.
     """
 
     def __init__(self, dim, num_heads, use_kernels=None, **kwargs):
@@ -153,11 +155,11 @@ class BEATsAttention(keras.layers.Layer):
         self.head_dim = dim // num_heads
         self.use_kernels = use_kernels
         dense = dict(dtype=self.dtype_policy)
-        self.q_proj = keras.layers.Dense(dim, name="q_proj", **dense)
-        self.k_proj = keras.layers.Dense(dim, name="k_proj", **dense)
-        self.v_proj = keras.layers.Dense(dim, name="v_proj", **dense)
-        self.out_proj = keras.layers.Dense(dim, name="out_proj", **dense)
-        self.grep_linear = keras.layers.Dense(8, name="grep_linear", **dense)
+        self.q_proj = Dense(dim, name="q_proj", **dense)
+        self.k_proj = Dense(dim, name="k_proj", **dense)
+        self.v_proj = Dense(dim, name="v_proj", **dense)
+        self.out_proj = Dense(dim, name="out_proj", **dense)
+        self.grep_linear = Dense(8, name="grep_linear", **dense)
 
     def build(self, input_shape):
         for dense in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
@@ -166,7 +168,7 @@ class BEATsAttention(keras.layers.Layer):
         self.grep_a = self.add_weight(shape=(1, self.num_heads, 1, 1), initializer="ones", name="grep_a")
         self.built = True
 
-    def call(self, tokens, position_bias, key_mask=None, key_offset=0):
+    def call(self, tokens, position_bias, key_mask=None, key_offset=0, key_lengths=None):
         n = tokens.shape[1]
         heads = (-1, n, self.num_heads, self.head_dim)
         query = ops.reshape(self.q_proj(tokens), heads)  # B, N, H, Dh
@@ -178,7 +180,7 @@ class BEATsAttention(keras.layers.Layer):
         scale = gates[..., 0] * (gates[..., 1] * grep_a - 1.0) + 2.0  # B, N, H
         bias = ops.transpose(scale, (0, 2, 1))[..., None] * ops.cast(position_bias, scale.dtype)[None]  # B, H, N, S
         out = gated_attention(query, key, value, key_mask=key_mask, key_offset=key_offset, bias=bias,
-                              use_kernels=self.use_kernels)
+                              use_kernels=self.use_kernels, key_lengths=key_lengths)
         return self.out_proj(ops.reshape(out, (-1, n, self.dim)))
 
     def compute_output_shape(self, input_shape, *args, **kwargs):
@@ -217,8 +219,8 @@ class BEATsBlock(keras.layers.Layer):
         self.self_attn = BEATsAttention(dim, num_heads, use_kernels=use_kernels, name="self_attn", **dense)
         self.self_attn_layer_norm = keras.layers.LayerNormalization(
             epsilon=layer_norm_epsilon, name="self_attn_layer_norm", **dense)
-        self.fc1 = keras.layers.Dense(ffn_dim, name="fc1", **dense)
-        self.fc2 = keras.layers.Dense(dim, name="fc2", **dense)
+        self.fc1 = Dense(ffn_dim, name="fc1", **dense)
+        self.fc2 = Dense(dim, name="fc2", **dense)
         self.final_layer_norm = keras.layers.LayerNormalization(
             epsilon=layer_norm_epsilon, name="final_layer_norm", **dense)
 
@@ -230,10 +232,11 @@ class BEATsBlock(keras.layers.Layer):
         self.final_layer_norm.build(input_shape)
         self.built = True
 
-    def call(self, tokens, position_bias, key_mask=None, key_offset=0):
+    def call(self, tokens, position_bias, key_mask=None, key_offset=0, key_lengths=None):
         alpha = self.deep_norm_alpha
-        x = self.self_attn_layer_norm(
-            tokens * alpha + self.self_attn(tokens, position_bias, key_mask=key_mask, key_offset=key_offset))
+        attended = self.self_attn(tokens, position_bias, key_mask=key_mask, key_offset=key_offset,
+                                  key_lengths=key_lengths)
+        x = self.self_attn_layer_norm(tokens * alpha + attended)
         return self.final_layer_norm(x * alpha + self.fc2(ops.gelu(self.fc1(x), approximate=False)))
 
     def compute_output_shape(self, input_shape, *args, **kwargs):

@@ -10,7 +10,6 @@ its own.
 """
 
 import keras
-import numpy as np
 from keras import ops
 
 from keras_bat.layers.position import sincos_position_table
@@ -116,13 +115,16 @@ class ChunkTokens(keras.layers.Layer):
 
     Call arguments:
         patch_grid: tensor `(batch, time_patches, freq_patches, dim)`.
-        padding_mask: optional tensor `(batch, frames)`, true for real frames;
-            a time patch is kept when any of its frames is real.
+        padding_mask: optional tensor `(batch, frames)`, true for the real
+            frames, which come first (padding at the end); a time patch is
+            kept when any of its frames is real.
 
     Returns:
         Dict with `tokens` `(batch * chunks, 1 + chunk_len * freq_patches, dim)`
         (class token first, if any; patches time-major), `key_mask` of the same
-        leading shape (true for tokens to attend to), and `chunk_weights`
+        leading shape (true for tokens to attend to), `key_lengths`
+        `(batch * chunks,)` (the same padding as lengths: the tokens to attend
+        to come first), and `chunk_weights`
         `(batch, chunks)` (1 for chunks holding any real patch).
     """
 
@@ -158,29 +160,30 @@ class ChunkTokens(keras.layers.Layer):
         pad = chunk_len * num_chunks - time_patches
         f, d = self.freq_patches, self.dim
 
-        valid = np.arange(chunk_len * num_chunks) < time_patches  # Tc, static
-        valid = ops.convert_to_tensor(valid[None, :])  # 1, Tc
-        if padding_mask is not None:
-            frames = ops.cast(padding_mask, "float32")[:, : time_patches * self.patch_size]
-            frames = ops.reshape(frames, (-1, time_patches, self.patch_size))
-            real = ops.max(frames, axis=-1) > 0  # B, Tp
-            real = ops.pad(real, [[0, 0], [0, pad]], constant_values=False)
-            valid = ops.logical_and(valid, real)  # B, Tc
+        # Real time patches per clip: all of them, or as many as the real frames
+        # (which come first) reach into; then each chunk's share of them. Only
+        # tensor arithmetic: Keras turns Python bounds (ops.full, ops.clip) into
+        # device copies, host syncs under the torch backend on a GPU.
+        if padding_mask is None:
+            real_patches = ops.sum(ops.ones_like(patch_grid[:, :, 0, 0], dtype="int32"), axis=1)  # B
+        else:
+            frames = ops.cast(ops.cast(padding_mask[:, : time_patches * self.patch_size], "bool"), "int32")
+            real_patches = (ops.sum(frames, axis=1) + self.patch_size - 1) // self.patch_size  # B
+        chunk_starts = ops.arange(num_chunks, dtype="int32") * chunk_len
+        chunk_patches = ops.relu(real_patches[:, None] - chunk_starts[None, :])  # B, chunks; >= 0
+        chunk_patches = chunk_len - ops.relu(chunk_len - chunk_patches)  # <= chunk_len
+        key_lengths = ops.reshape(chunk_patches * f + int(self.class_token), (-1,))  # B * chunks
 
         x = ops.pad(patch_grid, [[0, 0], [0, pad], [0, 0], [0, 0]])
         x = ops.reshape(x, (-1, chunk_len * f, d))  # B * chunks, chunk_len * F, D
-        valid = ops.reshape(valid, (-1, num_chunks, chunk_len))  # B, chunks, chunk_len
-        key_mask = ops.repeat(ops.reshape(valid, (-1, chunk_len)), f, axis=1)
         if self.class_token:
             x = x + ops.cast(self.pos_embed[None, : chunk_len * f], x.dtype)
             tokens = ops.concatenate([self.class_tokens(ops.shape(x)[0], x.dtype), x], axis=1)
-            key_mask = ops.concatenate([ops.ones_like(key_mask[:, :1]), key_mask], axis=1)
         else:
             tokens = x
-        key_mask = ops.broadcast_to(key_mask, tuple(ops.shape(tokens)[:2]))
-        chunk_weights = ops.cast(ops.any(valid, axis=-1), "float32")
-        chunk_weights = ops.broadcast_to(chunk_weights, (ops.shape(patch_grid)[0], num_chunks))
-        return {"tokens": tokens, "key_mask": key_mask, "chunk_weights": chunk_weights}
+        key_mask = ops.arange(tokens.shape[1], dtype="int32")[None, :] < key_lengths[:, None]
+        chunk_weights = ops.cast(chunk_patches > 0, "float32")  # B, chunks
+        return {"tokens": tokens, "key_mask": key_mask, "key_lengths": key_lengths, "chunk_weights": chunk_weights}
 
     def position_patches(self, patch_grid):
         """Flattens a one-chunk patch grid time-major and adds positions: `(B, N, D)`."""
@@ -202,12 +205,12 @@ class ChunkTokens(keras.layers.Layer):
         else:
             chunk_len, chunks = self._layout(time_patches)
             tokens = int(self.class_token) + chunk_len * self.freq_patches
-        return {"tokens": (None, tokens, self.dim), "key_mask": (None, tokens),
+        return {"tokens": (None, tokens, self.dim), "key_mask": (None, tokens), "key_lengths": (None,),
                 "chunk_weights": (input_shape[0], chunks)}
 
     def compute_output_spec(self, patch_grid, padding_mask=None):
         shapes = self.compute_output_shape(patch_grid.shape)
-        dtypes = {"tokens": patch_grid.dtype, "key_mask": "bool", "chunk_weights": "float32"}
+        dtypes = {"tokens": patch_grid.dtype, "key_mask": "bool", "key_lengths": "int32", "chunk_weights": "float32"}
         return {k: keras.KerasTensor(shapes[k], dtype=dtypes[k]) for k in shapes}
 
     def get_config(self):
@@ -250,7 +253,8 @@ class MergeChunks(keras.layers.Layer):
 
         def chunk_mean(values):  # B, chunks, ... -> B, ...
             w = ops.reshape(weights, (-1, num_chunks) + (1,) * (len(values.shape) - 2))
-            return ops.sum(values * w, axis=1) / ops.maximum(ops.sum(w, axis=1), 1.0)
+            total = ops.sum(w, axis=1)
+            return ops.sum(values * w, axis=1) / ops.maximum(total, ops.ones_like(total))
 
         cls_tokens = chunk_mean(x[:, :, :, 0])  # B, L, D
         patches = ops.reshape(x[:, :, :, 1:], (-1, num_chunks, depth, x.shape[3] // freq_patches,
@@ -284,28 +288,23 @@ class PrependQueries(keras.layers.Layer):
     """Puts one block's query tokens in front of every chunk's tokens.
 
     Query tokens (visual query tokens, VQT) are read by a block but are not
-    keys: the block is called with `key_offset=num_queries`.
+    keys: the block is called with `key_offset=num_queries` (and key lengths
+    counted with the queries in front).
 
     Call arguments:
         tokens: tensor `(batch * chunks, tokens, dim)`.
-        key_mask: boolean tensor `(batch * chunks, tokens)`.
         queries: tensor `(batch, num_queries, dim)`.
         chunk_weights: tensor `(batch, chunks)` (read for the number of chunks).
 
     Returns:
-        `(tokens, key_mask)` with the queries in front: `(batch * chunks,
-        num_queries + tokens, dim)` and `(batch * chunks, num_queries + tokens)`.
+        Tensor `(batch * chunks, num_queries + tokens, dim)`, the queries first.
     """
 
-    def call(self, tokens, key_mask, queries, chunk_weights):
+    def call(self, tokens, queries, chunk_weights):
         num_chunks = _static_length(chunk_weights, 1, "chunks")
         queries = ops.repeat(ops.cast(queries, tokens.dtype), num_chunks, axis=0)  # B * chunks, Q, D
-        query_keys = ops.ones_like(key_mask[:, :1], dtype="bool")
-        query_keys = ops.repeat(query_keys, queries.shape[1], axis=1)
-        return (ops.concatenate([queries, tokens], axis=1),
-                ops.concatenate([query_keys, ops.cast(key_mask, "bool")], axis=1))
+        return ops.concatenate([queries, tokens], axis=1)
 
-    def compute_output_spec(self, tokens, key_mask, queries, chunk_weights):
+    def compute_output_spec(self, tokens, queries, chunk_weights):
         length = None if tokens.shape[1] is None else tokens.shape[1] + queries.shape[1]
-        return (keras.KerasTensor((tokens.shape[0], length, tokens.shape[2]), dtype=tokens.dtype),
-                keras.KerasTensor((tokens.shape[0], length), dtype="bool"))
+        return keras.KerasTensor((tokens.shape[0], length, tokens.shape[2]), dtype=tokens.dtype)

@@ -5,6 +5,7 @@ import random
 import keras
 from keras import ops
 
+from keras_bat.layers.dense import Dense
 from keras_bat.ops import gated_attention
 
 
@@ -69,6 +70,9 @@ class GatedSelfAttention(keras.layers.Layer):
         tokens: tensor `(batch, tokens, dim)`.
         key_mask: optional boolean tensor `(batch, tokens)`; `False` tokens are
             not attended to (their own outputs are still computed).
+        key_lengths: optional int tensor `(batch,)`, the same padding as
+            lengths (tokens at index `>= key_lengths[b]` are not attended to);
+            the encoders pass these, computed once per forward pass.
         key_offset: int, the first `key_offset` tokens are queries only (not
             keys), as for visual query tokens. Defaults to `0`.
     """
@@ -87,9 +91,9 @@ class GatedSelfAttention(keras.layers.Layer):
         self.dropout = dropout
         self.use_kernels = use_kernels
         dense = dict(dtype=self.dtype_policy)
-        self.qkv = keras.layers.Dense(3 * dim, use_bias=qkv_bias, name="qkv", **dense)
-        self.gate = keras.layers.Dense(dim, name="gate", **dense) if use_gate else None
-        self.proj = keras.layers.Dense(dim, name="proj", **dense)
+        self.qkv = Dense(3 * dim, use_bias=qkv_bias, name="qkv", **dense)
+        self.gate = Dense(dim, name="gate", **dense) if use_gate else None
+        self.proj = Dense(dim, name="proj", **dense)
         self.proj_dropout = seeded_dropout(dropout, dtype=self.dtype_policy)
 
     def build(self, input_shape):
@@ -99,7 +103,7 @@ class GatedSelfAttention(keras.layers.Layer):
         self.proj.build(input_shape)
         self.built = True
 
-    def call(self, tokens, key_mask=None, key_offset=0, training=None):
+    def call(self, tokens, key_mask=None, key_offset=0, training=None, key_lengths=None):
         num_tokens = ops.shape(tokens)[1]
         heads = (self.num_heads, self.head_dim)
         qkv = ops.reshape(self.qkv(tokens), (-1, num_tokens, 3) + heads)  # B, N, 3, H, Dh
@@ -108,7 +112,7 @@ class GatedSelfAttention(keras.layers.Layer):
         if self.gate is not None:
             gate = ops.reshape(self.gate(tokens), (-1, num_tokens) + heads)
         out = gated_attention(query, key, value, gate=gate, key_mask=key_mask, key_offset=key_offset,
-                              use_kernels=self.use_kernels)
+                              use_kernels=self.use_kernels, key_lengths=key_lengths)
         out = ops.reshape(out, (-1, num_tokens, self.dim))
         return self.proj_dropout(self.proj(out), training=training)
 
@@ -146,6 +150,7 @@ class TransformerBlock(keras.layers.Layer):
     Call arguments:
         tokens: tensor `(batch, tokens, dim)`.
         key_mask: optional boolean tensor `(batch, tokens)`, see `GatedSelfAttention`.
+        key_lengths: optional int tensor `(batch,)`, see `GatedSelfAttention`.
         key_offset: int, leading tokens that are queries only. Defaults to `0`.
     """
 
@@ -168,8 +173,8 @@ class TransformerBlock(keras.layers.Layer):
                                        dropout=dropout, use_kernels=use_kernels, name="attn", **policy)
         self.norm1 = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="norm1", **policy)
         self.norm2 = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="norm2", **policy)
-        self.fc1 = keras.layers.Dense(int(dim * mlp_ratio), name="fc1", **policy)
-        self.fc2 = keras.layers.Dense(dim, name="fc2", **policy)
+        self.fc1 = Dense(int(dim * mlp_ratio), name="fc1", **policy)
+        self.fc2 = Dense(dim, name="fc2", **policy)
         self.mlp_dropout = seeded_dropout(dropout, **policy)
         self.drop_path_layer = DropPath(drop_path, **policy)
 
@@ -184,9 +189,9 @@ class TransformerBlock(keras.layers.Layer):
         hidden = self.mlp_dropout(hidden, training=training)
         return self.mlp_dropout(self.fc2(hidden), training=training)
 
-    def call(self, tokens, key_mask=None, key_offset=0, training=None):
+    def call(self, tokens, key_mask=None, key_offset=0, training=None, key_lengths=None):
         def attend(x):
-            x = self.attn(x, key_mask=key_mask, key_offset=key_offset, training=training)
+            x = self.attn(x, key_mask=key_mask, key_offset=key_offset, training=training, key_lengths=key_lengths)
             return self.drop_path_layer(x, training=training)
 
         def feed_forward(x):

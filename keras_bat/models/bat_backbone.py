@@ -115,7 +115,7 @@ class BATBackbone(EncoderModel):
         x = chunks["tokens"]
         if norm is not None:
             x = norm(x)
-        block_outputs, query_outputs = run_blocks(blocks, x, chunks["key_mask"], chunks["chunk_weights"],
+        block_outputs, query_outputs = run_blocks(blocks, x, chunks["key_lengths"], chunks["chunk_weights"],
                                                   query_tokens, dtype)
         outputs = merge_chunks(block_outputs, patch_grid, chunks["chunk_weights"], query_outputs)
         super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)

@@ -24,10 +24,11 @@ def encoder_inputs(num_mels, depth, dim, use_padding_mask=False, num_query_token
     return (spectrogram if len(inputs) == 1 else inputs), spectrogram, padding_mask, query_tokens
 
 
-def run_blocks(blocks, tokens, key_mask, chunk_weights, query_tokens=None, dtype=None, **block_arguments):
-    """Runs `blocks` over chunked tokens; with query tokens `(batch, depth, Q,
-    dim)`, each block's are put in front of the tokens as queries that are not
-    keys, and their outputs are kept.
+def run_blocks(blocks, tokens, key_lengths, chunk_weights, query_tokens=None, dtype=None, **block_arguments):
+    """Runs `blocks` over chunked tokens whose padding is given as `key_lengths`
+    `(batch * chunks,)` (computed once, read by every block); with query tokens
+    `(batch, depth, Q, dim)`, each block's are put in front of the tokens as
+    queries that are not keys, and their outputs are kept.
 
     Returns:
         `(block_outputs, query_outputs)`: each block's token outputs, and each
@@ -36,15 +37,16 @@ def run_blocks(blocks, tokens, key_mask, chunk_weights, query_tokens=None, dtype
     block_outputs, query_outputs = [], None
     if query_tokens is None:
         for block in blocks:
-            tokens = block(tokens, key_mask=key_mask, **block_arguments)
+            tokens = block(tokens, key_lengths=key_lengths, **block_arguments)
             block_outputs.append(tokens)
         return block_outputs, None
     num_queries = query_tokens.shape[2]
     prepend_queries = PrependQueries(dtype=dtype, name="prepend_queries")
+    lengths = key_lengths + num_queries  # the queries come first
     query_outputs = []
     for i, block in enumerate(blocks):
-        x, keys = prepend_queries(tokens, key_mask, query_tokens[:, i], chunk_weights)
-        x = block(x, key_mask=keys, key_offset=num_queries, **block_arguments)
+        x = prepend_queries(tokens, query_tokens[:, i], chunk_weights)
+        x = block(x, key_lengths=lengths, key_offset=num_queries, **block_arguments)
         query_outputs.append(x[:, :num_queries])
         tokens = x[:, num_queries:]
         block_outputs.append(tokens)

@@ -3,5 +3,6 @@
 from keras_bat.ops.attention import gated_attention
 from keras_bat.ops.dispatch import kernel_unavailable_reason, resolve_use_kernels
 from keras_bat.ops.frontend import log_mel_from_stft
+from keras_bat.ops.linear import linear
 
-__all__ = ["gated_attention", "kernel_unavailable_reason", "log_mel_from_stft", "resolve_use_kernels"]
+__all__ = ["gated_attention", "kernel_unavailable_reason", "linear", "log_mel_from_stft", "resolve_use_kernels"]

@@ -6,7 +6,8 @@ from keras.backend import standardize_dtype
 from keras_bat.ops.dispatch import use_kernel
 
 
-def gated_attention(query, key, value, gate=None, key_mask=None, key_offset=0, bias=None, use_kernels=None):
+def gated_attention(query, key, value, gate=None, key_mask=None, key_offset=0, bias=None, use_kernels=None,
+                    key_lengths=None):
     """Scaled dot-product attention with an optional sigmoid output gate.
 
     Computes `softmax(q k^T / sqrt(head_dim) + mask) v * sigmoid(gate)` per
@@ -24,15 +25,23 @@ def gated_attention(query, key, value, gate=None, key_mask=None, key_offset=0, b
             is multiplied by `sigmoid(gate)`. `None` means no gate.
         key_mask: optional boolean tensor `(batch, key_length)`; `False` keys
             take no part in the attention. The fused kernel takes padding
-            masks (the valid keys first); other masks use the keras.ops path.
+            masks (the valid keys first), which it reads back as lengths (a
+            device-to-host sync); other masks use the keras.ops path.
         key_offset: int, the first `key_offset` tokens of `key` and `value`
             are not keys (queries only, like VQT's query tokens).
         bias: optional tensor `(batch or 1, num_heads, query_length, keys)`
             added to the attention logits (over the keys after `key_offset`),
             e.g. BEATs' relative position bias. The fused kernel takes no
             bias: with one, attention runs on the keras.ops path.
-        use_kernels: `None` (auto), `True` (require the fused kernel) or
-            `False` (always the keras.ops path).
+        use_kernels: `None` (auto: the fused kernel for bfloat16 and
+            float16 CUDA tensors, where it is the faster one), `True`
+            (require the fused kernel, float32 too) or `False` (always the
+            keras.ops path).
+        key_lengths: optional int tensor `(batch,)`, the padding as lengths
+            instead of `key_mask`: keys at index `>= key_lengths[b]` (counted
+            from the first token, `key_offset` included) are padding. The
+            fused kernel reads them as they are (no sync); the keras.ops path
+            turns them into a mask.
 
     Returns:
         Tensor `(batch, query_length, num_heads, head_dim)`.
@@ -40,12 +49,17 @@ def gated_attention(query, key, value, gate=None, key_mask=None, key_offset=0, b
     if bias is not None and use_kernels is True:
         raise ValueError("The fused attention kernel takes no additive bias (BEATs' relative positions); "
                          "use use_kernels=None or False.")
+    if key_mask is not None and key_lengths is not None:
+        raise ValueError("Pass the padding as key_mask or as key_lengths, not both.")
     if bias is None and use_kernel(query, use_kernels, "attention") and _kernel_supports(query, use_kernels is True):
-        lengths = _padding_lengths(key_mask, key_offset, required=use_kernels is True)
+        lengths = key_lengths if key_mask is None else _padding_lengths(key_mask, key_offset, use_kernels is True)
         if key_mask is None or lengths is not None:
             from keras_bat_kernels.gated_attention import gated_attention as fused
 
             return fused(query, key, value, gate, lengths, key_offset)
+    if key_lengths is not None:
+        positions = ops.arange(ops.shape(key)[1], dtype="int32")
+        key_mask = positions[None, :] < ops.cast(key_lengths, "int32")[:, None]
     if key_offset:
         key, value = key[:, key_offset:], value[:, key_offset:]
         if key_mask is not None:
@@ -65,6 +79,10 @@ def gated_attention(query, key, value, gate=None, key_mask=None, key_offset=0, b
 def _kernel_supports(query, required):
     from keras_bat_kernels.gated_attention import unsupported_reason
 
+    if not required and standardize_dtype(query.dtype) == "float32":
+        # In float32 the fused kernel is slower than PyTorch's SDPA (benchmarks/gpu_check.sh):
+        # auto picks it for bfloat16 and float16; use_kernels=True still runs it.
+        return False
     reason = unsupported_reason(query)
     if reason is not None and required:
         raise ValueError(f"The fused attention kernel cannot take these inputs: {reason}.")

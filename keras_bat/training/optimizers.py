@@ -76,7 +76,30 @@ class ScaledAdamW(keras.optimizers.AdamW):
         return super()._use_weight_decay(variable)
 
     def update_step(self, gradient, variable, learning_rate):
-        super().update_step(gradient, variable, self._scale(variable, learning_rate))
+        learning_rate = self._scale(variable, learning_rate)
+        if keras.backend.backend() != "torch" or self.amsgrad:
+            return super().update_step(gradient, variable, learning_rate)
+        self._update_in_place(gradient, variable, learning_rate)
+
+    def _update_in_place(self, gradient, variable, learning_rate):
+        """Keras' Adam step, the same formulas, as in-place torch operations on
+        the variables' tensors: a few passes over each variable instead of a
+        new tensor per operation (the torch backend runs the step eagerly)."""
+        import torch
+
+        dtype = variable.dtype
+        step = keras.ops.cast(self.iterations + 1, dtype)
+        alpha = (keras.ops.cast(learning_rate, dtype) * keras.ops.sqrt(1 - keras.ops.power(self.beta_2, step))
+                 / (1 - keras.ops.power(self.beta_1, step)))
+        index = self._get_variable_index(variable)
+        m, v = self._momentums[index].value, self._velocities[index].value
+        gradient = keras.ops.cast(gradient, dtype)
+        with torch.no_grad():
+            m.lerp_(gradient, 1 - self.beta_1)  # m + (g - m) (1 - beta_1)
+            v.mul_(self.beta_2).addcmul_(gradient, gradient, value=1 - self.beta_2)  # v + (g**2 - v) (1 - beta_2)
+            update = v.sqrt().add_(self.epsilon)  # the one temporary
+            torch.div(m, update, out=update)
+            variable.value.sub_(update.mul_(alpha))  # alpha m / (sqrt(v) + epsilon)
 
     def _apply_weight_decay(self, variables):
         if self.weight_decay is None:
@@ -85,7 +108,13 @@ class ScaledAdamW(keras.optimizers.AdamW):
             if self._use_weight_decay(variable):
                 lr = keras.ops.cast(self._scale(variable, self.learning_rate), variable.dtype)
                 wd = keras.ops.cast(self.weight_decay, variable.dtype)
-                variable.assign(variable - variable * wd * lr)
+                if keras.backend.backend() == "torch":  # in place: one pass over the variable
+                    import torch
+
+                    with torch.no_grad():
+                        variable.value.mul_(1 - wd * lr)
+                else:
+                    variable.assign(variable - variable * wd * lr)
 
     def get_config(self):
         config = super().get_config()

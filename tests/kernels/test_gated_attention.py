@@ -3,7 +3,10 @@ reference, over tail blocks, masks, offsets, strides, head dims and dtypes."""
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
+from keras_bat_kernels import gated_attention as module
 from keras_bat_kernels.gated_attention import gated_attention, gated_attention_reference
 
 # Max error relative to the reference's largest magnitude, per input dtype.
@@ -17,6 +20,10 @@ CASES = {
     "no_gate_odd_head_dim": (2, 19, 33, 1, 48, [33, 17], 0, False),
     "row_without_keys": (2, 17, 20, 1, 32, [20, 2], 2, True),
     "head_dim_128": (1, 24, 40, 2, 128, [30], 5, True),
+    # hundreds of tokens: many query and key tiles, so the online softmax and
+    # the dK/dV sums run over several blocks (also at a GPU's 64 x 64 tiles)
+    "hundreds_of_tokens": (2, 300, 300, 2, 64, [300, 170], 0, True),
+    "head_dim_96": (1, 150, 161, 2, 96, [140], 1, True),
 }
 
 
@@ -97,3 +104,103 @@ def test_benchmark_script_runs(tmp_path):
         assert set(results["attention"][0]["results"]) == {"fused_triton", "sdpa_then_gate", "keras_ops_path"}
         assert results["log_mel"][0]["max_abs_difference"] <= 1e-4
         assert (tmp_path / "kernels.json").exists()
+
+
+@triton.jit
+def _store_tile_offsets(OUT, sequence, s_b, s_n, s_h, s_d):
+    tokens = tl.arange(0, 16)
+    dims = tl.arange(0, 16)
+    offsets = module._tile_offsets(tl.program_id(0) + sequence, tl.program_id(0) + 1, s_b, s_n, s_h, s_d,
+                                   tokens, dims)
+    tl.store(OUT + tokens[:, None] * 16 + dims[None, :], offsets)
+
+
+def test_tile_offsets_are_64_bit_where_they_must_be():
+    # A (B, N, 3, H, D) fused projection of 513 tokens, 12 heads of 64 has a
+    # batch stride of 2.4 million: sequence 1900 starts past 2**31 elements.
+    strides = (513 * 3 * 12 * 64, 3 * 12 * 64, 64, 1)
+    out = torch.zeros(16, 16, dtype=torch.int64, device=DEVICE)
+    _store_tile_offsets[(1,)](out, 1900, *strides)
+    tokens, dims = torch.arange(16)[:, None], torch.arange(16)[None, :]
+    expected = 1900 * strides[0] + 1 * strides[2] + tokens * strides[1] + dims
+    assert expected.min() > 2**31
+    assert torch.equal(out.cpu(), expected)
+    # Within one sequence offsets stay 32-bit: a sequence spanning 2**31 elements is refused.
+    class HugeSequence:  # the shape and strides alone (the memory would not fit a test machine)
+        shape = (1, 2, 1, 16)
+
+        def stride(self):
+            return (2**32, 2**31, 16, 1)
+
+    with pytest.raises(ValueError, match="spans 2\\*\\*31 elements"):
+        module._check_sequence_offsets(HugeSequence())
+    module._check_sequence_offsets(torch.zeros(3, 4, 2, 16))
+
+
+def test_batch_and_heads_run_on_the_unbounded_grid_axis():
+    grid = module.attention_grid(batch_heads=6000 * 12, tokens=1000, block=16)
+    assert grid == (72000, 63)  # axis 0 takes up to 2**31 - 1 programs, the others 65535
+
+
+@pytest.mark.parametrize("block", [8, 48, 512, 16.0])
+def test_invalid_block_sizes_are_refused(block):
+    q = torch.randn(1, 20, 1, 32, device=DEVICE)
+    with pytest.raises(ValueError, match="block_m must be a power of two from 16 to 256"):
+        gated_attention(q, q, q, block_m=block)
+    with pytest.raises(ValueError, match="block_n must be"):
+        gated_attention(q, q, q, block_n=block)
+
+
+def test_forward_without_gradients_writes_no_backward_state():
+    q, k, v, gate = (torch.randn(2, 40, 2, 32, device=DEVICE) for _ in range(4))
+    launcher = module._Launcher(q.device, 32, q.dtype, None, None)
+    out, attended, lse = module._forward(q, k, v, gate, None, 0, launcher, for_backward=False)
+    assert attended is None and lse is None
+    out_for_backward, attended, lse = module._forward(q, k, v, gate, None, 0, launcher, for_backward=True)
+    assert torch.equal(out, out_for_backward) and attended.shape == q.shape and lse.shape == (2, 2, 40)
+    with torch.no_grad():
+        assert torch.equal(gated_attention(q.requires_grad_(), k, v, gate), out)
+
+
+@pytest.mark.parametrize("with_gate", [True, False])
+def test_gate_backward_kernel_equals_its_formulas(with_gate):
+    generator = torch.Generator().manual_seed(0)
+    attended, gate = (torch.randn(2, 37, 3, 48, generator=generator).to(DEVICE) for _ in range(2))
+    d_out = torch.randn(2, 37, 1, 48, generator=generator).to(DEVICE).expand(-1, -1, 3, -1)  # strided upstream
+    d_attended, d_gate, delta = module._gate_backward_pass(d_out, attended, gate if with_gate else None,
+                                                           torch.float32)
+    sig = torch.sigmoid(gate) if with_gate else torch.ones_like(gate)
+    torch.testing.assert_close(d_attended, d_out * sig)
+    torch.testing.assert_close(delta, (d_out * sig * attended).sum(-1).permute(0, 2, 1))
+    if with_gate:
+        torch.testing.assert_close(d_gate, d_out * attended * sig * (1 - sig))
+    else:
+        assert d_gate is None
+
+
+def test_tile_configs_for_wide_float32_heads_use_8_warps():
+    assert module.default_config(96, torch.float32) == (64, 64, 8)
+    assert module.default_config(64, torch.float32) == (64, 64, 4)
+    assert module.default_config(128, torch.bfloat16) == (64, 64, 4)
+    configs = module._configs(("BLOCK_M", "BLOCK_N"))
+    wide = module._keep_feasible_configs(configs, {"Q": torch.zeros(1, dtype=torch.float32)}, HEAD_DIM=96)
+    assert wide and all(c.num_warps == 8 for c in wide)
+    assert module._keep_feasible_configs(configs, {"Q": torch.zeros(1, dtype=torch.bfloat16)}, HEAD_DIM=96) == configs
+
+
+def test_gpu_check_script_dry_run(tmp_path):
+    # The GPU check's CPU-checkable parts: the kernel benchmark and the training
+    # steps on tiny shapes under Triton's interpreter, and the summary table.
+    import os
+    import subprocess
+    import sys
+
+    if DEVICE != "cpu":
+        pytest.skip("on a GPU machine benchmarks/gpu_check.sh runs in full")
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    done = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--dry-run", str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = (tmp_path / "summary.txt").read_text()
+    assert summary.count("ViT-B fwd+bwd") == 4 and "BAT pretraining step" in summary
+    assert "limit check: log-mel" in (tmp_path / "kernels.log").read_text()

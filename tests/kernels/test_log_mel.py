@@ -6,7 +6,7 @@ import torch
 
 from helpers import load_parity
 from keras_bat.layers.frontend import htk_mel_filter_bank
-from keras_bat_kernels.log_mel import log_mel_from_stft, log_mel_reference, log_mel_spectrogram
+from keras_bat_kernels.log_mel import interleaved, log_mel_from_stft, log_mel_reference, log_mel_spectrogram
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -45,9 +45,22 @@ def test_equals_the_reference_on_random_spectra(top_db, time_frames, num_mels):
     assert (out - expected).abs().max().item() <= 1e-5
 
 
+def test_halves_of_one_complex_tensor_are_read_in_place():
+    stft = torch.randn(2, 30, 513, dtype=torch.complex64, generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    spectrum = interleaved(stft.real, stft.imag)
+    assert spectrum.data_ptr() == torch.view_as_real(stft).data_ptr()  # no copy
+    separate = interleaved(stft.real.contiguous(), stft.imag.contiguous())
+    assert torch.equal(spectrum, separate)
+    out = log_mel_from_stft(stft.real, stft.imag, _bank())
+    expected = log_mel_reference(stft.real, stft.imag, _bank())
+    assert (out - expected).abs().max().item() <= 1e-5
+
+
 def test_invalid_inputs_are_named():
     real = torch.zeros(1, 4, 513, device=DEVICE)
     with pytest.raises(ValueError, match="filter_bank must be"):
         log_mel_from_stft(real, real, torch.zeros(512, 128, device=DEVICE))
     with pytest.raises(ValueError, match="real and imag"):
         log_mel_from_stft(real, real[0], _bank())
+    with pytest.raises(ValueError, match="block_t must be a power of two"):
+        log_mel_from_stft(real, real, _bank(), block_t=8)
