@@ -112,3 +112,18 @@ def test_block_dropout_is_active_only_in_training():
     assert not np.allclose(to_numpy(block(tokens, training=True)), to_numpy(block(tokens)))
     assert keras.saving.deserialize_keras_object(
         keras.saving.serialize_keras_object(block)).get_config() == block.get_config()
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_dense_equals_keras_dense(policy):
+    # keras_bat.layers.Dense projects in one fused call (addmm under torch); same weights, same result.
+    from keras_bat.layers import Dense
+
+    x = np.random.default_rng(0).normal(size=(2, 5, 8)).astype("float32")
+    ours, reference = Dense(6, dtype=policy), keras.layers.Dense(6, dtype=policy)
+    ours.build(x.shape)
+    reference.build(x.shape)
+    reference.set_weights(ours.get_weights())
+    tolerance = 1e-6 if policy == "float32" else 2e-2
+    np.testing.assert_allclose(to_numpy(ours(x)), to_numpy(reference(x)), atol=tolerance, rtol=tolerance)
+    assert keras.backend.standardize_dtype(ours(x).dtype) == reference.compute_dtype

@@ -91,6 +91,24 @@ def test_layer_decay_scales_each_update():
     np.testing.assert_allclose(steps, [0.1 * 0.5**3, 0.1 * 0.5], rtol=1e-3)
 
 
+def test_paper_adamw_steps_equal_keras_adamw():
+    # Under torch the update runs in place; the formulas are Keras' AdamW's on every backend.
+    rng = np.random.default_rng(0)
+    values = [rng.normal(size=(4, 3)).astype("float32"), rng.normal(size=(6, 5)).astype("float32")]
+    ours = [keras.Variable(v, name=f"w{i}") for i, v in enumerate(values)]
+    theirs = [keras.Variable(v, name=f"w{i}") for i, v in enumerate(values)]
+    optimizer = paper_adamw(1e-2, weight_decay=0.05)
+    optimizer.no_decay_names = ()
+    reference = keras.optimizers.AdamW(learning_rate=1e-2, weight_decay=0.05)
+    for step in range(3):
+        grads = [rng.normal(size=v.shape).astype("float32") for v in values]
+        optimizer.apply_gradients(zip([keras.ops.convert_to_tensor(g) for g in grads], ours))
+        reference.apply_gradients(zip([keras.ops.convert_to_tensor(g) for g in grads], theirs))
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(to_numpy(a), to_numpy(b), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(to_numpy(ours[0]), values[0])
+
+
 def test_asymmetric_loss_by_hand():
     logits = np.array([[2.0, -1.0], [0.5, 0.0]], "float32")
     labels = np.array([[1.0, 0.0], [0.0, 1.0]], "float32")
