@@ -22,6 +22,8 @@ import os
 import statistics
 import time
 
+from common import encoder_gflop
+
 # Dense bfloat16 tensor-core peaks (TFLOP/s, without sparsity) from NVIDIA's data sheets.
 BF16_PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.0}
 
@@ -96,10 +98,10 @@ def encoder_steps(args):
                     step()
                 flops = counter.get_total_flops()
                 _record(args, {"workload": "flops", "name": "ViT-B fwd+bwd, half the clips padded", "flops": flops})
-            timing = _time(step, args.warmup, args.steps, device)
+            timing = _time(step, args.warmup, args.steps)
             _record(args, {"workload": "ViT-B fwd+bwd, half the clips padded", "backend": "torch",
                            "dtype": dtype, "kernels": use_kernels, "clips": clips, "frames": frames,
-                           "loss": loss, **timing})
+                           "loss": loss, **timing, "peak_mib": _peak_mib("torch")})
 
 
 def pretrain_steps(args):
@@ -117,46 +119,44 @@ def pretrain_steps(args):
                           decoder_heads=encoder["num_heads"], time_frames=frames, num_views=views, seed=0)
     model.compile(jit_compile=backend != "torch")
     x = np.random.default_rng(0).uniform(size=(clips, frames, 128)).astype("float32")
-    timing = _time(lambda: model.train_on_batch(x), args.warmup, args.steps, device=None)
+    timing = _time(lambda: model.train_on_batch(x), args.warmup, args.steps)
     patches = frames // 16 * 8
     kept = int(patches * (1 - model.mask_ratio))
     tokens = {"student": (clips * views, kept + 1), "decoder": (clips * views, patches),
               "teacher": (clips, patches + 1)}
-    flops = 1e9 * (3 * _encoder_gflop(*tokens["student"], encoder["dim"], encoder["depth"])
-                   + 3 * _encoder_gflop(*tokens["decoder"], encoder["dim"], decoder_depth)
-                   + _encoder_gflop(*tokens["teacher"], encoder["dim"], encoder["depth"]))
+    flops = 1e9 * (3 * encoder_gflop(*tokens["student"], encoder["dim"], encoder["depth"])
+                   + 3 * encoder_gflop(*tokens["decoder"], encoder["dim"], decoder_depth)
+                   + encoder_gflop(*tokens["teacher"], encoder["dim"], encoder["depth"]))
     _record(args, {"workload": f"BAT pretraining step, {clips} clips x {views} views", "backend": backend,
                    "dtype": "mixed_bfloat16", "kernels": backend == "torch", "jit": backend != "torch",
                    "clips": clips, "frames": frames, "analytic_flops": flops, **timing,
                    "peak_mib": _peak_mib(backend)})
 
 
-def _encoder_gflop(sequences, tokens, dim, depth):
-    import sys
-
-    sys.path.insert(0, os.path.dirname(__file__))
-    from common import encoder_gflop
-
-    return encoder_gflop(sequences, tokens, dim, depth)
-
-
-def _time(step, warmup, steps, device):
-    """Median seconds per step; for the torch workloads also the peak memory."""
+def _cuda_torch():
+    """The torch module when Keras runs on torch with a CUDA GPU, else `None`."""
     import keras
 
-    def synchronize():
-        if keras.backend.backend() == "torch":
-            import torch
+    if keras.backend.backend() != "torch":
+        return None
+    import torch
 
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
+    return torch if torch.cuda.is_available() else None
+
+
+def _time(step, warmup, steps):
+    """Median and minimum seconds per step after `warmup` steps (torch's peak
+    memory counter restarts after the warm-up, for `_peak_mib`)."""
+    torch = _cuda_torch()
+
+    def synchronize():
+        if torch:
+            torch.cuda.synchronize()
 
     for _ in range(warmup):
         step()
     synchronize()
-    if device == "cuda":
-        import torch
-
+    if torch:
         torch.cuda.reset_peak_memory_stats()
     times = []
     for _ in range(steps):
@@ -164,10 +164,7 @@ def _time(step, warmup, steps, device):
         step()
         synchronize()
         times.append(time.perf_counter() - start)
-    result = {"median_s": statistics.median(times), "min_s": min(times)}
-    if device == "cuda":
-        result["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
-    return result
+    return {"median_s": statistics.median(times), "min_s": min(times)}
 
 
 def _peak_mib(backend):

@@ -12,7 +12,7 @@ class Dense(keras.layers.Dense):
     torch backend."""
 
     def call(self, inputs, training=None):
-        if self.lora_enabled or self.quantization_mode or self.bias is None:
+        if self.lora_enabled or self.quantization_mode:
             return super().call(inputs, training=training)
         x = linear(inputs, self.kernel, self.bias)
         return x if self.activation is None else self.activation(x)

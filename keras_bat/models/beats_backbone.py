@@ -122,8 +122,8 @@ class BEATsBackbone(EncoderModel):
         x = chunks["tokens"] * ops.cast(key_mask, chunks["tokens"].dtype)[..., None]
         x = encoder_norm(x + pos_conv(x))
         position_bias = relative_bias(x, num_query_tokens=num_query_tokens)  # H, Q + N, N: computed once, shared
-        block_outputs, query_outputs = run_blocks(blocks, x, chunks["key_lengths"], chunks["chunk_weights"], query_tokens,
-                                                  dtype, position_bias=position_bias)
+        block_outputs, query_outputs = run_blocks(blocks, x, chunks["key_lengths"], chunks["chunk_weights"],
+                                                  query_tokens, dtype, position_bias=position_bias)
         block_outputs = [mean_token(tokens, key_mask) for tokens in block_outputs]
         outputs = merge_chunks(block_outputs, patch_grid, chunks["chunk_weights"], query_outputs)
         super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)
