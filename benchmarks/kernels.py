@@ -274,7 +274,8 @@ def main(argv=None):
     for row in limits:
         print(f"limit check: {row['check']}: max relative error {row['max_relative_error']:.1e}")
     for row in log_mel:
-        print(f"log-mel, {row['clips']} x {row['seconds']} s clips (max abs difference {row['max_abs_difference']:.1e})")
+        print(f"log-mel, {row['clips']} x {row['seconds']} s clips "
+              f"(max abs difference {row['max_abs_difference']:.1e})")
         for label, r in row["results"].items():
             print(f"  {label:16s} {r['ms']:8.3f} ms")
         print(f"  fused vs torch.stft + matmul: {row['speedup_vs_stft_then_matmul']:.2f}x")

@@ -10,4 +10,7 @@ from keras_bat.models import AudioClassifier, BATBackbone  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["AudioClassifier", "BATBackbone", "KaldiFbank", "LogMelSpectrogram", "convert", "heads", "layers", "models", "ops", "training"]
+__all__ = [
+    "AudioClassifier", "BATBackbone", "KaldiFbank", "LogMelSpectrogram", "convert", "heads", "layers",
+    "models", "ops", "training",
+]

@@ -5,6 +5,8 @@
     keras-bat finetune as20k --set data.root=/data/AudioSet model.weights=bat.pt
     keras-bat pretrain ssl --set data.root=/data/AudioSet
     keras-bat embed my_audio/ --output embeddings.npz --weights bat.pt --frames
+    keras-bat export my_probe_preset/ probe.onnx --format onnx
+    keras-bat hear-validate -m my_preset/
 """
 
 import argparse
@@ -44,6 +46,15 @@ def _parser():
     embed.add_argument("--clip-seconds", type=float, default=10.24)
     embed.add_argument("--batch-size", type=int, default=8)
     embed.add_argument("--frames", action="store_true", help="also write frame embeddings")
+    export = commands.add_parser("export", help="write a SavedModel or ONNX file for serving (frontend inside)")
+    export.add_argument("source", help="AudioClassifier preset directory, .keras file, backbone preset or checkpoint")
+    export.add_argument("path", help="the SavedModel directory or .onnx file to write")
+    export.add_argument("--format", choices=("saved_model", "onnx"), default="saved_model")
+    export.add_argument("--time-frames", type=int,
+                        help="frames a backbone's embedder cuts or pads clips to (default: one chunk, 1024)")
+    hear = commands.add_parser("hear-validate", help="run hearvalidator on keras_bat.hear (safe import order)")
+    hear.add_argument("-m", "--model", default="", help="model_file_path for keras_bat.hear.load_model")
+    hear.add_argument("-d", "--device", help="device for the validator, e.g. cpu or cuda")
     return parser
 
 
@@ -64,6 +75,14 @@ def main(argv=None):
         # Keras and the input pipeline import TensorFlow anyway: import it here,
         # quietly, and (under JAX or torch) off the GPUs.
         import_tensorflow()
+    if args.command == "export":
+        from keras_bat.export import export_file
+
+        export_file(args.source, args.path, args.format, args.time_frames)
+        print(f"wrote {args.path}")
+        return 0
+    if args.command == "hear-validate":
+        return _hear_validate(args.model, args.device)
     if args.command == "embed":
         from keras_bat.workflows.embed import run_embed
 
@@ -95,6 +114,25 @@ def main(argv=None):
     summary = result.get("summary") or result.get("metrics") or {"backbone": result.get("backbone")}
     print(json.dumps(summary, indent=2))
     print(f"results: {config['output_dir']}/results.json")
+    return 0
+
+
+def _hear_validate(model, device):
+    """hearvalidator's checks on `keras_bat.hear`, in this process, where
+    Keras (and under torch, Triton) is imported before TensorFlow."""
+    import keras
+
+    import keras_bat.hear  # noqa: F401  (Keras first)
+
+    if keras.backend.backend() not in ("torch", "tensorflow"):
+        raise SystemExit("hearvalidator checks torch and TensorFlow models: run hear-validate with KERAS_BACKEND=torch "
+                         "or tensorflow (under JAX, keras_bat.hear's functions return JAX arrays).")
+    try:
+        from hearvalidator.validate import ValidateModel
+    except ImportError as error:
+        raise SystemExit("hear-validate needs hearvalidator: pip install 'keras-bat[hear]'") from error
+    ValidateModel("keras_bat.hear", model, device=device)()
+    print("hearvalidator: keras_bat.hear looks good")
     return 0
 
 

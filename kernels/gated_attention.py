@@ -99,7 +99,7 @@ def _probabilities_and_score_grads(q, k, v, d_attended, lse, delta, col_ok, scal
 
 
 @triton.jit
-def _attention_forward(Q, K, V, G, O, A, LSE, LENGTHS,
+def _attention_forward(Q, K, V, G, O, A, LSE, LENGTHS,  # noqa: E741 (the kernel's tensor names)
                        s_qb, s_qn, s_qh, s_qd, s_kb, s_kn, s_kh, s_kd, s_vb, s_vn, s_vh, s_vd,
                        s_gb, s_gn, s_gh, s_gd, s_ob, s_on, s_oh, s_od,
                        num_heads, num_queries, num_keys, key_offset, scale, tokens_bucket,

@@ -13,7 +13,8 @@ from keras_bat.data import (CharTokenizer, audio_files, audioset, balanced_sampl
 def test_audioset(tmp_path):
     ontology = [{"id": "/m/a", "name": "Speech"}, {"id": "/m/b", "name": "Music"}, {"id": "/m/c", "name": "Dog"}]
     (tmp_path / "ontology.json").write_text(json.dumps(ontology))
-    header = "# Segments csv created Sun Mar  5 10:54:31 2017\n# num_ytids=3\n# YTID, start_seconds, end_seconds, positive_labels\n"
+    header = ("# Segments csv created Sun Mar  5 10:54:31 2017\n# num_ytids=3\n"
+              "# YTID, start_seconds, end_seconds, positive_labels\n")
     (tmp_path / "eval_segments.csv").write_text(
         header + 'e1, 0.000, 10.000, "/m/a,/m/b"\ne2, 30.000, 40.000, "/m/b"\ne3, 0.0, 10.0, "/m/a"\n')
     (tmp_path / "balanced_train_segments.csv").write_text(
@@ -102,7 +103,8 @@ def test_dcase2016_task2_frame_targets(tmp_path):
 def test_librispeech_and_tokenizer(tmp_path):
     chapter = tmp_path / "dev-clean" / "84" / "121123"
     chapter.mkdir(parents=True)
-    (chapter / "84-121123.trans.txt").write_text("84-121123-0000 GO DO YOU HEAR\n84-121123-0001 BUT IN LESS THAN FIVE MINUTES\n")
+    (chapter / "84-121123.trans.txt").write_text(
+        "84-121123-0000 GO DO YOU HEAR\n84-121123-0001 BUT IN LESS THAN FIVE MINUTES\n")
     dataset = librispeech(tmp_path, "dev-clean")
     assert [c.label for c in dataset.clips] == ["GO DO YOU HEAR", "BUT IN LESS THAN FIVE MINUTES"]
     assert dataset.clips[0].path.endswith("84-121123-0000.flac")

@@ -49,7 +49,8 @@ def test_cached_features_give_the_uncached_logits(synthetic, tmp_path):
     cache = FeatureCache.build(tmp_path / "cache", backbone, frontend, synthetic, 0.64, tokens="all",
                                batch_size=5, verbose=False)
     assert len(cache) == 12 and cache.meta["clip_indices"] == list(range(12))
-    assert cache.features["patch_tokens"].dtype == np.uint16 and cache.features["patch_tokens"].shape == (12, 2, 4, 8, 32)
+    patch_tokens = cache.features["patch_tokens"]
+    assert patch_tokens.dtype == np.uint16 and patch_tokens.shape == (12, 2, 4, 8, 32)
     head = CGP(8, num_prototypes=16, dropout=0.0)
     uncached = AudioClassifier(backbone, head, frontend=frontend)
     cached = AudioClassifier(None, head)

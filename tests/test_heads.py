@@ -114,7 +114,8 @@ def test_bad_head_configurations():
 
 
 def test_head_checkpoint_mismatches_are_listed(features):
-    with pytest.raises(ValueError, match=r"'cgp_cls/prototype_vectors': checkpoint \(32, 64, 1, 1\) vs model \(16, 64, 1, 1\)"):
+    expected = r"'cgp_cls/prototype_vectors': checkpoint \(32, 64, 1, 1\) vs model \(16, 64, 1, 1\)"
+    with pytest.raises(ValueError, match=expected):
         load_official_head_weights(CGP(5, 16), parity_path("heads_weights.safetensors"), prefix="cgp_cls/")
     weights = {k: v for k, v in load_parity("heads_weights.safetensors").items() if k.startswith("linear_cls/")}
     with pytest.raises(ValueError, match=r"missing keys.*'ln\.weight'"):

@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -145,3 +149,48 @@ def test_waveform_classifier_saves_and_loads(tmp_path):
 def test_bad_task_configurations(head, task, message):
     with pytest.raises(ValueError, match=message):
         AudioClassifier(BATBackbone(**SMALL), head(), task=task)
+
+
+def test_classifier_preset_restores_frontend_backbone_and_head(tmp_path):
+    model = AudioClassifier(BATBackbone(**SMALL), CGP(3, 8), frontend=LogMelSpectrogram(time_frames=64),
+                            task="multiclass", label_smoothing=0.1)
+    waveforms = np.random.default_rng(2).normal(size=(2, 10080)).astype("float32") * 0.1
+    expected = to_numpy(model(waveforms))
+    model.save_to_preset(tmp_path / "probe")
+    restored = AudioClassifier.from_preset(tmp_path / "probe")
+    assert isinstance(restored.frontend, LogMelSpectrogram) and restored.frontend.time_frames == 64
+    assert isinstance(restored.head, CGP) and restored.head.num_prototypes == 8 and restored.label_smoothing == 0.1
+    np.testing.assert_allclose(to_numpy(restored(waveforms)), expected, atol=1e-6)
+    # The folder is a backbone preset too: the encoder alone, with its weights.
+    encoder = BATBackbone.from_preset(str(tmp_path / "probe"))
+    spectrogram = to_numpy(model.frontend(waveforms))
+    np.testing.assert_allclose(to_numpy(encoder(spectrogram)["cls_tokens"]),
+                               to_numpy(model.backbone(spectrogram)["cls_tokens"]), atol=1e-6)
+    with pytest.raises(ValueError, match="holds no task.keras"):
+        AudioClassifier.from_preset(tmp_path)
+
+
+SAVE_UNDER_ANOTHER_BACKEND = """
+import sys
+import numpy as np
+import keras
+from keras_bat import AudioClassifier, BATBackbone, LogMelSpectrogram
+from keras_bat.heads import CGP
+keras.utils.set_random_seed(0)
+model = AudioClassifier(BATBackbone(dim=32, depth=2, num_heads=4), CGP(3, 8),
+                        frontend=LogMelSpectrogram(time_frames=64))
+waveforms = np.random.default_rng(3).normal(size=(2, 10080)).astype("float32") * 0.1
+np.savez(sys.argv[1] + ".npz", waveforms=waveforms, logits=keras.ops.convert_to_numpy(model(waveforms)))
+model.save(sys.argv[1] + ".keras")
+"""
+
+
+def test_keras_file_saved_under_another_backend_loads_with_equal_outputs(tmp_path):
+    # TensorFlow's files load under JAX and torch; under TensorFlow, torch's file.
+    source = "torch" if keras.backend.backend() == "tensorflow" else "tensorflow"
+    environment = {**os.environ, "KERAS_BACKEND": source}
+    subprocess.run([sys.executable, "-c", SAVE_UNDER_ANOTHER_BACKEND, str(tmp_path / "model")], env=environment,
+                   check=True, capture_output=True)
+    saved = np.load(tmp_path / "model.npz")
+    restored = keras.saving.load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(to_numpy(restored(saved["waveforms"])), saved["logits"], atol=1e-5)

@@ -1,3 +1,5 @@
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -5,6 +7,7 @@ from helpers import load_parity, max_abs_error, parity_path, to_numpy
 
 from keras_bat.convert import load_official_weights
 from keras_bat.models import BATBackbone
+from keras_bat.models.encoder_graph import RandomWeightsWarning
 
 
 @pytest.fixture(scope="module")
@@ -129,10 +132,18 @@ def test_mixed_bfloat16_stays_close_to_float32(official_backbone, tiny_config, e
 
 
 def test_presets_build_paper_architectures():
-    assert set(BATBackbone.presets()) == {"bat_small", "bat_base", "bat_large", "eat_base", "sslam_base"}
-    small = BATBackbone.from_preset("bat_small", depth=1)
+    presets = BATBackbone.presets  # a class property, as in keras-hub
+    assert set(presets) == {"bat_small", "bat_base", "bat_large", "eat_base", "sslam_base"}
+    assert "ViT-B/16" in presets["bat_base"]["description"] and presets["bat_base"]["weights"] is None
+    assert presets["bat_base"]["config"] == {"dim": 768, "depth": 12, "num_heads": 12}
+    with pytest.warns(RandomWeightsWarning, match="RANDOM weights.*load_official_weights"):
+        small = BATBackbone.from_preset("bat_small", depth=1)
     assert (small.dim, small.num_heads, small.depth) == (384, 6, 1)
-    base = BATBackbone.from_preset("bat_base")
+    with pytest.warns(RandomWeightsWarning, match="load_eat_weights"):
+        BATBackbone.from_preset("eat_base", depth=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # random weights asked for: no warning
+        base = BATBackbone.from_preset("bat_base", load_weights=False)
     d = 768  # per block: qkv, gate, proj, fc1, fc2, two LayerNorms
     block = (d * 3 * d + 3 * d) + 2 * (d * d + d) + (d * 4 * d + 4 * d) + (4 * d * d + d) + 4 * d
     patch_embed, cls_token, pre_norm = 16 * 16 * d + d, d, 2 * d
@@ -144,7 +155,9 @@ def test_presets_build_paper_architectures():
 
 def test_preset_directory_round_trip(official_backbone, tmp_path, encoder_outputs):
     official_backbone.save_to_preset(tmp_path)
-    restored = BATBackbone.from_preset(str(tmp_path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a directory with weights: no random-weights warning
+        restored = BATBackbone.from_preset(str(tmp_path))
     x = encoder_outputs["input"][:, 0]
     np.testing.assert_array_equal(to_numpy(restored(x)["cls_tokens"]),
                                   to_numpy(official_backbone(x)["cls_tokens"]))

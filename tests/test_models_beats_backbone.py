@@ -11,6 +11,7 @@ from keras_bat.convert.beats import beats_parameters, load_beats_weights
 from keras_bat.heads import VQTHead
 from keras_bat.layers.beats import relative_position_buckets
 from keras_bat.models.beats_backbone import BEATsBackbone
+from keras_bat.models.encoder_graph import RandomWeightsWarning
 
 TINY = {"dim": 64, "depth": 3, "num_heads": 4, "ffn_dim": 128, "embed_dim": 48, "conv_pos": 16,
         "conv_pos_groups": 4}
@@ -95,7 +96,9 @@ def test_relative_buckets_are_symmetric_and_saturate():
 
 
 def test_beats_presets(checkpoint, tmp_path):
-    assert set(BEATsBackbone.presets()) == {"beats_iter3"}
+    assert set(BEATsBackbone.presets) == {"beats_iter3"}
+    with pytest.warns(RandomWeightsWarning, match="load_beats_weights"):
+        BEATsBackbone.from_preset("beats_iter3", depth=1)
     backbone = load_beats_weights(tiny_beats(), checkpoint)
     backbone.save_to_preset(str(tmp_path / "beats"))
     restored = BEATsBackbone.from_preset(str(tmp_path / "beats"))

@@ -65,7 +65,8 @@ def test_required_kernel_without_cuda_raises_a_clear_error(monkeypatch):
     expected = "not CUDA" if TORCH else "torch backend"
     with _on_cpu():
         q = keras.ops.convert_to_tensor(np.zeros((1, 3, 2, 16), "float32"))
-        with pytest.raises(RuntimeError, match=f"use_kernels=True asks for the fused attention kernel, but .*{expected}"):
+        message = f"use_kernels=True asks for the fused attention kernel, but .*{expected}"
+        with pytest.raises(RuntimeError, match=message):
             gated_attention(q, q, q, use_kernels=True)
         with pytest.raises(RuntimeError, match="fused log-mel kernel"):
             LogMelSpectrogram(use_kernels=True)(np.zeros((1, 4000), "float32"))

@@ -58,7 +58,8 @@ def test_every_recipe_variant_loads(name):
 
 def test_paper_settings_in_recipes():
     esc50 = load_config("esc50", "cgp")
-    assert (esc50["train"]["weight_decay"], esc50["train"]["steps"], esc50["head"]["num_prototypes"]) == (0.2, 4000, 10000)
+    train = esc50["train"]
+    assert (train["weight_decay"], train["steps"], esc50["head"]["num_prototypes"]) == (0.2, 4000, 10000)
     finetune = load_config("as20k", "finetune")
     assert finetune["train"]["lr"] == 5e-5 and finetune["train"]["layer_decay"] == 0.75
     assert finetune["augment"]["mixup_chance"] == 0.9 and finetune["augment"]["time_mask_param"] == 64

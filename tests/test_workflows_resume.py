@@ -86,7 +86,8 @@ def test_killed_run_resumes_to_the_same_weights(run, tmp_path):
     # Backups happen after steps 3, 5 (epoch end), 8, 10 (epoch end), 13, 15, ...: kill between them.
     kill_after = int(os.environ.get("KILL_AFTER") or np.random.default_rng().choice([7, 11, 12, 14, 17]))
     resumed = tmp_path / "resumed"
-    environment = dict(os.environ, PYTHONPATH=str(Path(__file__).parent) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    python_path = str(Path(__file__).parent) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    environment = dict(os.environ, PYTHONPATH=python_path)
     killed = subprocess.run([sys.executable, "-c", KILLER, str(kill_after), *args, f"output_dir={resumed}"],
                             capture_output=True, text=True, env=environment, timeout=600)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]

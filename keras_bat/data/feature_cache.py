@@ -55,7 +55,8 @@ def cache_source(backbone, frontend, dataset, clip_seconds, tokens):
     for variable in backbone.weights:
         weights.update(np.ascontiguousarray(keras.ops.convert_to_numpy(variable)).tobytes())
     return {"encoder": weights.hexdigest(), "time_frames": frontend.time_frames, "clip_seconds": clip_seconds,
-            "dataset": dataset.name, "paths": hashlib.sha1("\n".join(c.path for c in dataset.clips).encode()).hexdigest(),
+            "dataset": dataset.name,
+            "paths": hashlib.sha1("\n".join(c.path for c in dataset.clips).encode()).hexdigest(),
             "tokens": tokens}
 
 

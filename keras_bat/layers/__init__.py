@@ -9,6 +9,7 @@ from keras_bat.layers.patching import ChunkTokens, MergeChunks, PatchEmbedding
 from keras_bat.layers.transformer import DropPath, GatedSelfAttention, TransformerBlock
 
 __all__ = [
-    "BEATsAttention", "BEATsBlock", "ChunkTokens", "ConvPositionEmbedding", "RelativePositionBias", "Dense", "DropPath", "GatedSelfAttention", "KaldiFbank", "LogMelSpectrogram",
-    "MaskedDecoder", "MergeChunks", "PatchEmbedding", "TransformerBlock", "inverse_block_mask",
+    "BEATsAttention", "BEATsBlock", "ChunkTokens", "ConvPositionEmbedding", "RelativePositionBias", "Dense",
+    "DropPath", "GatedSelfAttention", "KaldiFbank", "LogMelSpectrogram", "MaskedDecoder", "MergeChunks",
+    "PatchEmbedding", "TransformerBlock", "inverse_block_mask",
 ]

@@ -8,7 +8,7 @@ import numpy as np
 from keras import ops
 
 from keras_bat.layers.dense import Dense
-from keras_bat.ops import gated_attention
+from keras_bat.ops import gated_attention, gelu
 
 
 def relative_position_buckets(query_length, key_length, num_buckets=320, max_distance=800):
@@ -113,7 +113,7 @@ class ConvPositionEmbedding(keras.layers.Layer):
             ops.conv(padded[..., g * width:(g + 1) * width], kernel[..., g * width:(g + 1) * width])
             for g in range(self.groups)], axis=-1)  # B, N (+ 1 for an even kernel), D
         out = out[:, : tokens.shape[1]]
-        return ops.gelu(out + ops.cast(self.bias, out.dtype), approximate=False)
+        return gelu(out + ops.cast(self.bias, out.dtype))
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -237,7 +237,7 @@ class BEATsBlock(keras.layers.Layer):
         attended = self.self_attn(tokens, position_bias, key_mask=key_mask, key_offset=key_offset,
                                   key_lengths=key_lengths)
         x = self.self_attn_layer_norm(tokens * alpha + attended)
-        return self.final_layer_norm(x * alpha + self.fc2(ops.gelu(self.fc1(x), approximate=False)))
+        return self.final_layer_norm(x * alpha + self.fc2(gelu(self.fc1(x))))
 
     def compute_output_shape(self, input_shape, *args, **kwargs):
         return input_shape

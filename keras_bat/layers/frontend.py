@@ -8,7 +8,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_bat.ops import log_mel_from_stft
+from keras_bat.ops import log_mel_spectrogram, rfft_power
 
 # Filter banks and windows in NumPy --------------------------------------------
 
@@ -108,6 +108,9 @@ def fit_frames(spectrogram, time_frames):
     frames = spectrogram.shape[1]
     if time_frames is None or frames == time_frames:
         return spectrogram
+    if frames is None:  # traced for any length (e.g. an exported model): pad by the most needed, crop
+        fitted = ops.pad(spectrogram, [[0, 0], [0, time_frames], [0, 0]])[:, :time_frames, :]
+        return ops.reshape(fitted, (-1, time_frames, spectrogram.shape[2]))  # the length, known again
     if frames > time_frames:
         return spectrogram[:, :time_frames, :]
     return ops.pad(spectrogram, [[0, 0], [0, time_frames - frames], [0, 0]])
@@ -121,6 +124,10 @@ class _Frontend(keras.layers.Layer):
 
     def num_frames(self, num_samples):
         raise NotImplementedError
+
+    def frame_centers(self, num_frames):
+        """Seconds from the start of the clip to the centre of each frame."""
+        return (np.arange(num_frames) * self.hop_length + self.first_frame_center) / self.sample_rate
 
     def compute_output_shape(self, input_shape):
         frames = self.time_frames
@@ -174,6 +181,7 @@ class LogMelSpectrogram(_Frontend):
         self.sample_rate = int(sample_rate)
         self.n_fft = int(n_fft)
         self.hop_length = int(hop_length)
+        self.first_frame_center = 0  # samples: a centred STFT's frame t is centred at t * hop_length
         self.num_mels = int(num_mels)
         self.top_db = None if top_db is None else float(top_db)
         self.time_frames = None if time_frames is None else int(time_frames)
@@ -187,9 +195,8 @@ class LogMelSpectrogram(_Frontend):
     def call(self, waveforms):
         _check_waveforms(waveforms, self.n_fft // 2 + 1, self.__class__.__name__)
         waveforms = ops.cast(waveforms, "float32")
-        real, imag = ops.stft(waveforms, self.n_fft, self.hop_length, self.n_fft,
-                              window=self._window, center=True)
-        spectrogram = log_mel_from_stft(real, imag, self._filter_bank, self.top_db, self.use_kernels)
+        spectrogram = log_mel_spectrogram(waveforms, self._window, self.hop_length, self._filter_bank, self.top_db,
+                                          self.use_kernels)
         return fit_frames(spectrogram, self.time_frames)
 
     def num_frames(self, num_samples):
@@ -290,6 +297,7 @@ class KaldiFbank(_Frontend):
         self.window_length = int(self.sample_rate * self.frame_length_ms / 1000)
         self.hop_length = int(self.sample_rate * self.frame_shift_ms / 1000)
         self.fft_length = 1 << (self.window_length - 1).bit_length()  # next power of two
+        self.first_frame_center = self.window_length / 2  # snip-edges frames start at the first sample
         self._window = hann_window(self.window_length, periodic=False)
         if window == "povey":
             self._window = self._window ** np.float32(0.85)
@@ -326,6 +334,9 @@ class KaldiFbank(_Frontend):
 
     def call(self, waveforms):
         _check_waveforms(waveforms, self.window_length, self.__class__.__name__)
+        if waveforms.shape[1] is None:
+            raise ValueError("KaldiFbank frames a known number of samples; it cannot be traced for any length "
+                             "(e.g. exported for serving). Cut clips to a fixed length first.")
         waveforms = ops.cast(waveforms, "float32")
         if self.waveform_scale != 1.0:
             waveforms = waveforms * self.waveform_scale
@@ -338,8 +349,7 @@ class KaldiFbank(_Frontend):
         frames = frames - ops.mean(frames, axis=-1, keepdims=True)
         previous = ops.concatenate([frames[..., :1], frames[..., :-1]], axis=-1)
         frames = (frames - self.preemphasis * previous) * self._window
-        real, imag = ops.rfft(frames, fft_length=self.fft_length)
-        power = real * real + imag * imag  # B, frames, fft_length // 2 + 1
+        power = rfft_power(frames, self.fft_length)  # B, frames, fft_length // 2 + 1
         mel = ops.matmul(power, ops.convert_to_tensor(self._filter_bank))
         fbank = ops.log(ops.maximum(mel, np.finfo("float32").eps))
         if self.mean is not None:

@@ -6,7 +6,7 @@ import keras
 from keras import ops
 
 from keras_bat.layers.dense import Dense
-from keras_bat.ops import gated_attention
+from keras_bat.ops import gated_attention, gelu
 
 
 def seeded_dropout(rate, **kwargs):
@@ -185,7 +185,7 @@ class TransformerBlock(keras.layers.Layer):
         self.built = True
 
     def _mlp(self, tokens, training):
-        hidden = ops.gelu(self.fc1(tokens), approximate=False)
+        hidden = gelu(self.fc1(tokens))
         hidden = self.mlp_dropout(hidden, training=training)
         return self.mlp_dropout(self.fc2(hidden), training=training)
 

@@ -1,5 +1,7 @@
 """AudioClassifier: optional frontend + BATBackbone + head, for probing and finetuning."""
 
+import os
+
 import keras
 from keras import ops
 
@@ -9,6 +11,7 @@ from keras_bat.training.metrics import ClassAccuracy, LogitF1Score, MeanAverageP
 from keras_bat.training.optimizers import paper_adamw
 
 TASKS = ("multiclass", "multilabel", "frame", "ctc")
+TASK_FILE = "task.keras"
 
 
 @keras.saving.register_keras_serializable(package="keras_bat")
@@ -197,6 +200,44 @@ class AudioClassifier(keras.Model):
             "augmentation": keras.saving.serialize_keras_object(self.augmentation) if self.augmentation else None,
         })
         return config
+
+    # --- Presets -------------------------------------------------------------------
+
+    def save_to_preset(self, directory):
+        """Writes the whole model (frontend, backbone, head, task) to
+        `directory/task.keras`, and the backbone as a backbone preset beside
+        it (`config.json`, `model.safetensors`), so that
+        `BATBackbone.from_preset(directory)` reads the encoder alone."""
+        os.makedirs(directory, exist_ok=True)
+        if not self.built:  # heads create their weights on the first call: make them before saving
+            self(self.example_input())
+        if self.backbone is not None:
+            self.backbone.save_to_preset(directory)
+        self.save(os.path.join(directory, TASK_FILE))
+
+    def example_input(self):
+        """A zero input the model takes: one second of waveform with a frontend, else one
+        patch-high spectrogram."""
+        if self.frontend is not None:
+            return ops.zeros((1, self.frontend.sample_rate), "float32")
+        if self.backbone is None:
+            raise ValueError("A head on precomputed features has no example input; call it on features first.")
+        return ops.zeros((1, self.backbone.patch_size, self.backbone.num_mels), "float32")
+
+    @classmethod
+    def from_preset(cls, preset):
+        """The model `save_to_preset` wrote to the directory `preset`, with its
+        weights (not compiled: call `compile()` before training on)."""
+        path = os.path.join(os.fspath(preset), TASK_FILE)
+        if not os.path.isfile(path):
+            raise ValueError(
+                f"{preset!r} holds no {TASK_FILE}: AudioClassifier.from_preset reads directories written by "
+                "AudioClassifier.save_to_preset. For a backbone preset, build "
+                "AudioClassifier(BATBackbone.from_preset(preset), head, ...).")
+        model = keras.saving.load_model(path, compile=False)
+        if not isinstance(model, cls):
+            raise ValueError(f"{path} holds a {type(model).__name__}, not an {cls.__name__}.")
+        return model
 
     @classmethod
     def from_config(cls, config):

@@ -1,13 +1,9 @@
 """BATBackbone: the BAT ViT encoder as a functional Keras model."""
 
-import json
-import os
-
 import keras
 from keras import ops
 
-from keras_bat.convert.official import (CONFIG_FILE, WEIGHTS_FILE, backbone_parameters, checkpoint_time_patches,
-                                        load_official_weights)
+from keras_bat.convert.official import backbone_parameters, checkpoint_time_patches, load_official_weights
 from keras_bat.layers.frontend import KaldiFbank, LogMelSpectrogram
 from keras_bat.layers.patching import ChunkTokens, MergeChunks, PatchEmbedding
 from keras_bat.layers.transformer import TransformerBlock
@@ -178,50 +174,13 @@ class BATBackbone(EncoderModel):
         """`official name -> _Param` of every variable (see `keras_bat.convert`)."""
         return backbone_parameters(self)
 
-    # --- Presets -------------------------------------------------------------------
+    # --- Presets (see EncoderModel.from_preset) ------------------------------------
 
-    @classmethod
-    def presets(cls):
-        """Names of the built-in architecture presets, with their descriptions."""
-        return {name: preset["description"] for name, preset in BACKBONE_PRESETS.items()}
-
-    @classmethod
-    def from_preset(cls, preset, load_weights=True, **overrides):
-        """Builds a backbone from a preset name or a preset directory.
-
-        Args:
-            preset: str, a name from `BATBackbone.presets()` (architecture
-                only, randomly initialised), or a directory holding
-                `config.json` and optionally `model.safetensors` with the
-                official parameter names (as written by `save_to_preset`).
-            load_weights: bool, load `model.safetensors` from a directory
-                preset when present. Defaults to `True`.
-            **overrides: constructor arguments that replace the preset's
-                (e.g. `dropout`, `dtype`, `use_padding_mask`).
-
-        Returns:
-            A `BATBackbone`.
-        """
-        backbone = cls(**{**cls.preset_config(preset), **overrides})
-        if load_weights and preset not in BACKBONE_PRESETS and os.path.isfile(os.path.join(preset, WEIGHTS_FILE)):
-            load_official_weights(backbone, preset)
-        return backbone
+    builtin_presets = BACKBONE_PRESETS
 
     @staticmethod
-    def preset_config(preset):
-        """The constructor arguments of a preset name or preset directory,
-        without building the model."""
-        if preset in BACKBONE_PRESETS:
-            return dict(BACKBONE_PRESETS[preset]["config"])
-        if not os.path.isdir(preset):
-            raise ValueError(
-                f"Unknown preset {preset!r}: expected one of {sorted(BACKBONE_PRESETS)} or a "
-                f"directory holding {CONFIG_FILE}.")
-        config_path = os.path.join(preset, CONFIG_FILE)
-        if not os.path.isfile(config_path):
-            raise ValueError(f"Preset directory {preset!r} has no {CONFIG_FILE}.")
-        with open(config_path) as f:
-            return json.load(f)
+    def load_preset_weights(model, directory):
+        load_official_weights(model, directory)
 
     @classmethod
     def arguments_for_checkpoint(cls, state, config):

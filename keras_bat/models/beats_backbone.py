@@ -1,13 +1,12 @@
 """BEATsBackbone: the BEATs encoder as a functional Keras model, with BATBackbone's outputs."""
 
-import json
 import os
 
 import keras
 from keras import ops
 
 from keras_bat.convert.beats import beats_parameters, load_beats_weights
-from keras_bat.convert.official import CONFIG_FILE, WEIGHTS_FILE
+from keras_bat.convert.official import WEIGHTS_FILE
 from keras_bat.layers.beats import BEATsBlock, ConvPositionEmbedding, RelativePositionBias
 from keras_bat.layers.frontend import KaldiFbank
 from keras_bat.layers.patching import ChunkTokens, MergeChunks, PatchEmbedding
@@ -154,33 +153,11 @@ class BEATsBackbone(EncoderModel):
         self.layer_norm_epsilon = layer_norm_epsilon
         self.use_kernels = use_kernels
 
-    @classmethod
-    def presets(cls):
-        """Names of the built-in architecture presets, with their descriptions."""
-        return {name: preset["description"] for name, preset in BEATS_PRESETS.items()}
-
-    @classmethod
-    def from_preset(cls, preset, load_weights=True, **overrides):
-        """Builds a BEATs backbone from a preset name (architecture only) or a
-        directory written by `save_to_preset`; `overrides` replace constructor
-        arguments."""
-        backbone = cls(**{**cls.preset_config(preset), **overrides})
-        weights = os.path.join(os.fspath(preset), WEIGHTS_FILE)
-        if load_weights and preset not in BEATS_PRESETS and os.path.isfile(weights):
-            load_beats_weights(backbone, weights)
-        return backbone
+    builtin_presets = BEATS_PRESETS
 
     @staticmethod
-    def preset_config(preset):
-        """The constructor arguments of a preset name or preset directory."""
-        if preset in BEATS_PRESETS:
-            return dict(BEATS_PRESETS[preset]["config"])
-        config_path = os.path.join(os.fspath(preset), CONFIG_FILE)
-        if not os.path.isfile(config_path):
-            raise ValueError(f"Unknown preset {preset!r}: expected one of {sorted(BEATS_PRESETS)} or a "
-                             f"directory holding {CONFIG_FILE}.")
-        with open(config_path) as f:
-            return json.load(f)
+    def load_preset_weights(model, directory):
+        load_beats_weights(model, os.path.join(directory, WEIGHTS_FILE))
 
     @classmethod
     def arguments_for_checkpoint(cls, state, config):

@@ -3,6 +3,7 @@ with optional query tokens, config round trips and preset directories."""
 
 import json
 import os
+import warnings
 
 import keras
 
@@ -53,10 +54,91 @@ def run_blocks(blocks, tokens, key_lengths, chunk_weights, query_tokens=None, dt
     return block_outputs, query_outputs
 
 
+class RandomWeightsWarning(UserWarning):
+    """A built-in preset name gave a randomly initialised model."""
+
+
+class classproperty:
+    """A read-only property of the class itself (keras-hub's `presets` convention)."""
+
+    def __init__(self, getter):
+        self.getter = getter
+
+    def __get__(self, instance, owner):
+        return self.getter(owner)
+
+
 class EncoderModel(keras.Model):
-    """Base of the encoder models: `from_config` (with its dtype policy) and
-    `save_to_preset`, which writes `config.json` and `model.safetensors` under
-    the official parameter names that `official_parameters()` gives."""
+    """Base of the encoder models: `from_config` (with its dtype policy),
+    presets, and `save_to_preset`, which writes `config.json` and
+    `model.safetensors` under the official parameter names that
+    `official_parameters()` gives.
+
+    Each encoder sets `builtin_presets` (`name -> {"description", "config",
+    "weights_loader"}`) and `load_preset_weights`."""
+
+    builtin_presets = {}
+
+    @classproperty
+    def presets(cls):
+        """The built-in presets: `name -> {"description", "config", "weights"}`.
+        They are architectures: keras-bat downloads no weights, so `weights` is
+        `None` and the text says how to load a checkpoint."""
+        return {name: {"description": preset["description"], "config": dict(preset["config"]), "weights": None}
+                for name, preset in cls.builtin_presets.items()}
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **overrides):
+        """Builds the encoder from a preset name or a preset directory.
+
+        Args:
+            preset: str, a name from `presets` (the architecture, randomly
+                initialised: it warns with `RandomWeightsWarning` unless
+                `load_weights=False`), or a directory holding `config.json`
+                and optionally `model.safetensors` (see `save_to_preset`).
+            load_weights: bool, load the directory's `model.safetensors` when
+                present. `False` also says that random weights are meant.
+                Defaults to `True`.
+            **overrides: constructor arguments that replace the preset's
+                (e.g. `dropout`, `dtype`, `use_padding_mask`).
+        """
+        model = cls(**{**cls.preset_config(preset), **overrides})
+        if preset in cls.builtin_presets:
+            if load_weights:
+                loader = cls.builtin_presets[preset]["weights_loader"]
+                warnings.warn(
+                    f"{cls.__name__}.from_preset({preset!r}) has RANDOM weights: the preset is an architecture and "
+                    f"keras-bat downloads no weights. Load the official checkpoint with "
+                    f"keras_bat.convert.{loader}(model, 'checkpoint.pt'), or use a preset directory written by "
+                    "save_to_preset; load_weights=False builds an untrained model without this warning.",
+                    RandomWeightsWarning, stacklevel=2)
+        elif load_weights and os.path.isfile(os.path.join(preset, WEIGHTS_FILE)):
+            cls.load_preset_weights(model, preset)
+        return model
+
+    @classmethod
+    def preset_config(cls, preset):
+        """The constructor arguments of a preset name or preset directory,
+        without building the model."""
+        if preset in cls.builtin_presets:
+            return dict(cls.builtin_presets[preset]["config"])
+        config_path = os.path.join(os.fspath(preset), CONFIG_FILE)
+        if not os.path.isfile(config_path):
+            raise ValueError(f"Unknown preset {preset!r}: expected one of {sorted(cls.builtin_presets)} or a "
+                             f"directory holding {CONFIG_FILE}.")
+        with open(config_path) as f:
+            return json.load(f)
+
+    @staticmethod
+    def load_preset_weights(model, directory):
+        raise NotImplementedError
+
+    @property
+    def _default_save_signature(self):
+        # Under TensorFlow, writing a SavedModel traces every nested Keras model's default
+        # signature, here `(batch, None, mels)`; the encoders need a known number of frames,
+        # which the exporting model's frontend gives (see keras_bat.export). Checked with Keras 3.15.
+        return None
 
     @classmethod
     def from_config(cls, config):

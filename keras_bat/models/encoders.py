@@ -2,11 +2,13 @@
 the constructor arguments that make it that encoder, and its checkpoint loader.
 A new encoder is one entry here (and its backbone module)."""
 
+import inspect
+import os
 from typing import Callable, NamedTuple
 
 from keras_bat.convert.beats import load_beats_weights
 from keras_bat.convert.eat import load_eat_weights
-from keras_bat.convert.official import load_official_weights
+from keras_bat.convert.official import CONFIG_FILE, load_official_weights, read_state_dict
 from keras_bat.models.bat_backbone import BATBackbone
 from keras_bat.models.beats_backbone import BEATsBackbone
 
@@ -30,3 +32,70 @@ def get_encoder(name):
     if name not in ENCODERS:
         raise ValueError(f"Unknown encoder {name!r}; expected one of {sorted(ENCODERS)}.")
     return ENCODERS[name]
+
+
+def encoder_name(backbone_class, config):
+    """The encoder (`bat`, `eat`, `sslam`, `beats`) a backbone class and config make."""
+    for name, encoder in ENCODERS.items():
+        fixed = encoder.fixed_arguments
+        if encoder.backbone_class is backbone_class and all(
+                config.get(key, _default(backbone_class, key)) == value for key, value in fixed.items()):
+            return name
+    raise ValueError(f"No encoder matches a {backbone_class.__name__} with config {config}.")
+
+
+def preset_directory_class(directory):
+    """The backbone class whose constructor takes every entry of a preset directory's config."""
+    import json
+
+    with open(os.path.join(directory, CONFIG_FILE)) as f:
+        config = json.load(f)
+    for encoder in ENCODERS.values():
+        if set(config) <= set(inspect.signature(encoder.backbone_class.__init__).parameters):
+            return encoder.backbone_class
+    raise ValueError(f"{directory}/{CONFIG_FILE} fits no encoder's constructor: {sorted(config)}.")
+
+
+def backbone_from_source(source, encoder=None, checkpoint_key=None, architecture="bat_base"):
+    """A backbone from a preset name, a preset directory, or an official
+    checkpoint file of `encoder` loaded into the `architecture` preset.
+
+    Args:
+        source: str, a built-in preset name (random weights: it warns), a
+            directory written by `save_to_preset`, or a checkpoint file
+            (`.pt`, `.safetensors`, ...).
+        encoder: str or `None`, the checkpoint's encoder (`bat`, `eat`,
+            `sslam`, `beats`); `None` takes the architecture's.
+        checkpoint_key: str or `None`, the nested entry of the checkpoint.
+        architecture: str, the preset (name or directory) whose architecture a
+            checkpoint file is loaded into.
+    """
+    source = os.fspath(source)
+    for candidate in ENCODERS.values():
+        if source in candidate.backbone_class.builtin_presets:
+            return candidate.backbone_class.from_preset(source)
+    if os.path.isdir(source) and os.path.isfile(os.path.join(source, CONFIG_FILE)):
+        return preset_directory_class(source).from_preset(source)
+    if not os.path.isfile(source):
+        raise FileNotFoundError(f"{source!r} is neither a preset name, a preset directory (with {CONFIG_FILE}) "
+                                "nor a checkpoint file.")
+    if os.path.isdir(architecture):
+        backbone_class = preset_directory_class(architecture)
+    else:
+        backbone_class = next((e.backbone_class for e in ENCODERS.values()
+                               if architecture in e.backbone_class.builtin_presets), None)
+    if backbone_class is None:
+        raise ValueError(f"Unknown architecture {architecture!r}: expected a preset name or a preset directory.")
+    config = backbone_class.preset_config(architecture)
+    entry = get_encoder(encoder or encoder_name(backbone_class, config))
+    state = read_state_dict(source, checkpoint_key)
+    config.update(entry.fixed_arguments)
+    config.update(entry.backbone_class.arguments_for_checkpoint(state, config))
+    backbone = entry.backbone_class(**config)
+    entry.load_weights(backbone, state)
+    return backbone
+
+
+def _default(backbone_class, key):
+    parameter = inspect.signature(backbone_class.__init__).parameters.get(key)
+    return None if parameter is None else parameter.default

@@ -1,10 +1,84 @@
-"""The log-mel frontend after the STFT: fused Triton kernel or keras.ops."""
+"""The frontends' spectra and the log-mel steps after the STFT: fused Triton
+kernel or keras.ops."""
 
+import contextlib
+import contextvars
+
+import keras
+import numpy as np
 from keras import ops
 
 from keras_bat.ops.dispatch import use_kernel
 
 _FILTER_BANKS = {}  # (id, device) -> (array, tensor): each bank is copied to a device once
+
+
+def log_mel_spectrogram(waveforms, window, hop_length, filter_bank, top_db=80.0, use_kernels=None):
+    """Centred STFT (`len(window)` points, reflect padding) -> power -> mel ->
+    dB -> per-example top-dB clamp -> per-example min-max.
+
+    Args:
+        waveforms: float32 tensor `(batch, samples)`.
+        window: float32 array, the analysis window; its length is the FFT size.
+        hop_length: int, hop between frames in samples.
+        filter_bank, top_db, use_kernels: as in `log_mel_from_stft`.
+
+    Returns:
+        float32 tensor `(batch, 1 + samples // hop_length, num_mels)` in [0, 1].
+    """
+    if use_kernel(waveforms, use_kernels, "log-mel"):
+        n_fft = len(window)
+        real, imag = ops.stft(waveforms, n_fft, hop_length, n_fft, window=window, center=True)
+        return log_mel_from_stft(real, imag, filter_bank, top_db, use_kernels)
+    return _log_mel_from_power(stft_power(waveforms, window, hop_length), filter_bank, top_db)
+
+
+def stft_power(waveforms, window, hop_length):
+    """`|STFT|^2` `(batch, frames, len(window) // 2 + 1)` of a centred STFT
+    (`real^2 + imag^2` of `ops.stft`; inside `portable_spectra()` under
+    TensorFlow, see there)."""
+    n_fft = len(window)
+    if not _PORTABLE.get() or keras.backend.backend() != "tensorflow":
+        real, imag = ops.stft(waveforms, n_fft, hop_length, n_fft, window=window, center=True)
+        return real * real + imag * imag
+    import tensorflow as tf
+
+    padded = tf.pad(waveforms, [[0, 0], [n_fft // 2, n_fft // 2]], mode="reflect")
+    return _dft_power(tf.signal.frame(padded, n_fft, hop_length) * window, n_fft)
+
+
+def rfft_power(frames, fft_length):
+    """`|rfft(frames)|^2` over the last axis, zero-padded to `fft_length`
+    (inside `portable_spectra()` under TensorFlow, see there)."""
+    if not _PORTABLE.get() or keras.backend.backend() != "tensorflow":
+        real, imag = ops.rfft(frames, fft_length=fft_length)
+        return real * real + imag * imag
+    return _dft_power(frames, fft_length)
+
+
+_PORTABLE = contextvars.ContextVar("portable_spectra", default=False)
+
+
+@contextlib.contextmanager
+def portable_spectra():
+    """Inside, spectra traced under TensorFlow are products with a DFT matrix
+    instead of an FFT: tf2onnx converts TensorFlow's FFT with a dynamic
+    number of frames to an invalid ONNX graph, matrix products it converts
+    as they are. Slower than the FFT; `keras_bat.export` uses it for ONNX."""
+    token = _PORTABLE.set(True)
+    try:
+        yield
+    finally:
+        _PORTABLE.reset(token)
+
+
+def _dft_power(frames, fft_length):
+    """`|rfft|^2` of `(..., length)` frames as two matrix products (length <= fft_length)."""
+    length = frames.shape[-1]
+    angles = 2.0 * np.pi * np.outer(np.arange(length), np.arange(fft_length // 2 + 1)) / fft_length
+    real = ops.matmul(frames, ops.convert_to_tensor(np.cos(angles).astype("float32")))
+    imag = ops.matmul(frames, ops.convert_to_tensor(np.sin(angles).astype("float32")))
+    return real * real + imag * imag
 
 
 def log_mel_from_stft(real, imag, filter_bank, top_db=80.0, use_kernels=None):
@@ -24,7 +98,10 @@ def log_mel_from_stft(real, imag, filter_bank, top_db=80.0, use_kernels=None):
         from keras_bat_kernels.log_mel import log_mel_from_stft as fused
 
         return fused(real, imag, _filter_bank_on(filter_bank, real.device), top_db)
-    power = real * real + imag * imag  # B, frames, bins
+    return _log_mel_from_power(real * real + imag * imag, filter_bank, top_db)
+
+
+def _log_mel_from_power(power, filter_bank, top_db):
     mel = ops.matmul(power, ops.convert_to_tensor(filter_bank))  # B, frames, mels
     db = 10.0 * ops.log10(ops.maximum(mel, 1e-10))
     if top_db is not None:

@@ -84,7 +84,7 @@ def build_backbone(model, num_query_tokens=0, dropout_free=True):
         overrides.update(encoder.backbone_class.arguments_for_checkpoint(weights, config))
     try:
         backbone = (encoder.backbone_class(**{**spec, **overrides}) if isinstance(spec, dict)
-                    else encoder.backbone_class.from_preset(spec, **overrides))
+                    else encoder.backbone_class.from_preset(spec, load_weights=not weights, **overrides))
     except TypeError as error:
         raise ValueError(f"model.backbone / model settings do not fit a {encoder.backbone_class.__name__}: "
                          f"{error}") from error

@@ -1,0 +1,110 @@
+"""Models for serving: a TensorFlow SavedModel or an ONNX file, frontend inside.
+
+    from keras_bat.export import export_model
+    export_model(classifier, "probe_savedmodel")               # waveforms -> logits
+    export_model(AudioEmbedder(backbone, backbone.make_frontend(time_frames=1024)), "bat.onnx", "onnx")
+
+Both take float32 waveforms `(batch, samples)` at 16 kHz, any batch size and
+any length (cut or zero-padded to the frontend's `time_frames`, as in
+training), and need nothing of keras-bat or Keras to run: TensorFlow (`serve`
+signature, input `waveforms`) or onnxruntime. Keras' exporters do the work
+(`model.export`: the SavedModel directly, ONNX through tf2onnx), on the
+TensorFlow backend; under JAX or torch the model is saved as a `.keras` file and
+exported by a TensorFlow-backend process. In the ONNX graph the spectra are
+products with a DFT matrix (see `keras_bat.ops.portable_spectra`).
+"""
+
+import argparse
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+
+import keras
+
+FORMATS = {"saved_model": "tf_saved_model", "onnx": "onnx"}
+
+
+def export_model(model, path, format="saved_model"):
+    """Writes `model` (waveforms -> outputs) for serving.
+
+    Args:
+        model: an `AudioClassifier` with a frontend (logits out) or an
+            `AudioEmbedder` (`scene_embeddings` and `timestamp_embeddings`
+            out), in float32; its frontend must fix `time_frames`.
+        path: the SavedModel directory or the `.onnx` file to write.
+        format: `"saved_model"` or `"onnx"`. Defaults to `"saved_model"`.
+
+    Returns:
+        `path`.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"`format` must be one of {sorted(FORMATS)}. Received: {format!r}")
+    frontend = getattr(model, "frontend", None)
+    if frontend is None:
+        raise ValueError(f"Only models that take waveforms can be exported: this {type(model).__name__} has no "
+                         "frontend.")
+    if getattr(frontend, "time_frames", None) is None:
+        raise ValueError("The exported model takes clips of any length and cuts or pads them to the frontend's "
+                         "`time_frames`: build the frontend with it, e.g. `backbone.make_frontend(time_frames=1024)`.")
+    if not model.built:  # e.g. loaded from a file: weights are made on the first call
+        model(keras.ops.zeros((1, frontend.sample_rate), "float32"))
+    if keras.backend.backend() != "tensorflow":
+        return _export_in_tensorflow_process(model, path, format)
+    from keras_bat.ops import portable_spectra
+
+    signature = [keras.InputSpec(shape=(None, None), dtype="float32", name="waveforms")]
+    with portable_spectra() if format == "onnx" else contextlib.nullcontext():
+        model.export(os.fspath(path), format=FORMATS[format], input_signature=signature, verbose=False)
+    return path
+
+
+def _export_in_tensorflow_process(model, path, format):
+    with tempfile.TemporaryDirectory() as folder:
+        saved = os.path.join(folder, "model.keras")
+        model.save(saved)
+        environment = {**os.environ, "KERAS_BACKEND": "tensorflow"}
+        command = [sys.executable, "-m", "keras_bat.export", saved, os.fspath(path), "--format", format]
+        result = subprocess.run(command, env=environment, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"Exporting under the TensorFlow backend failed:\n{result.stderr[-4000:]}")
+    return path
+
+
+def export_file(source, path, format="saved_model", time_frames=None):
+    """Exports a `.keras` file or preset directory: an `AudioClassifier` (its
+    `save_to_preset` directory or `.keras` file), an `AudioEmbedder`, or a
+    backbone (exported as an `AudioEmbedder` with the frontend cut to
+    `time_frames`, default one chunk)."""
+    from keras_bat.models import AudioClassifier, AudioEmbedder
+    from keras_bat.models.audio_classifier import TASK_FILE
+    from keras_bat.models.encoders import backbone_from_source
+
+    source = os.fspath(source)
+    if os.path.isdir(source) and os.path.isfile(os.path.join(source, TASK_FILE)):
+        model = AudioClassifier.from_preset(source)
+    elif source.endswith(".keras"):
+        model = keras.saving.load_model(source, compile=False)
+    else:
+        model = backbone_from_source(source)
+    if hasattr(model, "make_frontend"):  # a backbone: export its embeddings
+        frames = time_frames or model.chunk_time_patches * model.patch_size
+        model = AudioEmbedder(model, frontend=model.make_frontend(time_frames=frames))
+    return export_model(model, path, format)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Export a .keras file or preset directory for serving.")
+    parser.add_argument("source")
+    parser.add_argument("path")
+    parser.add_argument("--format", choices=sorted(FORMATS), default="saved_model")
+    parser.add_argument("--time-frames", type=int)
+    args = parser.parse_args(argv)
+    export_file(args.source, args.path, args.format, args.time_frames)
+    print(f"wrote {args.path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
