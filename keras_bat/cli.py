@@ -7,6 +7,11 @@
     keras-bat embed my_audio/ --output embeddings.npz --weights bat.pt --frames
     keras-bat export my_probe_preset/ probe.onnx --format onnx
     keras-bat hear-validate -m my_preset/
+    keras-bat --backend jax info
+
+A mistake in what you asked for (a missing file or folder, a bad setting, a
+checkpoint that does not fit) ends with one line and exit status 2; `--debug`
+(or KERAS_BAT_DEBUG=1) shows the traceback.
 """
 
 import argparse
@@ -14,6 +19,7 @@ import importlib.util
 import json
 import os
 import sys
+import traceback
 
 from keras_bat.runtime import filtered_stderr, import_tensorflow
 from keras_bat.workflows.config import builtin_recipes
@@ -24,6 +30,7 @@ def _parser():
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--backend", choices=("tensorflow", "jax", "torch"),
                         help="Keras backend (default: KERAS_BACKEND, else Keras' default)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of every error")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (("pretrain", "self-supervised pretraining"), ("probe", "train a probe on a frozen encoder"),
                        ("finetune", "finetune the whole model"), ("demo", "the laptop demo on generated data")):
@@ -52,29 +59,65 @@ def _parser():
     export.add_argument("--format", choices=("saved_model", "onnx"), default="saved_model")
     export.add_argument("--time-frames", type=int,
                         help="frames a backbone's embedder cuts or pads clips to (default: one chunk, 1024)")
+    commands.add_parser("info", help="versions and the Keras backend in use")
     hear = commands.add_parser("hear-validate", help="run hearvalidator on keras_bat.hear (safe import order)")
     hear.add_argument("-m", "--model", default="", help="model_file_path for keras_bat.hear.load_model")
     hear.add_argument("-d", "--device", help="device for the validator, e.g. cpu or cuda")
     return parser
 
 
+# What a user's mistake raises from keras-bat's own checks: the message says it all.
+USER_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, ValueError)
+
+
 def run(argv=None):
     """The `keras-bat` command: `main` with harmless framework notices
-    filtered out of standard error (`keras_bat.runtime.filtered_stderr`)."""
+    filtered out of standard error (`keras_bat.runtime.filtered_stderr`), and
+    a user's mistake reported in one line with exit status 2."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv or os.environ.get("KERAS_BAT_DEBUG", "0") not in ("", "0")
+    argv = [argument for argument in argv if argument != "--debug"]  # accepted anywhere on the line
     with filtered_stderr():
-        return main(argv)
+        try:
+            return main(argv)
+        except USER_ERRORS as error:
+            if debug or not raised_by_keras_bat(error):
+                raise
+            message = " ".join(str(error).split())
+            print(f"keras-bat: error: {message} (--debug shows the traceback)", file=sys.stderr)
+            return 2
+
+
+def raised_by_keras_bat(error):
+    """Whether `error` was raised by keras-bat's own code (its checks of paths,
+    settings and checkpoints), not deeper inside a library."""
+    frames = traceback.extract_tb(error.__traceback__)
+    package = os.path.dirname(os.path.abspath(__file__))
+    return bool(frames) and os.path.abspath(frames[-1].filename).startswith(package + os.sep)
 
 
 def main(argv=None):
     args = _parser().parse_args(argv)
     if args.backend:
         if "keras" in sys.modules:
-            raise RuntimeError("--backend must be chosen before Keras is imported.")
+            import keras
+
+            if keras.backend.backend() != args.backend:
+                raise ValueError(f"--backend {args.backend}: Keras is already running with the "
+                                 f"{keras.backend.backend()} backend (use the keras-bat command, or set "
+                                 "KERAS_BACKEND).")
         os.environ["KERAS_BACKEND"] = args.backend
     if importlib.util.find_spec("tensorflow") is not None:
         # Keras and the input pipeline import TensorFlow anyway: import it here,
         # quietly, and (under JAX or torch) off the GPUs.
         import_tensorflow()
+    if args.command == "info":
+        import keras
+
+        import keras_bat
+
+        print(f"keras-bat {keras_bat.__version__}\nKeras {keras.__version__}, backend {keras.backend.backend()}")
+        return 0
     if args.command == "export":
         from keras_bat.export import export_file
 
