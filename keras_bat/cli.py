@@ -4,7 +4,7 @@
     keras-bat probe esc50 --variant cgp --set data.root=/data/ESC-50
     keras-bat finetune as20k --set data.root=/data/AudioSet model.weights=bat.pt
     keras-bat pretrain ssl --set data.root=/data/AudioSet
-    keras-bat embed my_audio/ --output embeddings.npz --weights bat.pt --frames
+    keras-bat embed my_audio/ --output embeddings/ --weights bat.pt --frames
     keras-bat export my_probe_preset/ probe.onnx --format onnx
     keras-bat hear-validate -m my_preset/
     keras-bat --backend jax info
@@ -45,14 +45,16 @@ def _parser():
         command.add_argument("--output-dir", help="where logs, checkpoints and results go")
     embed = commands.add_parser("embed", help="write embeddings of a folder of audio")
     embed.add_argument("folder")
-    embed.add_argument("--output", default="embeddings.npz")
+    embed.add_argument("--output", default="embeddings", help="folder for the arrays and the manifest")
     embed.add_argument("--encoder", default="bat", choices=["bat", "eat", "sslam", "beats"])
     embed.add_argument("--backbone", default="bat_base", help="preset name or preset directory")
     embed.add_argument("--weights", help="official checkpoint (.pt / .safetensors / folder)")
     embed.add_argument("--checkpoint-key", help="e.g. ema_encoder for the pretraining teacher")
-    embed.add_argument("--clip-seconds", type=float, default=10.24)
-    embed.add_argument("--batch-size", type=int, default=8)
-    embed.add_argument("--frames", action="store_true", help="also write frame embeddings")
+    embed.add_argument("--clip-seconds", type=float,
+                       help="cut or zero-pad every file to this length (default: each file at its own length)")
+    embed.add_argument("--batch-size", type=int, default=8, help="chunks of 10.24 s per forward pass")
+    embed.add_argument("--frames", action="store_true", help="also write one embedding per 160 ms time patch")
+    embed.add_argument("--layers", default="all", help="blocks: all, last, mean (averaged) or indices like 0,5,11")
     export = commands.add_parser("export", help="write a SavedModel or ONNX file for serving (frontend inside)")
     export.add_argument("source", help="AudioClassifier preset directory, .keras file, backbone preset or checkpoint")
     export.add_argument("path", help="the SavedModel directory or .onnx file to write")
@@ -130,7 +132,7 @@ def main(argv=None):
         from keras_bat.workflows.embed import run_embed
 
         result = run_embed(args.folder, args.output, args.backbone, args.weights, args.checkpoint_key,
-                           args.clip_seconds, args.batch_size, args.frames, encoder=args.encoder)
+                           args.clip_seconds, args.batch_size, args.frames, args.layers, args.encoder)
         print(json.dumps(result, indent=2))
         return 0
     from keras_bat.workflows.config import load_config

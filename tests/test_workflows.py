@@ -136,9 +136,8 @@ def test_finetune_and_embed_with_beats(tmp_path):
     for i in range(2):
         write(audio / f"{i}.wav", tone(0.5, frequency=300 + 200 * i))
     assert main(["embed", str(audio), "--encoder", "beats", "--backbone", str(preset), "--clip-seconds", "0.64",
-                 "--output", str(tmp_path / "embeddings.npz")]) == 0
-    with np.load(tmp_path / "embeddings.npz") as embeddings:
-        assert embeddings["clip_embeddings"].shape == (2, 2, 32)
+                 "--output", str(tmp_path / "embeddings")]) == 0
+    assert np.load(tmp_path / "embeddings" / "clip_embeddings.npy").shape == (2, 2, 32)
 
 
 def test_unknown_encoder_is_named(tmp_path):
@@ -205,14 +204,17 @@ def test_embed_command_skips_bad_files(tmp_path):
     from keras_bat.models import BATBackbone
 
     BATBackbone(dim=32, depth=2, num_heads=2).save_to_preset(str(preset))
-    output = tmp_path / "emb.npz"
+    output = tmp_path / "embeddings"
     main(["embed", str(folder), "--output", str(output), "--backbone", str(preset), "--clip-seconds", "0.64",
           "--frames"])
-    arrays = np.load(output)
-    assert list(arrays["paths"]) == [str(folder / f"{i}.wav") for i in range(3)]
-    assert arrays["clip_embeddings"].shape == (3, 2, 32)
-    assert arrays["frame_embeddings"].shape == (3, 2, 4, 32)
-    assert len(arrays["skipped"]) == 1 and "broken.wav" in arrays["skipped"][0]
+    with open(output / "manifest.csv") as f:
+        manifest = list(csv.DictReader(f))
+    assert [row["path"] for row in manifest] == [str(folder / f"{i}.wav") for i in range(3)]
+    assert [int(row["first_frame"]) for row in manifest] == [0, 4, 8] and {row["status"] for row in manifest} == {"ok"}
+    assert np.load(output / "clip_embeddings.npy").shape == (3, 2, 32)
+    assert np.load(output / "frame_embeddings.npy").shape == (12, 2, 32)  # 0.64 s: 4 patches a file
+    skipped = (output / "skipped.tsv").read_text().splitlines()
+    assert len(skipped) == 1 and "broken.wav" in skipped[0]
 
 
 def test_demo_on_tiny_settings(tmp_path, capsys):

@@ -146,6 +146,37 @@ def _read_tfio(path, offset, duration, max_duration):
     return samples / _INTEGER_SCALE.get(dtype, 1.0), rate, wanted
 
 
+def load_window(path, start, stop, clip_samples, sample_rate=SAMPLE_RATE):
+    """Samples `[start, stop)` of a clip of `clip_samples` samples at
+    `sample_rate` made of the file's first samples (zero-padded past the
+    file's end), reflected beyond the clip's ends as a centred STFT pads it.
+
+    Only the samples needed are read from disk (files at another rate are
+    resampled with a quarter second of context on each side), so that a long
+    recording can be framed a window at a time in constant memory.
+    """
+    if clip_samples < 2:
+        raise AudioDecodeError(path, "too short", f"{clip_samples} samples")
+    index = np.abs(np.arange(start, stop))  # reflected at the clip's start ...
+    index = np.where(index >= clip_samples, 2 * (clip_samples - 1) - index, index)  # ... and end
+    if index.min() < 0:
+        raise AudioDecodeError(path, "too short", f"{clip_samples} samples cannot be framed by a "
+                                                  f"{stop - start}-sample window")
+    low, high = int(index.min()), int(index.max()) + 1
+    segment = np.zeros(high - low, "float32")
+    info = audio_info(path)
+    file_samples = int(round(info["frames"] * sample_rate / info["sample_rate"]))
+    readable = min(high, file_samples)
+    if readable > low:
+        context = 0 if info["sample_rate"] == sample_rate else sample_rate // 4
+        first = max(low - context, 0)
+        samples = load_audio(path, sample_rate, offset=first / sample_rate,
+                             duration=(min(readable + context, file_samples) - first) / sample_rate,
+                             max_duration=None, allow_silence=True)[low - first:readable - first]
+        segment[:len(samples)] = samples
+    return segment[index - low]
+
+
 def resample(waveform, rate_in, rate_out=SAMPLE_RATE, resampler="soxr"):
     """Resamples a 1-D float32 waveform with soxr (high quality), or with
     `tfio.audio.resample` (`resampler="tfio"`)."""

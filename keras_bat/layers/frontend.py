@@ -8,7 +8,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_bat.ops import log_mel_spectrogram, rfft_power
+from keras_bat.ops.frontend import log_mel_spectrogram, normalise_db, power_to_db, rfft_power
 
 # Filter banks and windows in NumPy --------------------------------------------
 
@@ -125,6 +125,29 @@ class _Frontend(keras.layers.Layer):
     def num_frames(self, num_samples):
         raise NotImplementedError
 
+    # --- Streaming: a long recording a window of frames at a time ------------------------
+    # `frame_span` says which samples frames read; `window_frames` turns such a window into the
+    # frames before the clip-wide normalisation, which `normalise_frames` applies with the clip's
+    # `frame_statistics` (gathered over all windows first). Equal to calling the layer on the clip.
+
+    def frame_span(self, first_frame, num_frames):
+        """Samples `[start, stop)` that frames `first_frame` ... `first_frame + num_frames - 1`
+        read (outside `[0, samples)` where the layer pads the clip)."""
+        start = first_frame * self.hop_length + int(self.first_frame_center) - self.window_length // 2
+        return start, start + (num_frames - 1) * self.hop_length + self.window_length
+
+    normalises_per_clip = False  # whether `normalise_frames` needs the whole clip's statistics
+
+    def frame_statistics(self, frames):
+        """What `normalise_frames` needs of the whole clip, from some of its frames."""
+        return None
+
+    def merge_statistics(self, first, second):
+        return None
+
+    def normalise_frames(self, frames, statistics):
+        return frames
+
     def frame_centers(self, num_frames):
         """Seconds from the start of the clip to the centre of each frame."""
         return (np.arange(num_frames) * self.hop_length + self.first_frame_center) / self.sample_rate
@@ -182,6 +205,7 @@ class LogMelSpectrogram(_Frontend):
         self.n_fft = int(n_fft)
         self.hop_length = int(hop_length)
         self.first_frame_center = 0  # samples: a centred STFT's frame t is centred at t * hop_length
+        self.window_length = self.n_fft  # samples each frame reads (reflected at the clip's ends)
         self.num_mels = int(num_mels)
         self.top_db = None if top_db is None else float(top_db)
         self.time_frames = None if time_frames is None else int(time_frames)
@@ -202,6 +226,23 @@ class LogMelSpectrogram(_Frontend):
     def num_frames(self, num_samples):
         """Frames produced for `num_samples` samples, before padding or cropping."""
         return 1 + num_samples // self.hop_length
+
+    normalises_per_clip = True
+
+    def window_frames(self, window):
+        """dB frames `(frames, num_mels)` of a window `(samples,)` laid out by `frame_span`."""
+        window = ops.cast(ops.convert_to_tensor(window)[None], "float32")
+        real, imag = ops.stft(window, self.n_fft, self.hop_length, self.n_fft, window=self._window, center=False)
+        return power_to_db(real * real + imag * imag, self._filter_bank)[0]
+
+    def frame_statistics(self, frames):
+        return float(ops.max(frames)), float(ops.min(frames))
+
+    def merge_statistics(self, first, second):
+        return second if first is None else (max(first[0], second[0]), min(first[1], second[1]))
+
+    def normalise_frames(self, frames, statistics):
+        return normalise_db(frames, self.top_db, *statistics)
 
     def get_config(self):
         config = super().get_config()
@@ -331,6 +372,11 @@ class KaldiFbank(_Frontend):
     def num_frames(self, num_samples):
         """Frames produced for `num_samples` samples (Kaldi's snip-edges rule)."""
         return 1 + (num_samples - self.window_length) // self.hop_length
+
+    def window_frames(self, window):
+        """Normalised fbank frames of a window laid out by `frame_span` (each frame removes its
+        own mean, so the clip's mean, which `remove_mean` takes, changes nothing)."""
+        return self(ops.convert_to_tensor(window, "float32")[None])[0]
 
     def call(self, waveforms):
         _check_waveforms(waveforms, self.window_length, self.__class__.__name__)

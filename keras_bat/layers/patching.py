@@ -26,6 +26,14 @@ def _static_length(tensor, axis, what):
     return length
 
 
+def whole_patch_frames(frames, patch_size):
+    """The frames a clip of `frames` frames is padded (with zeros) or cropped to for whole
+    patches: padded up, except that a last patch holding one frame alone (the frame a
+    centred STFT puts on the clip's final sample) is cropped, as fixed-length frontends crop
+    1025 frames of 10.24 s to 1024."""
+    return max(1, -(-(frames - 1) // patch_size)) * patch_size
+
+
 @keras.saving.register_keras_serializable(package="keras_bat")
 class PatchEmbedding(keras.layers.Layer):
     """Cuts a spectrogram into non-overlapping square patches and projects them.

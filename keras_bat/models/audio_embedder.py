@@ -4,6 +4,9 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_bat.layers.frontend import fit_frames
+from keras_bat.layers.patching import whole_patch_frames
+
 SCENE_POOLINGS = ("cls", "mean")
 
 
@@ -12,7 +15,7 @@ class AudioEmbedder(keras.Model):
     """Embeddings of a frozen encoder, from waveforms of any length.
 
     The frontend turns each clip into frames (all of them, unless it fixes
-    `time_frames`), zero-padded to a multiple of the patch size; the backbone
+    `time_frames`), zero-padded to whole patches (`whole_patch_frames`); the backbone
     encodes them (in chunks beyond `chunk_time_patches`); its blocks are mixed
     with fixed weights. Timestamp embeddings are the mixed patch tokens
     averaged over frequency, one per time patch (160 ms for BAT); the scene
@@ -76,9 +79,7 @@ class AudioEmbedder(keras.Model):
         if frames is None:
             raise ValueError("AudioEmbedder needs a known number of frames when it is traced for any length: give it "
                              "a frontend with `time_frames` (e.g. `backbone.make_frontend(time_frames=1024)`).")
-        pad = -frames % self.backbone.patch_size
-        if pad:
-            spectrogram = ops.pad(spectrogram, [[0, 0], [0, pad], [0, 0]])
+        spectrogram = fit_frames(spectrogram, whole_patch_frames(frames, self.backbone.patch_size))
         features = self.backbone(spectrogram, training=False)
         weights = ops.convert_to_tensor(self.layer_weights)
         patches = ops.mean(ops.cast(features["patch_tokens"], "float32"), axis=3)  # B, L, T, D

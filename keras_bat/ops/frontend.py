@@ -102,13 +102,25 @@ def log_mel_from_stft(real, imag, filter_bank, top_db=80.0, use_kernels=None):
 
 
 def _log_mel_from_power(power, filter_bank, top_db):
-    mel = ops.matmul(power, ops.convert_to_tensor(filter_bank))  # B, frames, mels
-    db = 10.0 * ops.log10(ops.maximum(mel, 1e-10))
+    db = power_to_db(power, filter_bank)
+    return normalise_db(db, top_db, ops.max(db, axis=(1, 2), keepdims=True), ops.min(db, axis=(1, 2), keepdims=True))
+
+
+def power_to_db(power, filter_bank):
+    """Mel power in dB (floored at -100 dB) of a power spectrum `(..., bins)`."""
+    mel = ops.matmul(power, ops.convert_to_tensor(filter_bank))  # ..., mels
+    return 10.0 * ops.log10(ops.maximum(mel, 1e-10))
+
+
+def normalise_db(db, top_db, clip_max, clip_min):
+    """A clip's dB clamped at its maximum - `top_db`, then min-max scaled to
+    [0, 1]; `clip_max` / `clip_min` are the clip's own extremes before the
+    clamp (broadcastable to `db`), so that a long clip can be normalised a
+    window at a time."""
+    high, low = clip_max, clip_min
     if top_db is not None:
-        floor = ops.max(db, axis=(1, 2), keepdims=True) - top_db
-        db = ops.maximum(db, floor)
-    low = ops.min(db, axis=(1, 2), keepdims=True)
-    high = ops.max(db, axis=(1, 2), keepdims=True)
+        db = ops.maximum(db, high - top_db)
+        low = ops.maximum(low, high - top_db)
     value_range = high - low
     # A constant clip (silence) has range 0 and maps to zeros. The explicit
     # guard keeps graph optimisers, which may reorder `high - low + 1e-8`
