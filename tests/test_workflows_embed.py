@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,3 +100,28 @@ def test_layers_option():
         parse_layers("5", 4)
     with pytest.raises(ValueError, match="--layers"):
         parse_layers("first", 4)
+
+
+def test_files_that_fail_while_read_keep_zero_rows_and_say_why(tmp_path):
+    from audio_files import bad_files
+
+    files = bad_files(tmp_path / "bad")
+    folder = tmp_path / "recordings"
+    folder.mkdir()
+    for reason in ("truncated file", "NaN samples", "odd sample rate"):
+        (folder / Path(files[reason]).name).write_bytes(Path(files[reason]).read_bytes())
+    recording(folder / "z_good.wav", seconds=1.3)
+    preset = tmp_path / "preset"
+    BACKBONES["bat"]().save_to_preset(str(preset))
+    output = tmp_path / "embeddings"
+    assert main(["embed", str(folder), "--backbone", str(preset), "--frames", "--output", str(output)]) == 0
+    with open(output / "manifest.csv") as f:
+        manifest = {Path(row["path"]).name: row for row in csv.DictReader(f)}
+    assert {name: row["status"] for name, row in manifest.items()} == {
+        "nan.wav": "NaN or inf samples", "rate500.wav": "unsupported sample rate",
+        "truncated.wav": "truncated file", "z_good.wav": "ok"}
+    clips, frames = np.load(output / "clip_embeddings.npy"), np.load(output / "frame_embeddings.npy")
+    good = manifest["z_good.wav"]
+    rows = slice(int(good["first_frame"]), int(good["first_frame"]) + int(good["frames"]))
+    assert not clips[:3].any() and clips[3].any()
+    assert frames[rows].any() and not np.delete(frames, np.arange(rows.start, rows.stop), axis=0).any()

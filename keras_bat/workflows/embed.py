@@ -36,6 +36,29 @@ def parse_layers(layers, depth):
     return [i % depth for i in indices]
 
 
+class RowWriter:
+    """Writes a `.npy` array block of rows by block of rows, in order, with plain file writes:
+    written rows go to the page cache, not into this process's memory as with a memory map."""
+
+    def __init__(self, path, shape, dtype="float32"):
+        array = np.lib.format.open_memmap(path, "w+", dtype, shape)  # the header, and the file at full size
+        self.offset, self.dtype, self.shape = array.offset, np.dtype(dtype), shape
+        del array
+        self.file = open(path, "r+b")
+        self.file.seek(self.offset)
+        self.row_bytes = int(np.prod(shape[1:])) * self.dtype.itemsize
+
+    def write(self, rows):
+        self.file.write(np.ascontiguousarray(rows, self.dtype).tobytes())
+
+    def skip(self, count):
+        """Leaves `count` rows as zeros."""
+        self.file.seek(count * self.row_bytes, 1)
+
+    def close(self):
+        self.file.close()
+
+
 class RecordingEncoder:
     """Streams recordings through a backbone, a chunk of `chunk_time_patches` at a time.
 
@@ -140,12 +163,10 @@ def run_embed(folder, output, backbone="bat_base", weights=None, checkpoint_key=
     output.mkdir(parents=True, exist_ok=True)
     width = 1 if layers == "mean" else len(selected)
     patches = [streamer.layout(samples)[1] for _, samples in recordings]
-    clip_embeddings = np.lib.format.open_memmap(output / "clip_embeddings.npy", "w+", "float32",
-                                                (len(recordings), width, model.dim))
+    clip_embeddings = RowWriter(output / "clip_embeddings.npy", (len(recordings), width, model.dim))
     frame_embeddings = None
     if frames:
-        frame_embeddings = np.lib.format.open_memmap(output / "frame_embeddings.npy", "w+", "float32",
-                                                     (sum(patches), width, model.dim))
+        frame_embeddings = RowWriter(output / "frame_embeddings.npy", (sum(patches), width, model.dim))
     first_frames = np.concatenate([[0], np.cumsum(patches)[:-1]]).astype(int)
     total_seconds = sum(samples for _, samples in recordings) / SAMPLE_RATE
     progress = tqdm(total=round(total_seconds, 2), unit="s audio", desc="embedding",
@@ -162,7 +183,7 @@ def run_embed(folder, output, backbone="bat_base", weights=None, checkpoint_key=
                     tokens = patch_tokens[:, selected].mean(axis=3).transpose(0, 2, 1, 3)  # chunks, T, layers, D
                     tokens = reduce(tokens.reshape(-1, len(selected), model.dim))
                     count = min(len(tokens), first_frames[index] + patches[index] - row)
-                    frame_embeddings[row:row + count] = tokens[:count]
+                    frame_embeddings.write(tokens[:count])
                     row += count
                 done = min(len(cls_tokens) * chunk_seconds, left)
                 progress.update(done)
@@ -171,12 +192,15 @@ def run_embed(folder, output, backbone="bat_base", weights=None, checkpoint_key=
             status[index] = error.reason
             skipped.append((path, error.reason))
             progress.update(left)
+            clip_embeddings.skip(1)
+            if frame_embeddings is not None:
+                frame_embeddings.skip(first_frames[index] + patches[index] - row)
             continue
-        clip_embeddings[index] = reduce(cls_sum / chunks)
+        clip_embeddings.write(reduce(cls_sum / chunks)[None])
     progress.close()
-    clip_embeddings.flush()
+    clip_embeddings.close()
     if frame_embeddings is not None:
-        frame_embeddings.flush()
+        frame_embeddings.close()
     with open(output / "manifest.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "seconds", "first_frame", "frames", "status"])
