@@ -4,8 +4,8 @@ Each file is framed a window at a time (`keras_bat.data.audio.load_window`),
 normalised as the frontend normalises the whole clip (a first pass gathers the
 clip's statistics), and encoded chunk by chunk exactly as the backbone encodes
 long inputs (`chunk_time_patches` per chunk, class tokens averaged over
-chunks, patch tokens concatenated); results go to memory-mapped arrays as they
-come. Memory does not grow with the recordings' length.
+chunks, patch tokens concatenated); results are written to `.npy` files as
+they come. Memory does not grow with the recordings' length.
 """
 
 import csv
