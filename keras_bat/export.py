@@ -77,17 +77,10 @@ def export_file(source, path, format="saved_model", time_frames=None):
     `save_to_preset` directory or `.keras` file), an `AudioEmbedder`, or a
     backbone (exported as an `AudioEmbedder` with the frontend cut to
     `time_frames`, default one chunk)."""
-    from keras_bat.models import AudioClassifier, AudioEmbedder
-    from keras_bat.models.audio_classifier import TASK_FILE
-    from keras_bat.models.encoders import backbone_from_source
+    from keras_bat.models import AudioEmbedder
+    from keras_bat.models.encoders import load_model_source
 
-    source = os.fspath(source)
-    if os.path.isdir(source) and os.path.isfile(os.path.join(source, TASK_FILE)):
-        model = AudioClassifier.from_preset(source)
-    elif source.endswith(".keras"):
-        model = keras.saving.load_model(source, compile=False)
-    else:
-        model = backbone_from_source(source)
+    model = load_model_source(source)
     if hasattr(model, "make_frontend"):  # a backbone: export its embeddings
         frames = time_frames or model.chunk_time_patches * model.patch_size
         model = AudioEmbedder(model, frontend=model.make_frontend(time_frames=frames))

@@ -48,15 +48,11 @@ def load_model(model_file_path="", encoder=None, preset=DEFAULT_PRESET, layers="
         checkpoint_key: e.g. `"ema_encoder"` for an official pretraining
             checkpoint's teacher.
     """
-    from keras_bat.models.encoders import backbone_from_source
+    from keras_bat.models.encoders import load_model_source
 
-    path = os.fspath(model_file_path or "")
-    if path.endswith(".keras"):
-        embedder = _embedder_from_keras_file(path, layers, scene_pooling)
-    else:
-        backbone = backbone_from_source(path or preset, encoder=encoder, checkpoint_key=checkpoint_key,
-                                        architecture=preset)
-        embedder = AudioEmbedder(backbone, layers=layers, scene_pooling=scene_pooling)
+    path = os.fspath(model_file_path or "") or preset
+    model = load_model_source(path, encoder=encoder, checkpoint_key=checkpoint_key, architecture=preset)
+    embedder = _as_embedder(model, path, layers, scene_pooling)
     embedder.hear_batch_size = int(batch_size)
     if keras.backend.backend() == "tensorflow":
         return _tensorflow_module(embedder)
@@ -100,10 +96,10 @@ def _embedder(model):
     return embedder
 
 
-def _embedder_from_keras_file(path, layers, scene_pooling):
+def _as_embedder(model, path, layers, scene_pooling):
+    """The `AudioEmbedder` of what `path` held: itself, a classifier's backbone, or a backbone."""
     from keras_bat.models import AudioClassifier
 
-    model = keras.saving.load_model(path, compile=False)
     if isinstance(model, AudioEmbedder):
         return model
     if isinstance(model, AudioClassifier):

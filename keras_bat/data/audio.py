@@ -146,10 +146,11 @@ def _read_tfio(path, offset, duration, max_duration):
     return samples / _INTEGER_SCALE.get(dtype, 1.0), rate, wanted
 
 
-def load_window(path, start, stop, clip_samples, sample_rate=SAMPLE_RATE):
+def load_window(path, start, stop, clip_samples, sample_rate=SAMPLE_RATE, info=None):
     """Samples `[start, stop)` of a clip of `clip_samples` samples at
     `sample_rate` made of the file's first samples (zero-padded past the
     file's end), reflected beyond the clip's ends as a centred STFT pads it.
+    `info`: the file's `audio_info`, when the caller has it (read otherwise).
 
     Only the samples needed are read from disk (files at another rate are
     resampled with a quarter second of context on each side), so that a long
@@ -164,7 +165,7 @@ def load_window(path, start, stop, clip_samples, sample_rate=SAMPLE_RATE):
                                                   f"{stop - start}-sample window")
     low, high = int(index.min()), int(index.max()) + 1
     segment = np.zeros(high - low, "float32")
-    info = audio_info(path)
+    info = info or audio_info(path)
     file_samples = int(round(info["frames"] * sample_rate / info["sample_rate"]))
     readable = min(high, file_samples)
     if readable > low:

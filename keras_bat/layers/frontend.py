@@ -8,7 +8,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_bat.ops.frontend import log_mel_spectrogram, normalise_db, power_to_db, rfft_power
+from keras_bat.ops.frontend import log_mel_spectrogram, normalise_db, power_to_db, rfft_power, stft_power
 
 # Filter banks and windows in NumPy --------------------------------------------
 
@@ -152,6 +152,11 @@ class _Frontend(keras.layers.Layer):
         """Seconds from the start of the clip to the centre of each frame."""
         return (np.arange(num_frames) * self.hop_length + self.first_frame_center) / self.sample_rate
 
+    def patch_centers(self, num_patches, patch_size):
+        """Seconds from the start of the clip to the centre of each time patch of
+        `patch_size` frames (the mean of its frames' centres)."""
+        return self.frame_centers(num_patches * patch_size).reshape(num_patches, patch_size).mean(axis=1)
+
     def compute_output_shape(self, input_shape):
         frames = self.time_frames
         if frames is None and input_shape[1] is not None:
@@ -232,8 +237,7 @@ class LogMelSpectrogram(_Frontend):
     def window_frames(self, window):
         """dB frames `(frames, num_mels)` of a window `(samples,)` laid out by `frame_span`."""
         window = ops.cast(ops.convert_to_tensor(window)[None], "float32")
-        real, imag = ops.stft(window, self.n_fft, self.hop_length, self.n_fft, window=self._window, center=False)
-        return power_to_db(real * real + imag * imag, self._filter_bank)[0]
+        return power_to_db(stft_power(window, self._window, self.hop_length, center=False), self._filter_bank)[0]
 
     def frame_statistics(self, frames):
         return float(ops.max(frames)), float(ops.min(frames))

@@ -67,9 +67,7 @@ class AudioEmbedder(keras.Model):
     def timestamps(self, time_patches):
         """Milliseconds from the clip's start to the centre of each time patch
         (the mean of its frames' centres), float32 `(time_patches,)`."""
-        size = self.backbone.patch_size
-        centers = self.frontend.frame_centers(time_patches * size).reshape(time_patches, size)
-        return (1000.0 * centers.mean(axis=1)).astype("float32")
+        return (1000.0 * self.frontend.patch_centers(time_patches, self.backbone.patch_size)).astype("float32")
 
     # --- Forward pass ------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from keras_bat.convert.eat import load_eat_weights
 from keras_bat.convert.official import CONFIG_FILE, load_official_weights, read_state_dict
 from keras_bat.models.bat_backbone import BATBackbone
 from keras_bat.models.beats_backbone import BEATsBackbone
+from keras_bat.models.encoder_graph import EncoderModel
 
 
 class Encoder(NamedTuple):
@@ -34,6 +35,31 @@ def get_encoder(name):
     return ENCODERS[name]
 
 
+def build_encoder(name, spec, weights=None, checkpoint_key=None, **overrides):
+    """The backbone of encoder `name` (`bat`, `eat`, `sslam`, `beats`) from a preset name,
+    preset directory or dict of constructor arguments, with the checkpoint `weights` (a
+    file, folder or state dict; `checkpoint_key` its nested entry) loaded by the encoder's
+    loader; `overrides` replace constructor arguments."""
+    encoder = get_encoder(name)
+    overrides = {**encoder.fixed_arguments, **overrides}
+    # A preset directory without a nested entry goes to the loader as it is (it checks the
+    # directory's config.json); anything else is read once, here.
+    if weights and not isinstance(weights, dict) and (checkpoint_key or not os.path.isdir(weights)):
+        weights = read_state_dict(weights, checkpoint_key)
+    if isinstance(weights, dict):
+        # E.g. a BAT checkpoint pretrained on short clips carries the position table
+        # of its own patch grid: the backbone is built for that grid.
+        config = dict(spec) if isinstance(spec, dict) else encoder.backbone_class.preset_config(spec)
+        overrides.update(encoder.backbone_class.arguments_for_checkpoint(weights, config))
+    if isinstance(spec, dict):
+        backbone = encoder.backbone_class(**{**spec, **overrides})
+    else:
+        backbone = encoder.backbone_class.from_preset(spec, load_weights=not weights, **overrides)
+    if weights:
+        encoder.load_weights(backbone, weights)
+    return backbone
+
+
 def encoder_name(backbone_class, config):
     """The encoder (`bat`, `eat`, `sslam`, `beats`) a backbone class and config make."""
     for name, encoder in ENCODERS.items():
@@ -46,10 +72,7 @@ def encoder_name(backbone_class, config):
 
 def preset_directory_class(directory):
     """The backbone class whose constructor takes every entry of a preset directory's config."""
-    import json
-
-    with open(os.path.join(directory, CONFIG_FILE)) as f:
-        config = json.load(f)
+    config = EncoderModel.preset_config(directory)
     for encoder in ENCODERS.values():
         if set(config) <= set(inspect.signature(encoder.backbone_class.__init__).parameters):
             return encoder.backbone_class
@@ -86,14 +109,24 @@ def backbone_from_source(source, encoder=None, checkpoint_key=None, architecture
                                if architecture in e.backbone_class.builtin_presets), None)
     if backbone_class is None:
         raise ValueError(f"Unknown architecture {architecture!r}: expected a preset name or a preset directory.")
-    config = backbone_class.preset_config(architecture)
-    entry = get_encoder(encoder or encoder_name(backbone_class, config))
-    state = read_state_dict(source, checkpoint_key)
-    config.update(entry.fixed_arguments)
-    config.update(entry.backbone_class.arguments_for_checkpoint(state, config))
-    backbone = entry.backbone_class(**config)
-    entry.load_weights(backbone, state)
-    return backbone
+    name = encoder or encoder_name(backbone_class, backbone_class.preset_config(architecture))
+    return build_encoder(name, architecture, read_state_dict(source, checkpoint_key))
+
+
+def load_model_source(source, **backbone_options):
+    """What `source` names: the `AudioClassifier` of a `save_to_preset` folder, the model
+    of a `.keras` file, or a backbone (a preset name, a preset folder or a checkpoint file,
+    with `backbone_options` as in `backbone_from_source`)."""
+    import keras
+
+    from keras_bat.models.audio_classifier import TASK_FILE, AudioClassifier
+
+    source = os.fspath(source)
+    if os.path.isdir(source) and os.path.isfile(os.path.join(source, TASK_FILE)):
+        return AudioClassifier.from_preset(source)
+    if source.endswith(".keras"):
+        return keras.saving.load_model(source, compile=False)
+    return backbone_from_source(source, **backbone_options)
 
 
 def _default(backbone_class, key):

@@ -33,18 +33,19 @@ def log_mel_spectrogram(waveforms, window, hop_length, filter_bank, top_db=80.0,
     return _log_mel_from_power(stft_power(waveforms, window, hop_length), filter_bank, top_db)
 
 
-def stft_power(waveforms, window, hop_length):
-    """`|STFT|^2` `(batch, frames, len(window) // 2 + 1)` of a centred STFT
-    (`real^2 + imag^2` of `ops.stft`; inside `portable_spectra()` under
-    TensorFlow, see there)."""
+def stft_power(waveforms, window, hop_length, center=True):
+    """`|STFT|^2` `(batch, frames, len(window) // 2 + 1)`, centred (reflect
+    padding) or not (`real^2 + imag^2` of `ops.stft`; inside
+    `portable_spectra()` under TensorFlow, see there)."""
     n_fft = len(window)
     if not _PORTABLE.get() or keras.backend.backend() != "tensorflow":
-        real, imag = ops.stft(waveforms, n_fft, hop_length, n_fft, window=window, center=True)
+        real, imag = ops.stft(waveforms, n_fft, hop_length, n_fft, window=window, center=center)
         return real * real + imag * imag
     import tensorflow as tf
 
-    padded = tf.pad(waveforms, [[0, 0], [n_fft // 2, n_fft // 2]], mode="reflect")
-    return _dft_power(tf.signal.frame(padded, n_fft, hop_length) * window, n_fft)
+    if center:
+        waveforms = tf.pad(waveforms, [[0, 0], [n_fft // 2, n_fft // 2]], mode="reflect")
+    return _dft_power(tf.signal.frame(waveforms, n_fft, hop_length) * window, n_fft)
 
 
 def rfft_power(frames, fft_length):

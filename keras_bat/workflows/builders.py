@@ -63,34 +63,19 @@ def build_backbone(model, num_query_tokens=0, dropout_free=True):
     eat, sslam, beats) from a preset name, preset directory or dict of
     constructor arguments, with the checkpoint `model.weights` loaded by that
     encoder's loader."""
-    from keras_bat.convert import read_state_dict
-    from keras_bat.models.encoders import get_encoder
+    from keras_bat.models.encoders import build_encoder, get_encoder
 
-    encoder = get_encoder(model.get("encoder", "bat"))
-    overrides = {**encoder.fixed_arguments, "num_query_tokens": num_query_tokens}
+    name = model.get("encoder", "bat")
+    overrides = {"num_query_tokens": num_query_tokens}
     if model["drop_path"]:
         overrides["drop_path_rate"] = model["drop_path"]
     if model["dtype"]:
         overrides["dtype"] = model["dtype"]
-    spec = model["backbone"]
-    weights, checkpoint_key = model["weights"], model["checkpoint_key"]
-    # A preset directory without a nested entry goes to the loader as it is (it checks the
-    # directory's config.json); anything else is read once, here.
-    if weights and (checkpoint_key or not Path(weights).is_dir()):
-        weights = read_state_dict(weights, checkpoint_key)
-        # E.g. a BAT checkpoint pretrained on short clips carries the position table
-        # of its own patch grid: the backbone is built for that grid.
-        config = dict(spec) if isinstance(spec, dict) else encoder.backbone_class.preset_config(spec)
-        overrides.update(encoder.backbone_class.arguments_for_checkpoint(weights, config))
     try:
-        backbone = (encoder.backbone_class(**{**spec, **overrides}) if isinstance(spec, dict)
-                    else encoder.backbone_class.from_preset(spec, load_weights=not weights, **overrides))
+        return build_encoder(name, model["backbone"], model["weights"], model["checkpoint_key"], **overrides)
     except TypeError as error:
-        raise ValueError(f"model.backbone / model settings do not fit a {encoder.backbone_class.__name__}: "
+        raise ValueError(f"model.backbone / model settings do not fit a {get_encoder(name).backbone_class.__name__}: "
                          f"{error}") from error
-    if weights:
-        encoder.load_weights(backbone, weights)
-    return backbone
 
 
 def build_run_backbone(config):

@@ -80,10 +80,10 @@ class RecordingEncoder:
         padded = whole_patch_frames(frames, self.backbone.patch_size)
         return min(frames, padded), padded // self.backbone.patch_size
 
-    def _windows(self, path, clip_samples, frames, statistics=None):
+    def _windows(self, path, info, clip_samples, frames, statistics=None):
         for first in range(0, frames, self.chunk_frames):
             count = min(self.chunk_frames, frames - first)
-            window = load_window(path, *self.frontend.frame_span(first, count), clip_samples)
+            window = load_window(path, *self.frontend.frame_span(first, count), clip_samples, info=info)
             chunk = self.frontend.window_frames(window)
             yield chunk if statistics is None else self.frontend.normalise_frames(chunk, statistics)
 
@@ -93,12 +93,12 @@ class RecordingEncoder:
         chunks at a time, as NumPy arrays; the last chunk comes alone when it is shorter."""
         import keras
 
-        statistics = None
+        info, statistics = audio_info(path), None
         if self.frontend.normalises_per_clip:  # a first pass gathers the statistics of all the clip's frames
-            for chunk in self._windows(path, clip_samples, self.frontend.num_frames(clip_samples)):
+            for chunk in self._windows(path, info, clip_samples, self.frontend.num_frames(clip_samples)):
                 statistics = self.frontend.merge_statistics(statistics, self.frontend.frame_statistics(chunk))
         batch = []
-        for chunk in self._windows(path, clip_samples, self.layout(clip_samples)[0], statistics):
+        for chunk in self._windows(path, info, clip_samples, self.layout(clip_samples)[0], statistics):
             chunk = keras.ops.convert_to_numpy(chunk)
             pad = -len(chunk) % self.backbone.patch_size  # zero frames, as the frontend pads a clip
             if pad or len(chunk) < self.chunk_frames:
@@ -208,10 +208,9 @@ def run_embed(folder, output, backbone="bat_base", weights=None, checkpoint_key=
             writer.writerow([path, f"{samples / SAMPLE_RATE:.6f}", int(first), int(count), state])
     with open(output / "skipped.tsv", "w") as f:
         f.writelines(f"{path}\t{reason}\n" for path, reason in skipped)
-    seconds_per_patch = model.patch_size * streamer.frontend.hop_length / SAMPLE_RATE
-    first_center = float(streamer.frontend.frame_centers(model.patch_size).mean())
+    centers = streamer.frontend.patch_centers(2, model.patch_size)
     info = {"layers": "mean" if layers == "mean" else selected, "dim": model.dim,
-            "seconds_per_patch": seconds_per_patch, "first_patch_center_seconds": first_center,
+            "seconds_per_patch": float(centers[1] - centers[0]), "first_patch_center_seconds": float(centers[0]),
             "clip_seconds": clip_seconds, "backbone": str(backbone), "weights": weights}
     (output / "info.json").write_text(json.dumps(info, indent=2))
     return {"output": str(output), "files": len(recordings), "skipped_files": len(skipped),
