@@ -16,6 +16,7 @@ import keras
 import numpy as np
 
 from keras_bat.data.pipeline import ClipLoader, ordered_batches
+from keras_bat.models.encoder_graph import encode_whole_clips
 
 META_FILE = "cache.json"
 
@@ -49,14 +50,15 @@ def estimate_bytes(num_clips, backbone, time_frames, tokens):
 
 def cache_source(backbone, frontend, dataset, clip_seconds, tokens):
     """What a cache was computed from: the encoder's weights (a hash), the
-    frontend length, the clips and what is stored. A cache is reused only
+    frontend length, the clips (files, segments and labels) and what is stored. A cache is reused only
     when all of these are the same."""
     weights = hashlib.sha1()
     for variable in backbone.weights:
         weights.update(np.ascontiguousarray(keras.ops.convert_to_numpy(variable)).tobytes())
     return {"encoder": weights.hexdigest(), "time_frames": frontend.time_frames, "clip_seconds": clip_seconds,
             "dataset": dataset.name,
-            "paths": hashlib.sha1("\n".join(c.path for c in dataset.clips).encode()).hexdigest(),
+            "clips": hashlib.sha1("\n".join(repr((c.path, c.offset, c.duration, c.label))
+                                               for c in dataset.clips).encode()).hexdigest(),
             "tokens": tokens}
 
 
@@ -102,7 +104,7 @@ class FeatureCache:
         kept, targets = [], []
         for indices, waveforms, batch_targets in ordered_batches(
                 loader, batch_size, num_workers, skipped, desc=f"caching {dataset.name}" if verbose else None):
-            features = backbone(frontend(keras.ops.convert_to_tensor(waveforms)), training=False)
+            features = encode_whole_clips(backbone, frontend(keras.ops.convert_to_tensor(waveforms)), list(shapes))
             row = len(kept)
             for name in shapes:
                 arrays[name][row:row + len(indices)] = to_bfloat16_bits(keras.ops.convert_to_numpy(features[name]))

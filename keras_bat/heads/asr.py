@@ -3,7 +3,8 @@
 import keras
 from keras import ops
 
-from keras_bat.heads.base import HeadContract, LayerGateMixin, check_features, mix_layers, pool_layers
+from keras_bat.heads.base import (HeadContract, LayerGateMixin, check_features, mix_layers, pool_layers,
+                                  pooled_patch_summary)
 from keras_bat.layers.dense import Dense
 from keras_bat.layers.transformer import seeded_dropout
 
@@ -76,6 +77,9 @@ class ASRHead(HeadContract, LayerGateMixin, keras.layers.Layer):
             self.norm.build((None, None, width))
         self.fc.build((None, None, width))
         self.built = True
+
+    def chunk_summary(self, features):
+        return pooled_patch_summary(features, "frame")
 
     def call(self, features, training=None):
         check_features(features, "ASRHead")

@@ -32,6 +32,30 @@ class HeadContract:
         """The head of a recipe: each head takes the settings it has."""
         raise NotImplementedError
 
+    def chunk_summary(self, features):
+        """What the head keeps of one time chunk's features when a long clip is
+        encoded a chunk at a time (`AudioClassifier.predict_long`).
+
+        Returns:
+            dict `name -> (tensor, merge)`, merged over a clip's chunks by
+            `keras_bat.models.encoder_graph.ChunkSummaries`: `merge` is `"chunk_mean"` (averaged over chunks,
+            as the backbone averages class tokens), `"token_mean"` (averaged
+            over all the clip's tokens), `"min"`, `"max"`, or an int axis along
+            which the chunks' time patches are concatenated. This default keeps
+            the whole feature dict, which is exact for any head; heads keep
+            less where their pooling allows, so that memory does not grow with
+            the clip's length.
+        """
+        summary = {"cls_tokens": (features["cls_tokens"], "chunk_mean"),
+                   "patch_tokens": (features["patch_tokens"], 2)}
+        if "query_tokens" in features:
+            summary["query_tokens"] = (features["query_tokens"], "chunk_mean")
+        return summary
+
+    def call_on_summary(self, summary, training=None):
+        """The head's output from its merged chunk summaries (see `chunk_summary`)."""
+        return self(summary, training=training)
+
     def official_parameters(self):
         """`(params, constants)`: the official code's name of each of the head's
         variables (`official name -> keras_bat.convert.official._Param`), and
@@ -42,6 +66,19 @@ class HeadContract:
         """`(layers, dim)` of the features this head reads, from official
         weights (`shape(name)` is a parameter's shape), to build it before loading."""
         return 1, shape("fc.weight")[1]
+
+
+def pooled_patch_summary(features, pooling):
+    """A chunk summary of the class tokens and of the patch tokens reduced as
+    `pool_layers` reduces them: averaged (`"mean"`) or averaged over frequency
+    per time patch (`"frame"`); `pool_layers` reads the reduced tokens alike."""
+    summary = {"cls_tokens": (features["cls_tokens"], "chunk_mean")}
+    patches = features["patch_tokens"]  # B, L, T, F, D
+    if pooling == "mean":
+        summary["patch_tokens"] = (ops.mean(patches, axis=(2, 3), keepdims=True), "token_mean")  # B, L, 1, 1, D
+    elif pooling == "frame":
+        summary["patch_tokens"] = (ops.mean(patches, axis=3, keepdims=True), 2)  # B, L, T, 1, D
+    return summary
 
 
 def task_pooling(task, pooling):

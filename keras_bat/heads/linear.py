@@ -12,6 +12,7 @@ from keras_bat.heads.base import (
     logits_shape,
     mix_layers,
     pool_layers,
+    pooled_patch_summary,
     task_pooling,
 )
 from keras_bat.layers.dense import Dense
@@ -50,6 +51,9 @@ class _LinearProbe(HeadContract, keras.layers.Layer):
     def needed_features(self):
         """Class-token probes need only `cls_tokens` (e.g. from a feature cache)."""
         return ("cls_tokens",) if self.pooling == "cls" else ("cls_tokens", "patch_tokens")
+
+    def chunk_summary(self, features):
+        return pooled_patch_summary(features, self.pooling)
 
     def build(self, features_shape):
         check_features(features_shape, type(self).__name__, self.needed_features)

@@ -113,26 +113,46 @@ class CGP(LayerGateMixin, _PrototypeHead):
         super().build(features_shape)
 
     def similarity_features(self, features):
-        """The `3 * num_prototypes` features (per time patch for `"frame"`)."""
+        """The `3 * num_prototypes` features (per time patch for `"frame"`): a
+        whole clip is summarised as one chunk."""
+        return self._pooled_features({name: value for name, (value, _) in self.chunk_summary(features).items()})
+
+    def chunk_summary(self, features):
+        """Similarities pooled over the chunk's tokens: min, max and mean (or the
+        class tokens), or per time patch for `"frame"`."""
         check_features(features, "CGP")
-        gate = self.gate()
-        patches = mix_layers(l2_normalize(features["patch_tokens"]), gate)  # B, T, F, D
+        patches = mix_layers(l2_normalize(features["patch_tokens"]), self.gate())  # B, T, F, D
         prototypes = ops.cast(self.normalized_prototypes(), patches.dtype)  # P, D
         time_patches, freq_patches = patches.shape[1], patches.shape[2]
         flat = ops.matmul(ops.reshape(patches, (-1, time_patches * freq_patches, patches.shape[3])),
                           ops.transpose(prototypes))  # B, N, P (one product, no relayout)
         if self.pooling == "frame":
             similarity = ops.reshape(flat, (-1, time_patches, freq_patches, self.num_prototypes))
-            pooled = [ops.min(similarity, axis=2), ops.mean(similarity, axis=2),
-                      ops.max(similarity, axis=2)]  # B, T, P each
+            pooled = [ops.min(similarity, axis=2), ops.mean(similarity, axis=2), ops.max(similarity, axis=2)]
+            return {"frame_features": (self._stack(pooled), 1)}  # B, T, 3 * P
+        summary = {"min": (ops.min(flat, axis=1), "min"), "max": (ops.max(flat, axis=1), "max")}  # B, P each
+        if self.pooling == "cls":
+            summary["cls_tokens"] = (features["cls_tokens"], "chunk_mean")
         else:
-            if self.pooling == "cls":
-                cls = mix_layers(l2_normalize(features["cls_tokens"]), gate)  # B, D
-                middle = ops.matmul(cls, ops.transpose(prototypes))
-            else:
-                middle = ops.mean(flat, axis=1)
-            pooled = [ops.min(flat, axis=1), middle, ops.max(flat, axis=1)]  # B, P each
-        stacked = ops.stack(pooled, axis=-1)  # B, [T,] P, 3: index 3 * p + k once flattened
+            summary["mean"] = (ops.mean(flat, axis=1), "token_mean")
+        return summary
+
+    def call_on_summary(self, summary, training=None):
+        return self.fc(self.head_dropout(self._pooled_features(summary), training=training))
+
+    def _pooled_features(self, summary):
+        if self.pooling == "frame":
+            return summary["frame_features"]
+        if self.pooling == "cls":
+            cls = mix_layers(l2_normalize(summary["cls_tokens"]), self.gate())  # B, D
+            middle = ops.matmul(cls, ops.transpose(ops.cast(self.normalized_prototypes(), cls.dtype)))
+        else:
+            middle = summary["mean"]
+        return self._stack([summary["min"], middle, summary["max"]])
+
+    def _stack(self, pooled):
+        """`[min, middle, max]`, each `(B, [T,] P)` -> `(B, [T,] 3 * P)`, index `3 * p + k`."""
+        stacked = ops.stack(pooled, axis=-1)  # B, [T,] P, 3
         if self.pooling == "frame":
             return ops.reshape(stacked, (-1, stacked.shape[1], 3 * self.num_prototypes))
         return ops.reshape(stacked, (-1, 3 * self.num_prototypes))
@@ -171,13 +191,18 @@ class ProtoBin(_PrototypeHead):
         binary = signs + self.prototypes - ops.stop_gradient(self.prototypes)
         return l2_normalize(binary)
 
-    def call(self, features, training=None):
+    def chunk_summary(self, features):
+        """The maximum similarities over the chunk's patches (per time patch for `"frame"`)."""
         check_features(features, "ProtoBin")
         patches = l2_normalize(features["patch_tokens"][:, -1])  # B, T, F, D
         prototypes = ops.cast(self.normalized_prototypes(), patches.dtype)
         similarity = ops.einsum("btfd,pd->btfp", patches, prototypes)
         if self.pooling == "frame":
-            pooled = ops.max(similarity, axis=2)  # B, T, P
-        else:
-            pooled = ops.max(similarity, axis=(1, 2))  # B, P
-        return self.fc(self.head_dropout(pooled, training=training))
+            return {"max": (ops.max(similarity, axis=2), 1)}  # B, T, P
+        return {"max": (ops.max(similarity, axis=(1, 2)), "max")}  # B, P
+
+    def call_on_summary(self, summary, training=None):
+        return self.fc(self.head_dropout(summary["max"], training=training))
+
+    def call(self, features, training=None):
+        return self.call_on_summary({"max": self.chunk_summary(features)["max"][0]}, training=training)

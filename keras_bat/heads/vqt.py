@@ -79,6 +79,9 @@ class VQTHead(HeadContract, keras.layers.Layer):
         """The query tokens broadcast to `(batch_size, depth, num_query_tokens, dim)`."""
         return ops.broadcast_to(self.query_tokens[None], (batch_size,) + tuple(self.query_tokens.shape))
 
+    def chunk_summary(self, features):
+        return {name: (features[name], "chunk_mean") for name in ("cls_tokens", "query_tokens")}
+
     def features(self, features):
         """`[normalised final cls; normalised query outputs per block]` `(batch, num_features)`."""
         check_features(features, "VQTHead", needs=("cls_tokens", "query_tokens"))

@@ -3,9 +3,12 @@
 import os
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_bat.heads.base import CLASSIFICATION_TASKS
+from keras_bat.models.encoder_graph import ChunkSummaries, encode_in_chunks
+from keras_bat.ops import no_gradients
 from keras_bat.training.losses import AsymmetricLoss, SoftmaxCrossEntropy, add_layer_losses, ctc_loss
 from keras_bat.training.metrics import ClassAccuracy, LogitF1Score, MeanAveragePrecision
 from keras_bat.training.optimizers import paper_adamw
@@ -83,6 +86,41 @@ class AudioClassifier(keras.Model):
         if self.freeze_backbone and not reads_queries:
             features = {k: ops.stop_gradient(v) for k, v in features.items()}
         return self.head(features, training=training)
+
+    def predict_long(self, inputs):
+        """The model's outputs on a batch of clips of any length, in inference
+        mode, with memory that does not grow with the clips' length: the
+        backbone runs one time chunk of every clip at a time
+        (`encode_in_chunks`), the head keeps only what its pooling needs of
+        each chunk (`chunk_summary`) and predicts from the merged summaries.
+        Equal to `model(inputs)` (the backbone encodes long inputs chunk by
+        chunk too). What still grows with the length is small: the inputs, and
+        the frontend's transient memory for one clip (about 65 MB per minute of
+        audio).
+
+        Args:
+            inputs: waveforms `(batch, samples)` (with a frontend) or
+                spectrograms `(batch, frames, mels)`.
+
+        Returns:
+            The outputs as a NumPy array.
+        """
+        if self.backbone is None:
+            raise ValueError("predict_long runs the backbone chunk by chunk; this model reads precomputed features.")
+        # The frontend runs a clip at a time: its STFT takes several times the waveform's memory.
+        spectrograms = np.concatenate([keras.ops.convert_to_numpy(self._spectrograms(inputs[i:i + 1]))
+                                       for i in range(len(inputs))])
+        query_tokens = None
+        if getattr(self.head, "reads_query_tokens", False):
+            query_tokens = keras.ops.convert_to_numpy(self.head.batch_query_tokens(len(spectrograms)))
+        summaries = ChunkSummaries()
+        with no_gradients():  # else torch would keep every chunk's head activations for a backward pass
+            for time_patches, features in encode_in_chunks(self.backbone, spectrograms, query_tokens):
+                if not self.head.built:  # heads create their weights on their first call
+                    self.head(features, training=False)
+                summaries.add(self.head.chunk_summary(features), time_patches)
+            outputs = self.head.call_on_summary(summaries.result(), training=False)
+        return keras.ops.convert_to_numpy(outputs)
 
     def _takes_waveforms(self, inputs):
         """Waveforms `(batch, samples)` go through the frontend; spectrograms and dicts do not."""

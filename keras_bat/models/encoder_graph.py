@@ -6,6 +6,7 @@ import os
 import warnings
 
 import keras
+from keras import ops
 
 from keras_bat.convert.official import CONFIG_FILE, WEIGHTS_FILE, save_official_weights
 
@@ -52,6 +53,89 @@ def run_blocks(blocks, tokens, key_lengths, chunk_weights, query_tokens=None, dt
         tokens = x[:, num_queries:]
         block_outputs.append(tokens)
     return block_outputs, query_outputs
+
+
+def encode_in_chunks(backbone, spectrograms, query_tokens=None):
+    """Runs `backbone` over `spectrograms` `(batch, frames, mels)` one time chunk
+    (`chunk_time_patches` patches) at a time: the k-th chunk of every clip in one
+    forward pass, as the backbone encodes long inputs (`frames` a multiple of the
+    patch size). Memory does not grow with the clips' length.
+
+    Yields:
+        `(time_patches, features)`: the chunk's length in time patches and the
+        backbone's outputs on it (backend tensors).
+    """
+    from keras_bat.ops import no_gradients
+
+    chunk_frames = backbone.chunk_time_patches * backbone.patch_size
+    for start in range(0, spectrograms.shape[1], chunk_frames):
+        chunk = spectrograms[:, start:start + chunk_frames]
+        inputs = chunk if query_tokens is None else {"spectrogram": chunk, "query_tokens": query_tokens}
+        if chunk.shape[1] == chunk_frames:  # compiled for the one full-chunk shape
+            features = keras.tree.map_structure(keras.ops.convert_to_tensor, backbone.predict_on_batch(inputs))
+        else:  # a shorter last chunk runs eagerly, so that no compiled call sees two lengths
+            with no_gradients():
+                features = backbone(inputs, training=False)
+        yield chunk.shape[1] // backbone.patch_size, features
+
+
+def encode_whole_clips(backbone, spectrograms, names=("cls_tokens", "patch_tokens")):
+    """The backbone's outputs `names` on whole clips, encoded a chunk at a time
+    (`encode_in_chunks`): class tokens averaged over chunks, patch tokens
+    concatenated along time, as NumPy arrays. Beyond the outputs themselves,
+    memory does not grow with the clips' length."""
+    merges = {"cls_tokens": "chunk_mean", "patch_tokens": 2}
+    summaries = ChunkSummaries()
+    for time_patches, features in encode_in_chunks(backbone, keras.ops.convert_to_numpy(spectrograms)):
+        summaries.add({name: (features[name], merges[name]) for name in names}, time_patches)
+    return {name: keras.ops.convert_to_numpy(value) for name, value in summaries.result().items()}
+
+
+class ChunkSummaries:
+    """Merges a clip's chunk summaries (`HeadContract.chunk_summary`) chunk by
+    chunk: running sums, minima and maxima, and the time-patch parts that are
+    concatenated."""
+
+    def __init__(self):
+        self.values, self.merges, self.chunks, self.time_patches = {}, {}, 0, 0
+
+    def add(self, summary, time_patches):
+        """Adds the summary of a chunk of `time_patches` time patches."""
+        for name, (value, merge) in summary.items():
+            value = ops.cast(value, "float32")
+            if merge == "token_mean":
+                value = value * time_patches
+            previous = self.values.get(name)
+            self.merges[name] = merge
+            if isinstance(merge, int):
+                self.values[name] = (previous or []) + [value]
+            elif previous is None:
+                self.values[name] = value
+            elif merge == "min":
+                self.values[name] = ops.minimum(previous, value)
+            elif merge == "max":
+                self.values[name] = ops.maximum(previous, value)
+            elif merge in ("chunk_mean", "token_mean"):
+                self.values[name] = previous + value
+            else:
+                raise ValueError(f"Unknown chunk merge {merge!r} for {name!r}: expected chunk_mean, token_mean, "
+                                 "min, max or a time axis.")
+        self.chunks += 1
+        self.time_patches += time_patches
+
+    def result(self):
+        """The merged summary, `name -> tensor`."""
+        merged = {}
+        for name, value in self.values.items():
+            merge = self.merges[name]
+            if isinstance(merge, int):
+                value = ops.concatenate(value, axis=merge)
+            elif merge == "chunk_mean":
+                value = value / self.chunks
+            elif merge == "token_mean":
+                value = value / self.time_patches
+            merged[name] = value
+        return merged
 
 
 class RandomWeightsWarning(UserWarning):

@@ -117,7 +117,10 @@ class RecordingEncoder:
     def _run(self, spectrograms):
         import keras
 
-        features = self.backbone(spectrograms, training=False)
+        from keras_bat.ops import no_gradients
+
+        with no_gradients():
+            features = self.backbone(spectrograms, training=False)
         return (keras.ops.convert_to_numpy(features["cls_tokens"]).astype("float32"),
                 keras.ops.convert_to_numpy(features["patch_tokens"]).astype("float32"))
 

@@ -67,8 +67,8 @@ def train_and_evaluate(config, run_dir, fold=None):
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config["seed"])
-    setup_distribution(config["distribution"])
     data, train = config["data"], config["train"]
+    setup_distribution(config["distribution"], {"train.batch_size": train["batch_size"]})
     splits = build_splits(data, config["output_dir"], fold)
     train_set = split(splits, data["train_split"], "training")
     eval_set = split(splits, data["eval_split"], "evaluation")
@@ -196,25 +196,26 @@ def _tensorboard_missing():
     return missing
 
 
-def predict(model, dataset, clip_seconds, batch_size, num_workers=4, skipped=None, max_label_length=400,
-            stack=True):
+def predict(model, dataset, clip_seconds, batch_size, num_workers=4, skipped=None, max_label_length=400):
     """Model outputs for every clip of `dataset` (fixed clip handling), with
-    the clips that decoded; bad files are skipped and recorded.
+    the clips that decoded; bad files are skipped and recorded. The encoder
+    runs one time chunk of the batch's clips at a time and the head keeps only
+    what it pools (`AudioClassifier.predict_long`): memory does not grow with
+    `clip_seconds`.
 
     Returns:
-        `(clips, outputs (n, ...), targets)`; with `stack=False`, outputs is
-        the list of per-batch outputs (e.g. dicts).
+        `(clips, outputs (n, ...), targets)`.
     """
     loader = ClipLoader(dataset, clip_seconds, training=False, max_label_length=max_label_length)
     clips, outputs, targets = [], [], []
     for indices, waveforms, batch_targets in ordered_batches(loader, batch_size, num_workers, skipped,
                                                              desc=f"evaluating {dataset.name}"):
-        outputs.append(keras.tree.map_structure(keras.ops.convert_to_numpy, model.predict_on_batch(waveforms)))
+        outputs.append(model.predict_long(waveforms))
         clips += [dataset.clips[i] for i in indices]
         targets += batch_targets
     if not clips:
         raise ValueError(f"No clip of {dataset.name} could be decoded; see the skipped files.")
-    return clips, np.concatenate(outputs) if stack else outputs, targets
+    return clips, np.concatenate(outputs), targets
 
 
 def evaluate(model, dataset, clip_seconds, batch_size, evaluate_config=None, num_workers=4, skipped=None,
