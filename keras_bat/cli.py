@@ -38,8 +38,8 @@ def _parser():
         command.add_argument("config", nargs="?",
                              help=f"a built-in recipe ({', '.join(builtin_recipes())}) or a YAML file; "
                                   "the demo's embedded config if omitted")
-        command.add_argument("--variant", default="finetune" if name == "finetune" else None,
-                             help="variant of the recipe, e.g. cgp, lp, h2t (see the file)")
+        command.add_argument("--variant", help="variant of the recipe, e.g. cgp, lp, h2t (see the file); "
+                                               "finetune reads the recipe's finetune variant by default")
         command.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                              help="overrides, e.g. train.steps=100 data.root=/data/esc50")
         command.add_argument("--output-dir", help="where logs, checkpoints and results go")
@@ -142,7 +142,10 @@ def main(argv=None):
         overrides.append(f"output_dir={args.output_dir}")
     if args.command == "finetune":
         overrides.append("train.finetune=true")
-    config = load_config(args.config, args.variant, overrides)
+    variant = args.variant
+    if args.command == "finetune" and variant is None and args.config is not None:
+        variant = "finetune"  # the recipe's finetuning settings; the demo config has no variants
+    config = load_config(args.config, variant, overrides)
     if args.command == "demo":
         from keras_bat.workflows.demo import run_demo
 

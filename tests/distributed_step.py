@@ -13,7 +13,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from keras_bat.models import BATPretrainer  # noqa: E402
-from keras_bat.training.distribution import make_distribution  # noqa: E402
+from keras_bat.training.distribution import make_distribution, setup_distribution  # noqa: E402
 
 
 def one_step(initial_weights, spectrograms, distribution=None):
@@ -36,11 +36,18 @@ def main():
     report = {}
     for kind in sys.argv[1:] or ["data_parallel", "model_parallel"]:
         _, distributed, model = one_step(initial, spectrograms, make_distribution(kind, model_parallel=2))
-        sharded = [v.path for v in model.weights if len(getattr(v.value, "sharding", None).device_set) > 1
-                   and not v.value.sharding.is_fully_replicated]
+        # Each variable's partition spec (the mesh axis, or None, of each dimension), None when replicated.
+        specs = [None if v.value.sharding.is_fully_replicated else
+                 list(v.value.sharding.spec) + [None] * (len(v.shape) - len(v.value.sharding.spec))
+                 for v in model.weights]
         report[kind] = {"max_weight_difference": max(float(np.max(np.abs(a - b))) for a, b in zip(single, distributed)),
                         "max_update": max(float(np.max(np.abs(a - b))) for a, b in zip(single, initial)),
-                        "sharded_variables": len(sharded)}
+                        "variables": [[v.path, spec] for v, spec in zip(model.weights, specs)]}
+    try:  # 6 examples do not split over 4 devices
+        setup_distribution({"kind": "data_parallel"}, {"train.batch_size": 6})
+        report["refused_batch"] = None
+    except ValueError as error:
+        report["refused_batch"] = str(error)
     print(json.dumps(report))
 
 

@@ -12,7 +12,8 @@ def value_and_gradients(loss_fn, variables):
         variables: list of Keras variables.
 
     Returns:
-        `(loss, [gradient per variable])`.
+        `(loss, [gradient per variable])`; a variable the loss does not
+        depend on gets `None` (TensorFlow, torch) or zeros (JAX).
     """
     backend = keras.backend.backend()
     if backend == "tensorflow":
@@ -25,7 +26,7 @@ def value_and_gradients(loss_fn, variables):
         import torch
 
         loss = loss_fn()
-        return loss, torch.autograd.grad(loss, [v.value for v in variables])
+        return loss, torch.autograd.grad(loss, [v.value for v in variables], allow_unused=True)
     if backend == "jax":
         import jax
 

@@ -43,11 +43,13 @@ def test_colored_noise_slope_follows_the_exponent():
 
 
 def test_time_roll_is_a_circular_shift_per_example():
-    x = np.arange(2 * 10 * 3, dtype="float32").reshape(2, 10, 3)
+    x = np.arange(4 * 100 * 3, dtype="float32").reshape(4, 100, 3)
     y = to_numpy(time_roll(x, _seed(3)))
-    for b in range(2):
-        shift = int(np.argmax(y[b, :, 0] == x[b, 0, 0]))
-        np.testing.assert_array_equal(y[b], np.roll(x[b], shift, axis=0))
+    shifts = []
+    for b in range(4):
+        shifts.append(int(np.argmax(y[b, :, 0] == x[b, 0, 0])))
+        np.testing.assert_array_equal(y[b], np.roll(x[b], shifts[-1], axis=0))
+    assert len(set(shifts)) > 1 and any(shifts), f"time_roll should shift each example its own way: {shifts}"
 
 
 def test_mixup_mixes_inputs_and_labels_with_the_same_weights():
@@ -116,3 +118,19 @@ def test_mixup_refuses_ctc():
     with pytest.raises(ValueError, match="CTC"):
         model._augment((np.zeros((2, 32, 128), "float32"), {"labels": np.zeros((2, 3), "int32"),
                                                              "label_lengths": np.ones(2, "int32")}))
+
+
+def test_spectrogram_augmentations_run_roll_then_mixup_then_masks():
+    """Masks come after mixup: a masked bin is exactly 0, every other bin holds the mix of the
+    example with its mirror, weighted as its labels are."""
+    x = np.stack([np.full((20, 16), i + 1.0, "float32") for i in range(8)])  # example i is i + 1 everywhere
+    labels = np.eye(8, dtype="float32")
+    augmentation = AudioAugmentation(time_roll=True, mixup_chance=1.0, mixup_alpha=0.8, freq_mask_param=8,
+                                     time_mask_param=8, seed=0)
+    y, mixed_labels = (to_numpy(t) for t in augmentation.augment_spectrograms(x, labels))
+    mixed_values = mixed_labels @ np.arange(1.0, 9.0)  # what each example's bins hold after mixup
+    assert not np.allclose(mixed_values, np.arange(1.0, 9.0))  # mixup mixed
+    for b in range(8):
+        unmasked = y[b][y[b] != 0]
+        np.testing.assert_allclose(unmasked, mixed_values[b], rtol=1e-5)
+    assert (y == 0).any()  # some bins were masked

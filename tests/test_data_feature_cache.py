@@ -1,6 +1,8 @@
 """Probe feature cache: bfloat16 storage, size refusal, and probes on the cache
 equal to probes through the encoder within bfloat16 rounding."""
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -112,3 +114,16 @@ def test_a_cache_is_reused_only_for_the_same_encoder_and_clips(synthetic, tmp_pa
     rebuilt = FeatureCache.open_or_build(tmp_path / "c", other, frontend, synthetic, 0.64, "cls", verbose=False)
     assert rebuilt.meta["source"]["encoder"] != first.meta["source"]["encoder"]
     assert not np.array_equal(rebuilt.features["cls_tokens"], first_features)
+    rebuilt_features = np.array(rebuilt.features["cls_tokens"])
+    # The same files, other segments (BirdSet cuts one soundscape into many): another cache.
+    segments = AudioDataset([dataclasses.replace(c, offset=0.2) for c in synthetic.clips], synthetic.task,
+                            synthetic.class_names, synthetic.name)
+    moved = FeatureCache.open_or_build(tmp_path / "c", other, frontend, segments, 0.64, "cls", verbose=False)
+    assert not np.array_equal(moved.features["cls_tokens"], rebuilt_features)
+    # The same segments, other labels: the stored targets must follow.
+    relabelled = AudioDataset([dataclasses.replace(c, label=(c.label + 1) % len(synthetic.class_names))
+                               for c in segments.clips], synthetic.task, synthetic.class_names, synthetic.name)
+    targets = np.array(moved.targets)
+    relabelled_cache = FeatureCache.open_or_build(tmp_path / "c", other, frontend, relabelled, 0.64, "cls",
+                                                  verbose=False)
+    assert not np.array_equal(np.array(relabelled_cache.targets), targets)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from audio_files import bad_files, write
+from helpers import require_module
 from keras_bat.data import (AudioDataset, Clip, ClipLoader, Sampler, SkippedFiles, SkippedFilesLogger,
                             make_pipeline)
 
@@ -75,7 +76,7 @@ def test_sampler_orders():
 @pytest.mark.parametrize("engine", ["tf", "grain"])
 def test_bad_files_are_skipped_and_counted(tmp_path, engine):
     if engine == "grain":
-        pytest.importorskip("grain")
+        require_module("grain")  # the [data] extra, installed with [test]
     good = _ramp_dataset(tmp_path / "good", [16000] * 4)
     bad = bad_files(tmp_path / "bad")
     clips = good.clips + [Clip(path, 0) for path in bad.values()]
@@ -98,7 +99,7 @@ def test_bad_files_are_skipped_and_counted(tmp_path, engine):
 @pytest.mark.parametrize("engine", ["tf", "grain"])
 def test_pipelines_feed_fit(tmp_path, engine):
     if engine == "grain":
-        pytest.importorskip("grain")
+        require_module("grain")  # the [data] extra, installed with [test]
     dataset = _ramp_dataset(tmp_path, [8000, 16000, 20000, 12000] * 2)
     data = make_pipeline(dataset, 4, 0.5, training=True, engine=engine, repeat=True, seed=3)
     model = keras.Sequential([keras.Input((8000,)), keras.layers.Dense(2)])

@@ -5,6 +5,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+from gradients import value_and_gradients
 from helpers import to_numpy
 
 from keras_bat.heads import CGP, ASRHead, Head2Toe, LayerMixedLinear, LinearHead, ProtoBin, VQTHead
@@ -194,3 +195,82 @@ def test_keras_file_saved_under_another_backend_loads_with_equal_outputs(tmp_pat
     saved = np.load(tmp_path / "model.npz")
     restored = keras.saving.load_model(tmp_path / "model.keras")
     np.testing.assert_allclose(to_numpy(restored(saved["waveforms"])), saved["logits"], atol=1e-5)
+
+
+# Every head and pooling; 11 time patches in chunks of 2 make 6 chunks, the last one patch long.
+STREAMED_HEADS = {
+    "cgp_cls": (lambda: CGP(2, 16), "multiclass"),
+    "cgp_mean": (lambda: CGP(2, 16, "mean"), "multiclass"),
+    "cgp_frame": (lambda: CGP(2, 16, "frame"), "frame"),
+    "linear_cls": (lambda: LinearHead(2, use_norm=True), "multiclass"),
+    "linear_mean": (lambda: LinearHead(2, "mean"), "multiclass"),
+    "linear_frame": (lambda: LinearHead(2, "frame", use_norm=True), "frame"),
+    "layer_mixed_mean": (lambda: LayerMixedLinear(2, "mean"), "multilabel"),
+    "head2toe_frame": (lambda: Head2Toe(2, "frame"), "frame"),
+    "protobin": (lambda: ProtoBin(2, 16), "multiclass"),
+    "protobin_frame": (lambda: ProtoBin(2, 16, "frame"), "frame"),
+    "vqt": (lambda: VQTHead(2, depth=2, dim=32, num_query_tokens=3), "multiclass"),
+    "asr": (lambda: ASRHead(num_classes=5, upsample_factor=2, lstm_units=8), "ctc"),
+}
+
+
+@pytest.mark.parametrize("encoder", ["bat", "beats"])
+@pytest.mark.parametrize("name", sorted(STREAMED_HEADS))
+def test_predict_long_equals_the_whole_clip(name, encoder):
+    make_head, task = STREAMED_HEADS[name]
+    backbone = small_backbone(encoder, chunk_time_patches=2, num_query_tokens=3 if name == "vqt" else 0)
+    model = AudioClassifier(backbone, make_head(), task=task)
+    spectrograms = np.random.default_rng(1).uniform(size=(3, 11 * 16, 128)).astype("float32")
+    streamed = model.predict_long(spectrograms)  # builds the head
+    expected = to_numpy(model(spectrograms, training=False))
+    assert streamed.shape == expected.shape
+    np.testing.assert_allclose(streamed, expected, atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", [n for n in sorted(STREAMED_HEADS) if STREAMED_HEADS[n][1] != "frame"
+                                  and n != "asr"])
+def test_clip_heads_keep_summaries_of_constant_size(name):
+    """What a clip-level head keeps of a chunk does not depend on the chunk's length."""
+    make_head, task = STREAMED_HEADS[name]
+    backbone = small_backbone("bat", num_query_tokens=3 if name == "vqt" else 0)
+    model = AudioClassifier(backbone, make_head(), task=task)
+    model(np.zeros((1, 32, 128), "float32"))
+    sizes = []
+    for frames in (32, 64):
+        inputs = np.zeros((1, frames, 128), "float32")
+        if name == "vqt":
+            inputs = {"spectrogram": inputs, "query_tokens": to_numpy(model.head.batch_query_tokens(1))}
+        summary = model.head.chunk_summary(backbone(inputs))
+        sizes.append(sum(int(np.prod(value.shape)) for value, _ in summary.values()))
+    assert sizes[0] == sizes[1]
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_no_gradient_flows_through_a_frozen_backbone(freeze):
+    """A probe stops gradients at the backbone's outputs: nothing before it (here a scale on the
+    input spectrogram) gets a gradient. A finetuned backbone passes them."""
+    backbone = small_backbone("bat")
+    model = AudioClassifier(backbone, LinearHead(2, "mean"), freeze_backbone=freeze)
+    x, labels = learnable_problem()
+    model(x)
+    scale = keras.Variable(1.0, name="input_scale")
+
+    def loss():
+        logits = model(keras.ops.convert_to_tensor(x) * scale, training=True)
+        return keras.ops.mean(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
+
+    _, (gradient,) = value_and_gradients(loss, [scale])
+    magnitude = 0.0 if gradient is None else abs(float(to_numpy(gradient)))
+    assert (magnitude == 0.0) == freeze, magnitude
+
+
+def test_mixed_bfloat16_runs_the_encoder_in_bfloat16_and_the_rest_in_float32():
+    backbone = BATBackbone(**SMALL, dtype="mixed_bfloat16")
+    model = AudioClassifier(backbone, CGP(2, 16), frontend=backbone.make_frontend(time_frames=64))
+    logits = model(np.random.default_rng(0).normal(size=(2, 10240)).astype("float32"))
+    features = backbone(np.zeros((1, 64, 128), "float32"))
+    assert {keras.backend.standardize_dtype(v.dtype) for v in features.values()} == {"bfloat16"}
+    assert keras.backend.standardize_dtype(logits.dtype) == "float32"
+    assert model.frontend.compute_dtype == "float32"
+    assert {layer.compute_dtype for layer in model.head._flatten_layers()} == {"float32"}
+    assert {keras.backend.standardize_dtype(v.dtype) for v in model.weights} == {"float32"}

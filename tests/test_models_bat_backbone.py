@@ -111,11 +111,26 @@ def test_keras_file_round_trip(tiny_config, tmp_path, encoder_outputs):
         np.testing.assert_array_equal(to_numpy(out[key]), to_numpy(expected[key]))
 
 
-def test_no_gate_option(tiny_config):
-    backbone = BATBackbone(**tiny_config, use_gate=False)
-    assert all(block.attn.gate is None for block in backbone.blocks)
-    out = backbone(np.zeros((1, 32, 128), "float32"))
+def test_no_gate_option_equals_a_fully_open_gate(tiny_config):
+    """Without the gate, attention is the gated attention with sigmoid(gate) = 1 (a bias of 100)."""
+    ungated = BATBackbone(**tiny_config, use_gate=False)
+    gated = BATBackbone(**tiny_config)
+    assert all(block.attn.gate is None for block in ungated.blocks)
+    x = np.random.default_rng(0).uniform(size=(1, 32, 128)).astype("float32")
+    ungated(x)
+    gated(x)
+    ungated_weights = {v.path: v for v in ungated.weights}
+    for variable in gated.weights:
+        if "/gate/" in variable.path:
+            variable.assign(np.full(variable.shape, 100.0 if variable.path.endswith("bias") else 0.0, "float32"))
+        else:
+            variable.assign(ungated_weights[variable.path])
+    expected, out = gated(x), ungated(x)
     assert out["patch_tokens"].shape == (1, 3, 2, 8, 64)
+    for key in ("cls_tokens", "patch_tokens"):
+        np.testing.assert_allclose(to_numpy(out[key]), to_numpy(expected[key]), atol=1e-5)
+    gated.blocks[0].attn.gate.bias.assign(np.zeros(64, "float32"))  # a half-open gate changes the output
+    assert not np.allclose(to_numpy(gated(x)["cls_tokens"]), to_numpy(out["cls_tokens"]), atol=1e-3)
 
 
 def test_mixed_bfloat16_stays_close_to_float32(official_backbone, tiny_config, encoder_outputs):

@@ -126,8 +126,8 @@ def test_bad_pretrainer_configuration():
                       time_frames=64).export_backbone("ema")
 
 
-def _small_pretrainer(**overrides):
-    keras.utils.set_random_seed(0)
+def _small_pretrainer(init_seed=0, **overrides):
+    keras.utils.set_random_seed(init_seed)
     config = dict(encoder={"dim": 32, "depth": 2, "num_heads": 4}, decoder_depth=1, decoder_heads=4,
                   time_frames=128, num_views=2, ema_warmup_steps=10, seed=1)
     pretrainer = BATPretrainer(**{**config, **overrides})
@@ -149,24 +149,45 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         interrupted.fit(x, batch_size=2, epochs=4, shuffle=False, verbose=0,
                         callbacks=[keras.callbacks.BackupAndRestore(str(tmp_path)), _Interrupt()])
-    resumed = _small_pretrainer()
+    # Other initial weights and mask seed: only what the backup restores can make the runs agree.
+    resumed = _small_pretrainer(init_seed=7, seed=2)
     resumed.fit(x, batch_size=2, epochs=4, shuffle=False, verbose=0,
                 callbacks=[keras.callbacks.BackupAndRestore(str(tmp_path))])
     assert int(to_numpy(resumed.optimizer.iterations)) == int(to_numpy(straight.optimizer.iterations)) == 8
     for a, b in zip(straight.weights, resumed.weights):  # student, decoder and teacher
         np.testing.assert_allclose(to_numpy(b), to_numpy(a), atol=1e-5)
+    unrestored = _small_pretrainer(init_seed=7, seed=2)
+    unrestored.fit(x, batch_size=2, epochs=2, shuffle=False, verbose=0)  # the two epochs left, from nothing
+    assert not np.allclose(to_numpy(unrestored.weights[0]), to_numpy(straight.weights[0]), atol=1e-5)
+
+
+def _assert_teacher_moved_by_ema(pretrainer, teacher_before, decay):
+    """teacher = decay * teacher_before + (1 - decay) * student, for every teacher weight."""
+    for teacher, before, student in zip(pretrainer.teacher.weights, teacher_before, pretrainer.student.weights):
+        expected = decay * before + (1.0 - decay) * to_numpy(student)
+        np.testing.assert_allclose(to_numpy(teacher), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_teacher_follows_the_ema_formula_with_its_decay_schedule():
+    pretrainer = _small_pretrainer(ema_decay_start=0.5, ema_decay_end=0.9, ema_warmup_steps=3)
+    x = np.random.default_rng(0).uniform(size=(2, 128, 128)).astype("float32")
+    for update, decay in enumerate([0.5, 0.7, 0.9, 0.9]):  # rising linearly over 3 updates, then flat
+        assert float(to_numpy(pretrainer.ema_decay(update))) == pytest.approx(decay)
+        teacher_before = [to_numpy(w) for w in pretrainer.teacher.weights]
+        pretrainer.train_on_batch(x)
+        _assert_teacher_moved_by_ema(pretrainer, teacher_before, decay)
 
 
 def test_teacher_waits_for_accumulated_updates():
-    pretrainer = _small_pretrainer()
+    pretrainer = _small_pretrainer(ema_decay_start=0.5, ema_decay_end=0.9, ema_warmup_steps=3)
     pretrainer.compile(optimizer=keras.optimizers.AdamW(1e-3, gradient_accumulation_steps=2))
     x = np.random.default_rng(0).uniform(size=(2, 128, 128)).astype("float32")
     teacher_before = [to_numpy(w) for w in pretrainer.teacher.weights]
     pretrainer.train_on_batch(x)  # accumulates only
     for before, after in zip(teacher_before, pretrainer.teacher.weights):
         np.testing.assert_array_equal(to_numpy(after), before)
-    pretrainer.train_on_batch(x)  # updates the student, then the teacher
-    assert any(not np.array_equal(to_numpy(a), b) for a, b in zip(pretrainer.teacher.weights, teacher_before))
+    pretrainer.train_on_batch(x)  # updates the student, then the teacher with the first update's decay
+    _assert_teacher_moved_by_ema(pretrainer, teacher_before, 0.5)
 
 
 def test_mixed_bfloat16_pretrainer_stays_close(official_pretrainer, ssl_outputs):

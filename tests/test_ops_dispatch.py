@@ -12,7 +12,7 @@ from keras_bat import BATBackbone, LogMelSpectrogram
 from keras_bat.ops import gated_attention, kernel_unavailable_reason
 
 TORCH = keras.backend.backend() == "torch"
-needs_torch = pytest.mark.skipif(not TORCH, reason="the Triton kernels run under the torch backend")
+needs_torch = pytest.mark.skipif(not TORCH, reason="the Triton kernels run under torch: tested in the torch pass")
 CUDA = TORCH and __import__("torch").cuda.is_available()
 
 
@@ -41,7 +41,7 @@ def test_auto_takes_the_keras_ops_path_off_cuda(monkeypatch):
     assert reason is not None and ("CUDA" in reason if TORCH else "torch backend" in reason)
 
 
-@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+@pytest.mark.skipif(not CUDA, reason="CUDA only: benchmarks/gpu_check.sh runs it on a GPU machine")
 def test_auto_takes_the_kernel_on_cuda():
     import torch
 
@@ -162,7 +162,7 @@ def test_encoder_passes_the_chunking_lengths_to_every_block(monkeypatch):
     assert np.isfinite(to_numpy(features["cls_tokens"])).all()
 
 
-@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+@pytest.mark.skipif(not CUDA, reason="CUDA only: benchmarks/gpu_check.sh runs it on a GPU machine")
 def test_padded_encoder_step_on_cuda_never_waits_for_the_device():
     import torch
 
@@ -180,3 +180,16 @@ def test_padded_encoder_step_on_cuda_never_waits_for_the_device():
         torch.autograd.grad(loss, [w.value for w in backbone.trainable_weights])
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@needs_torch
+def test_required_kernel_without_triton_says_so(monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "triton" else find_spec(name, *a))
+    q = keras.ops.convert_to_tensor(np.zeros((1, 3, 2, 16), "float32"))
+    message = r"fused attention kernel, but Triton is not installed \(pip install triton\)"
+    with pytest.raises(RuntimeError, match=message):
+        gated_attention(q, q, q, use_kernels=True)
+    np.testing.assert_allclose(to_numpy(gated_attention(q, q, q)), 0.0)  # auto: the keras.ops path

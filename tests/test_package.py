@@ -1,4 +1,5 @@
 import importlib
+from pathlib import Path
 
 import keras_bat
 
@@ -10,5 +11,11 @@ def test_public_names():
 
 
 def test_kernels_folder_installs_under_its_import_name():
+    """`keras_bat_kernels` is the project's `kernels/` folder: the same modules, the same code."""
     kernels = importlib.import_module("keras_bat_kernels")
-    assert kernels.__file__.replace("\\", "/").endswith("kernels/__init__.py")
+    installed = Path(kernels.__file__).parent
+    source = Path(__file__).resolve().parents[1] / "kernels"
+    modules = sorted(p.name for p in source.glob("*.py"))
+    assert "gated_attention.py" in modules and sorted(p.name for p in installed.glob("*.py")) == modules
+    for name in modules:
+        assert (installed / name).read_bytes() == (source / name).read_bytes(), name

@@ -181,3 +181,30 @@ def test_gradient_accumulation_with_paper_adamw():
     np.testing.assert_array_equal(to_numpy(variable), before)  # first of two steps: only accumulated
     optimizer.apply_gradients([(keras.ops.ones(variable.shape), variable)])
     assert np.abs(to_numpy(variable) - before).mean() == pytest.approx(0.1 * 0.5**2, rel=1e-2)
+
+
+@pytest.mark.parametrize("finetune", [False, True])
+def test_paper_adamw_leaves_out_of_weight_decay_what_the_paper_does(finetune):
+    """With zero gradients AdamW's step is its decoupled weight decay alone: w -= lr * wd * w."""
+    from keras_bat.heads import CGP, VQTHead
+    from keras_bat.models import AudioClassifier
+
+    x = np.zeros((1, 32, 128), "float32")
+    probe = AudioClassifier(BATBackbone(dim=32, depth=2, num_heads=2), CGP(2, 4))
+    probe(x)
+    vqt = AudioClassifier(BATBackbone(dim=32, depth=2, num_heads=2, num_query_tokens=2),
+                          VQTHead(2, depth=2, dim=32, num_query_tokens=2))
+    vqt(x)
+    variables = {v.path: v for v in probe.weights + vqt.weights if v.trainable or "chunk_tokens" in v.path}
+    for v in variables.values():
+        v.assign(np.ones(v.shape, "float32"))
+    optimizer = paper_adamw(0.1, finetune=finetune, weight_decay=0.5)
+    optimizer.apply_gradients([(keras.ops.zeros(v.shape), v) for v in variables.values()])
+    kept = {"cls_token", "pos_embed"} | (set() if finetune else {"layer_logits", "prototypes", "query_tokens"})
+    names = set()
+    for path, v in variables.items():
+        name = path.rsplit("/", 1)[-1]
+        names.add(name)
+        expected = 1.0 if name in kept or len(v.shape) == 1 else 1.0 - 0.1 * 0.5
+        np.testing.assert_allclose(to_numpy(v), expected, rtol=1e-6, err_msg=path)
+    assert {"cls_token", "pos_embed", "layer_logits", "prototypes", "query_tokens", "kernel"} <= names

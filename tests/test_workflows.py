@@ -5,8 +5,10 @@ import glob
 import json
 import re
 
+import keras
 import numpy as np
 import pytest
+import yaml
 from safetensors.numpy import load_file
 
 from audio_files import tone, write
@@ -71,7 +73,8 @@ def test_probe_command_end_to_end(tmp_path, capsys):
     out = tmp_path / "probe"
     assert main(["probe", "--set", *TINY, f"output_dir={out}"]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert 0.0 <= results["metrics"]["accuracy"] <= 1.0
+    correct = results["metrics"]["accuracy"] * 8  # a fraction of the 8 evaluation clips
+    assert 0 <= correct <= 8 and correct == pytest.approx(round(correct), abs=1e-6)
     assert results["train_clips"] == 16 and results["eval_clips"] == 8 and results["skipped_files"] == {}
     assert len(results["layer_weights"]) == 2 and abs(sum(results["layer_weights"]) - 1) < 1e-5
     with open(out / "log.csv") as f:
@@ -151,17 +154,36 @@ def test_event_detection_run_reports_event_f1(tmp_path):
           "head.type=linear", f"output_dir={out}"])
     metrics = json.loads((out / "results.json").read_text())["metrics"]
     assert {"frame_micro_mAP", "event_f1", "event_precision", "event_recall"} == set(metrics)
-    assert 0.0 <= metrics["event_f1"] <= 1.0
+    precision, recall = metrics["event_precision"], metrics["event_recall"]
+    assert 0.0 <= precision <= 1.0 and 0.0 <= recall <= 1.0 and 0.0 < metrics["frame_micro_mAP"] <= 1.0
+    assert metrics["event_f1"] == pytest.approx(2 * precision * recall / (precision + recall) if precision + recall
+                                                else 0.0)
 
 
-def test_pretrain_then_probe_the_exported_backbone(tmp_path):
+def _capture_run_backbones(monkeypatch):
+    """The backbones the probe runs build, as they were built."""
+    import keras_bat.workflows.probe as probe
+
+    built, build = [], probe.build_run_backbone
+    monkeypatch.setattr(probe, "build_run_backbone", lambda config: built.append(build(config)) or built[-1])
+    return built
+
+
+def test_pretrain_then_probe_the_exported_backbone(tmp_path, monkeypatch):
     out = tmp_path / "ssl"
     main(["pretrain", "--set", *TINY, f"output_dir={out}"])
     results = json.loads((out / "results.json").read_text())
     assert len(results["history"]["loss"]) == 2 and np.isfinite(results["history"]["loss"]).all()
     assert (out / "backbone" / "config.json").exists() and (out / "backbone" / "model.safetensors").exists()
+    built = _capture_run_backbones(monkeypatch)
     main(["probe", "--set", *TINY, f"model.backbone={out / 'backbone'}", f"output_dir={tmp_path / 'probe'}"])
     assert (tmp_path / "probe" / "results.json").exists()
+    from keras_bat.models import BATBackbone
+
+    exported = BATBackbone.from_preset(str(out / "backbone"))
+    assert len(built) == 1 and len(built[0].weights) == len(exported.weights)
+    for probed, pretrained in zip(built[0].weights, exported.weights):  # the probe ran the pretrained encoder
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(probed), keras.ops.convert_to_numpy(pretrained))
 
 
 def test_esc50_cross_validation_summary(tmp_path):
@@ -172,12 +194,18 @@ def test_esc50_cross_validation_summary(tmp_path):
     for i in range(10):
         write(root / "audio" / f"{i}.wav", tone(0.64, frequency=300 + 500 * (i % 2)))
         rows.append(f"{i}.wav,{i % 5 + 1},{i % 2},{['low', 'high'][i % 2]},False,x,A")
+    (root / "audio" / "broken.wav").write_text("not audio")  # fold 1: skipped, and said so
+    rows.append("broken.wav,1,0,low,False,x,A")
     (root / "meta" / "esc50.csv").write_text("\n".join(rows) + "\n")
     out = tmp_path / "esc"
     main(["probe", "esc50", "--variant", "lp", "--set", *TINY, f"data.root={root}",
           "data.folds=[1, 2]", "data.options={}", f"output_dir={out}"])
     results = json.loads((out / "results.json").read_text())
-    assert len(results["folds"]) == 2 and results["folds"][0]["eval_clips"] == 2
+    assert len(results["folds"]) == 2 and results["folds"][1]["eval_clips"] == 2
+    reason = "not a readable audio file"
+    assert results["folds"][0]["eval_clips"] == 3 and results["folds"][0]["skipped_files"] == {reason: 1}
+    assert (out / "fold1" / "skipped_files.txt").read_text() == f"{root / 'audio' / 'broken.wav'}\t{reason}\n"
+    assert (out / "fold2" / "skipped_files.txt").read_text().count("broken.wav") == 1  # a training clip there
     summary = results["summary"]["accuracy"]
     assert summary["mean"] == pytest.approx(np.mean(summary["folds"]))
     # A rerun (e.g. after an interruption) keeps finished folds instead of training them again.
@@ -234,11 +262,14 @@ def test_demo_on_tiny_settings(tmp_path, capsys):
     assert any(np.abs(random_weights[k] - pretrained[k]).max() > 0 for k in random_weights)
 
 
-def test_bfloat16_runs_and_cached_probes(tmp_path):
+def test_bfloat16_runs_and_cached_probes(tmp_path, monkeypatch):
     out = tmp_path / "bf16"
+    built = _capture_run_backbones(monkeypatch)
     main(["probe", "--set", *TINY, "model.dtype=mixed_bfloat16", "train.feature_cache=off", f"output_dir={out}"])
     results = json.loads((out / "results.json").read_text())
     assert not results["feature_cache"] and np.isfinite(results["history"]["loss"]).all()
+    assert {block.compute_dtype for block in built[0].blocks} == {"bfloat16"}
+    assert {v.dtype for v in built[0].weights} == {"float32"}  # mixed precision: float32 variables
     main(["pretrain", "--set", *TINY, "model.dtype=mixed_bfloat16", f"output_dir={tmp_path / 'ssl'}"])
     assert np.isfinite(json.loads((tmp_path / "ssl" / "results.json").read_text())["history"]["loss"]).all()
     # The default probe (frozen encoder, no augmentation) trains from the feature cache, reused by a rerun.
@@ -249,3 +280,46 @@ def test_bfloat16_runs_and_cached_probes(tmp_path):
     with pytest.raises(ValueError, match="cannot serve this run: augmentations"):
         main(["probe", "--set", *TINY, "train.feature_cache=on", "augment.time_roll=true",
               f"output_dir={tmp_path / 'refused'}"])
+
+
+def test_finetune_command_trains_the_encoder(tmp_path, monkeypatch):
+    import keras_bat.workflows.probe as probe
+
+    initial, build = [], probe.build_run_backbone
+
+    def build_and_remember(config):
+        backbone = build(config)
+        initial.append([np.array(keras.ops.convert_to_numpy(v)) for v in backbone.trainable_weights])
+        built.append(backbone)
+        return backbone
+
+    built = []
+    monkeypatch.setattr(probe, "build_run_backbone", build_and_remember)
+    out = tmp_path / "finetune"
+    assert main(["finetune", "--set", *TINY, "head.type=linear", f"output_dir={out}"]) == 0
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["train"]["finetune"] is True
+    assert not json.loads((out / "results.json").read_text())["feature_cache"]
+    moved = [np.abs(keras.ops.convert_to_numpy(v) - before).max()
+             for v, before in zip(built[0].trainable_weights, initial[0])]
+    assert len(moved) > 10 and min(moved) > 0  # every encoder weight was trained
+
+
+def test_embed_loads_official_weights(tmp_path):
+    from keras_bat.convert import load_official_weights
+    from keras_bat.data import load_audio
+    from keras_bat.models import BATBackbone
+
+    checkpoint = parity_path("encoder_weights.safetensors")
+    preset = tmp_path / "tiny"
+    BATBackbone(dim=64, depth=3, num_heads=4).save_to_preset(str(preset))  # the fixtures' architecture
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    path = write(audio / "a.wav", tone(1.28, frequency=440.0))
+    output = tmp_path / "embeddings"
+    assert main(["embed", str(audio), "--backbone", str(preset), "--weights", str(checkpoint),
+                 "--output", str(output)]) == 0
+    official = load_official_weights(BATBackbone(dim=64, depth=3, num_heads=4), checkpoint)
+    spectrogram = official.make_frontend(time_frames=128)(load_audio(path)[None])
+    expected = keras.ops.convert_to_numpy(official(spectrogram)["cls_tokens"])
+    np.testing.assert_allclose(np.load(output / "clip_embeddings.npy"), expected, atol=1e-5)

@@ -56,11 +56,24 @@ def make_distribution(kind, model_parallel=2, devices=None):
     return keras.distribution.ModelParallel(layout_map=encoder_layout_map(mesh), batch_dim_name="batch")
 
 
-def setup_distribution(config):
+def setup_distribution(config, batch_sizes=None):
     """Activates the `distribution` section of a run config (`kind: null`
-    leaves the default single-device placement)."""
+    leaves the default single-device placement).
+
+    Args:
+        config: the run config's `distribution` section.
+        batch_sizes: optional dict `setting -> batch size` of the run's
+            training batch sizes, each of which must split evenly over the
+            devices of the batch axis.
+    """
     if not config or not config.get("kind"):
         return None
     distribution = make_distribution(config["kind"], config.get("model_parallel", 2))
+    mesh = distribution.device_mesh
+    devices = mesh.shape[list(mesh.axis_names).index(distribution.batch_dim_name)]
+    for setting, batch_size in (batch_sizes or {}).items():
+        if batch_size % devices:
+            raise ValueError(f"{setting}={batch_size} does not split over the {devices} devices of the "
+                             f"{config['kind']} batch axis: use a multiple of {devices}.")
     keras.distribution.set_distribution(distribution)
     return distribution

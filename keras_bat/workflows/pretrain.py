@@ -28,8 +28,8 @@ def run_pretrain(config):
     with open(output_dir / "config.yaml", "w") as f:
         yaml.safe_dump(config, f, sort_keys=False)
     keras.utils.set_random_seed(config["seed"])
-    setup_distribution(config["distribution"])
     data, model, settings = config["data"], config["model"], config["pretrain"]
+    setup_distribution(config["distribution"], {"pretrain.batch_size": settings["batch_size"]})
     dataset = split(build_splits(data, output_dir), data["train_split"], "training")
     spec = model["backbone"]
     encoder = dict(spec) if isinstance(spec, dict) else BATBackbone.preset_config(spec)
