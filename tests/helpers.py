@@ -16,10 +16,19 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 def parity_path(name, fixture_set="tiny"):
     """Path of a parity fixture (`tiny/`, or the sibling sets `short/` and
     `peer/`); skips outside CI and fails in CI when it is absent."""
-    path = (PARITY_DIR if fixture_set == "tiny" else PARITY_DIR.parent / fixture_set) / name
+    return _required_file((PARITY_DIR if fixture_set == "tiny" else PARITY_DIR.parent / fixture_set) / name)
+
+
+def shared_path(name):
+    """Path of a ground-truth file beside the parity fixtures (e.g. `PAPER_SETTINGS.md`);
+    skips outside CI and fails in CI when it is absent."""
+    return _required_file(PARITY_DIR.parent.parent / name)
+
+
+def _required_file(path):
     if not path.exists():
-        message = (f"parity fixture {path} not found (set KERAS_BAT_PARITY_DIR to the folder "
-                   "holding the official code's outputs)")
+        message = (f"{path} not found (set KERAS_BAT_PARITY_DIR to the folder holding the official code's "
+                   "outputs, beside the paper's settings)")
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)

@@ -12,7 +12,7 @@ import yaml
 from safetensors.numpy import load_file
 
 from audio_files import tone, write
-from helpers import parity_path, require_module
+from helpers import parity_path, require_module, shared_path
 from keras_bat.cli import main
 from keras_bat.workflows.config import DEFAULTS, builtin_recipes, load_config, parse_overrides, recipe_variants
 
@@ -58,15 +58,87 @@ def test_every_recipe_variant_loads(name):
         assert config["data"]["dataset"] and config["output_dir"].endswith(variant)
 
 
-def test_paper_settings_in_recipes():
-    esc50 = load_config("esc50", "cgp")
-    train = esc50["train"]
-    assert (train["weight_decay"], train["steps"], esc50["head"]["num_prototypes"]) == (0.2, 4000, 10000)
-    finetune = load_config("as20k", "finetune")
-    assert finetune["train"]["lr"] == 5e-5 and finetune["train"]["layer_decay"] == 0.75
-    assert finetune["augment"]["mixup_chance"] == 0.9 and finetune["augment"]["time_mask_param"] == 64
-    sed = load_config("dcase2016_task2", "cgp")
-    assert sed["model"]["time_frames"] == 12000 and sed["train"]["batch_size"] == 4
+HEAD_TYPES = {"cgp": "cgp", "linear_cgp": "lcgp", "linear": "linear", "h2t": "h2t", "protobin": "pb", "vqt": "vqt",
+              "asr": "asr"}
+RECIPE_OF_TABLE = {"as20k": "as20k", "sed": "dcase2016_task2", "esc50": "esc50", "hsn": "hsn", "ls": "librispeech",
+                   "scv2": "scv2"}
+# The paper's setting -> (config section, key, the heads that take it (None: all)).
+PAPER_KEYS = {
+    "time_frame_size": ("model", "time_frames", None), "path_dropout_rate": ("model", "drop_path", None),
+    "num_prototypes": ("head", "num_prototypes", {"cgp", "pb"}), "num_vqt": ("head", "num_query_tokens", {"vqt"}),
+    "head_norm": ("head", "use_norm", {"linear", "lcgp", "h2t", "vqt", "asr"}),
+    "head_dropout": ("head", "dropout", None),
+    "lasso_weight": ("head", "lasso_weight", {"h2t"}), "finetune": ("train", "finetune", None),
+    "train_batch_size": ("train", "batch_size", None), "optimization_steps": ("train", "steps", None),
+    "lr": ("train", "lr", None), "min_lr": ("train", "min_lr", None), "lr_layer_decay": ("train", "layer_decay", None),
+    "lr_warmup_steps": ("train", "warmup_steps", None), "weight_decay": ("train", "weight_decay", None),
+    "adam_beta2": ("train", "beta2", None), "use_asymmetric_loss": ("train", "asymmetric_loss", None),
+    "mixup_chance": ("augment", "mixup_chance", None), "color_noise_chance": ("augment", "color_noise_chance", None),
+    "freq_mask_param": ("augment", "freq_mask_param", None), "time_mask_param": ("augment", "time_mask_param", None),
+    "use_time_roll": ("augment", "time_roll", None),
+}
+
+
+def paper_tables():
+    """`{column: {setting: value}}` of every table in the paper's settings (`../shared/PAPER_SETTINGS.md`)."""
+    path = shared_path("PAPER_SETTINGS.md")
+    columns, tables = [], {}
+    for line in path.read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if not line.startswith("|") or cells[0].startswith("---"):
+            continue
+        if cells[0] == "setting":
+            columns = cells[1:]
+            tables.update({column: {} for column in columns})
+            continue
+        for column, value in zip(columns, cells[1:]):
+            tables[column][cells[0]] = _table_value(value)
+    return tables
+
+
+def _table_value(text):
+    """None, a bool, a number (`1e-06` included, which YAML 1.1 leaves a string) or the text."""
+    constants = {"None": None, "True": True, "False": False}
+    if text in constants:
+        return constants[text]
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+
+def test_recipes_carry_the_papers_settings():
+    """Every built-in recipe variant against the authors' released configs, setting by setting."""
+    checked = 0
+    for column, settings in paper_tables().items():
+        table, variant = column.rsplit("_", 1)
+        recipe = RECIPE_OF_TABLE[table]
+        config = load_config(recipe, "asr" if variant == "probe" else variant)
+        head = HEAD_TYPES[settings["head"]]
+        assert config["head"]["type"] == head, column
+        for setting, value in settings.items():
+            if setting not in PAPER_KEYS:
+                continue
+            section, key, heads = PAPER_KEYS[setting]
+            if heads is not None and head not in heads:
+                continue
+            if section == "augment" and not settings.get("augment", False):
+                value = DEFAULTS["augment"][key]  # no augmentation: the defaults, all off
+            found = config[section][key]
+            assert (found is None) if value is None else (found == pytest.approx(value)), \
+                f"{column}: {setting}={value}, recipe {recipe}/{variant} has {section}.{key}={found}"
+            checked += 1
+        if settings.get("use_mixup"):
+            assert config["augment"]["mixup_alpha"] == settings["mixup_beta"], column
+        if settings.get("use_tf_mask"):
+            assert config["augment"]["mask_repeats"] == settings["tf_mask_repeats"], column
+        frame_task = settings.get("frame_wise_task", False)  # frame heads pool per time patch
+        if "use_cls_in_head" in settings and head in ("cgp", "lcgp", "linear", "h2t") and not frame_task:
+            assert config["head"]["pooling"] == ("cls" if settings["use_cls_in_head"] else "mean"), column
+    assert checked > 500
 
 
 def test_probe_command_end_to_end(tmp_path, capsys):
