@@ -79,25 +79,38 @@ def test_vqt_matches_official(head_outputs, tiny_config):
         assert max_abs_error(outputs[key], plain[key]) <= 1e-5
 
 
-def test_layer_gate_is_readable_and_plottable(features):
-    head = official_head("cgp_cls", features)
-    weights = head.layer_weights
-    assert weights.shape == (3,) and abs(weights.sum() - 1.0) < 1e-6 and (weights > 0).all()
+@pytest.fixture(scope="module")
+def random_features():
+    """Features of the fixtures' shapes (batch 2, 3 layers, 4 x 8 patches, dim 64), random."""
+    rng = np.random.default_rng(0)
+    return {"cls_tokens": rng.normal(size=(2, 3, 64)).astype("float32"),
+            "patch_tokens": rng.normal(size=(2, 3, 4, 8, 64)).astype("float32")}
+
+
+def test_layer_gate_is_readable_and_plottable(random_features):
+    head = CGP(5, 32)
+    head(random_features)
+    logits = np.array([0.5, -1.0, 2.0], "float32")
+    head.layer_logits.assign(logits)
+    np.testing.assert_allclose(head.layer_weights, np.exp(logits) / np.exp(logits).sum(), rtol=1e-6)  # softmax
     fresh = LayerMixedLinear(5)
-    fresh.build({k: v.shape for k, v in features.items()})
+    fresh.build({k: v.shape for k, v in random_features.items()})
     np.testing.assert_allclose(fresh.layer_weights, np.full(3, 1 / 3), rtol=1e-6)  # starts uniform
     figure = plot_layer_weights([head, fresh], labels=["cgp", "linear mix"])
-    assert len(figure.axes[0].patches) == 6
+    bars = figure.axes[0].patches
+    assert len(bars) == 6
+    np.testing.assert_allclose([bar.get_height() for bar in bars[:3]], head.layer_weights, rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["cgp_frame", "h2t_cls_layerwise", "protobin", "linear_cls_norm"])
-def test_head_config_round_trip(name, features):
-    head = official_head(name, features)
+def test_head_config_round_trip(name, random_features):
+    head = OFFICIAL_HEADS[name]()
+    expected = to_numpy(head(random_features))
     clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(head))
     if not clone.built:
-        clone.build({k: v.shape for k, v in features.items()})
+        clone.build({k: v.shape for k, v in random_features.items()})
     clone.set_weights(head.get_weights())
-    np.testing.assert_allclose(to_numpy(clone(features)), to_numpy(head(features)), atol=1e-6)
+    np.testing.assert_allclose(to_numpy(clone(random_features)), expected, atol=1e-6)
 
 
 def test_bad_head_configurations():

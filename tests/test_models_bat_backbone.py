@@ -21,6 +21,20 @@ def official_backbone(tiny_config):
     return load_official_weights(backbone, parity_path("encoder_weights.safetensors"))
 
 
+@pytest.fixture
+def backbone(tiny_config):
+    """The fixtures' architecture with random weights, for tests that need no official outputs."""
+    keras.utils.set_random_seed(3)
+    return BATBackbone(**tiny_config)
+
+
+@pytest.fixture(scope="module")
+def spectrograms():
+    rng = np.random.default_rng(0)
+    return {"short": rng.uniform(size=(2, 256, 128)).astype("float32"),  # 16 time patches
+            "long": rng.uniform(size=(2, 1280, 128)).astype("float32")}  # chunks of 64 + 16 patches
+
+
 def to_reference_layout(outputs):
     """(B, L, D) and (B, L, T, F, D) -> the fixtures' (L, B, D) and (L, B, D, T, F)."""
     return (to_numpy(outputs["cls_tokens"]).transpose(1, 0, 2),
@@ -45,20 +59,20 @@ def test_long_input_is_chunked_like_official(official_backbone, encoder_outputs)
     assert max_abs_error(patches, encoder_outputs["patch_tokens_long"]) <= 1e-4
 
 
-def test_compiled_predict_equals_eager(official_backbone, encoder_outputs):
-    x = encoder_outputs["input"][:, 0]
-    eager = official_backbone(x)
-    compiled = official_backbone.predict(x, batch_size=2, verbose=0)
+def test_compiled_predict_equals_eager(backbone, spectrograms):
+    x = spectrograms["short"]
+    eager = backbone(x)
+    compiled = backbone.predict(x, batch_size=2, verbose=0)
     for key in ("cls_tokens", "patch_tokens"):
         assert max_abs_error(compiled[key], eager[key]) <= 1e-5
 
 
-def test_padding_mask_equals_cropped_input(tiny_config, official_backbone, encoder_outputs):
+def test_padding_mask_equals_cropped_input(tiny_config, backbone, spectrograms):
     masked = BATBackbone(**tiny_config, use_padding_mask=True)
-    masked.set_weights(official_backbone.get_weights())
-    x = encoder_outputs["input"][:, 0]  # 256 frames = 16 time patches
+    masked.set_weights(backbone.get_weights())
+    x = spectrograms["short"]  # 256 frames = 16 time patches
     mask = np.ones(x.shape[:2], "float32")
-    full = official_backbone(x)
+    full = backbone(x)
     out = masked({"spectrogram": x, "padding_mask": mask})
     assert max_abs_error(out["patch_tokens"], full["patch_tokens"]) <= 1e-5
 
@@ -68,19 +82,19 @@ def test_padding_mask_equals_cropped_input(tiny_config, official_backbone, encod
     noisy = x.copy()
     noisy[:, 192:] = np.random.default_rng(0).uniform(size=noisy[:, 192:].shape)
     out = masked({"spectrogram": noisy, "padding_mask": mask})
-    cropped = official_backbone(x[:, :192])
+    cropped = backbone(x[:, :192])
     assert max_abs_error(out["cls_tokens"], cropped["cls_tokens"]) <= 1e-5
     assert max_abs_error(out["patch_tokens"][:, :, :12], cropped["patch_tokens"]) <= 1e-5
 
 
-def test_padding_mask_skips_empty_chunks(tiny_config, official_backbone, encoder_outputs):
+def test_padding_mask_skips_empty_chunks(tiny_config, backbone, spectrograms):
     masked = BATBackbone(**tiny_config, use_padding_mask=True)
-    masked.set_weights(official_backbone.get_weights())
-    x = encoder_outputs["input_long"][:, 0]  # 1280 frames: chunks of 64 + 16 patches
+    masked.set_weights(backbone.get_weights())
+    x = spectrograms["long"]  # 1280 frames: chunks of 64 + 16 patches
     mask = np.zeros(x.shape[:2], "float32")
     mask[:, :1024] = 1  # the second chunk is all padding
     out = masked({"spectrogram": x, "padding_mask": mask})
-    first_chunk = official_backbone(x[:, :1024])
+    first_chunk = backbone(x[:, :1024])
     assert max_abs_error(out["cls_tokens"], first_chunk["cls_tokens"]) <= 1e-5
 
 
@@ -97,9 +111,9 @@ def test_rejects_wrong_mel_bins(tiny_config):
         backbone(np.zeros((1, 256, 64), "float32"))
 
 
-def test_keras_file_round_trip(tiny_config, tmp_path, encoder_outputs):
+def test_keras_file_round_trip(tiny_config, tmp_path, spectrograms):
     backbone = BATBackbone(**tiny_config, dropout=0.1, drop_path_rate=0.1)
-    x = encoder_outputs["input"][:, 0]
+    x = spectrograms["short"]
     expected = backbone(x)
     path = tmp_path / "backbone.keras"
     backbone.save(path)
@@ -133,14 +147,14 @@ def test_no_gate_option_equals_a_fully_open_gate(tiny_config):
     assert not np.allclose(to_numpy(gated(x)["cls_tokens"]), to_numpy(out["cls_tokens"]), atol=1e-3)
 
 
-def test_mixed_bfloat16_stays_close_to_float32(official_backbone, tiny_config, encoder_outputs):
-    x = encoder_outputs["input"][:, 0]
+def test_mixed_bfloat16_stays_close_to_float32(backbone, tiny_config, spectrograms):
+    x = spectrograms["short"]
     half = BATBackbone(**tiny_config, dtype="mixed_bfloat16")
-    half.set_weights(official_backbone.get_weights())
+    half.set_weights(backbone.get_weights())
     out = half(x)
     assert keras.backend.standardize_dtype(out["cls_tokens"].dtype) == "bfloat16"
     assert all(keras.backend.standardize_dtype(w.dtype) == "float32" for w in half.weights)
-    reference = official_backbone(x)
+    reference = backbone(x)
     # Post-norm tokens have unit scale; bfloat16 keeps about 3 significant digits.
     assert max_abs_error(out["cls_tokens"], reference["cls_tokens"]) < 0.15
     assert np.mean(np.abs(to_numpy(out["patch_tokens"]) - to_numpy(reference["patch_tokens"]))) < 0.02
@@ -168,14 +182,13 @@ def test_presets_build_paper_architectures():
         BATBackbone.from_preset("bat_huge")
 
 
-def test_preset_directory_round_trip(official_backbone, tmp_path, encoder_outputs):
-    official_backbone.save_to_preset(tmp_path)
+def test_preset_directory_round_trip(backbone, tmp_path, spectrograms):
+    backbone.save_to_preset(tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a directory with weights: no random-weights warning
         restored = BATBackbone.from_preset(str(tmp_path))
-    x = encoder_outputs["input"][:, 0]
-    np.testing.assert_array_equal(to_numpy(restored(x)["cls_tokens"]),
-                                  to_numpy(official_backbone(x)["cls_tokens"]))
+    x = spectrograms["short"]
+    np.testing.assert_array_equal(to_numpy(restored(x)["cls_tokens"]), to_numpy(backbone(x)["cls_tokens"]))
 
 
 def test_fit_trains_backbone_and_head(tiny_config):
