@@ -90,7 +90,8 @@ def test_float16_finetuning_scales_the_loss(encoder):
         import jax
 
         if jax.default_backend() == "cpu":
-            pytest.skip("XLA on CPU compiles no float16 dot products with float32 accumulation (attention)")
+            pytest.skip("XLA on CPU compiles no float16 dot products with float32 accumulation (attention): "
+                        "the TensorFlow and torch passes run it")
     x, labels = learnable_problem()
     model = AudioClassifier(small_backbone(encoder, dtype="mixed_float16"), LinearHead(2), freeze_backbone=False)
     model.compile(learning_rate=1e-3)
