@@ -46,11 +46,9 @@ class HeadContract:
             less where their pooling allows, so that memory does not grow with
             the clip's length.
         """
-        summary = {"cls_tokens": (features["cls_tokens"], "chunk_mean"),
-                   "patch_tokens": (features["patch_tokens"], 2)}
-        if "query_tokens" in features:
-            summary["query_tokens"] = (features["query_tokens"], "chunk_mean")
-        return summary
+        from keras_bat.models.encoder_graph import WHOLE_CLIP_MERGES
+
+        return {name: (value, WHOLE_CLIP_MERGES[name]) for name, value in features.items()}
 
     def call_on_summary(self, summary, training=None):
         """The head's output from its merged chunk summaries (see `chunk_summary`)."""

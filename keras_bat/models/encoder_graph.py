@@ -9,6 +9,7 @@ import keras
 from keras import ops
 
 from keras_bat.convert.official import CONFIG_FILE, WEIGHTS_FILE, save_official_weights
+from keras_bat.ops import no_gradients
 
 from keras_bat.layers.patching import PrependQueries
 
@@ -65,8 +66,6 @@ def encode_in_chunks(backbone, spectrograms, query_tokens=None):
         `(time_patches, features)`: the chunk's length in time patches and the
         backbone's outputs on it (backend tensors).
     """
-    from keras_bat.ops import no_gradients
-
     chunk_frames = backbone.chunk_time_patches * backbone.patch_size
     for start in range(0, spectrograms.shape[1], chunk_frames):
         chunk = spectrograms[:, start:start + chunk_frames]
@@ -79,15 +78,18 @@ def encode_in_chunks(backbone, spectrograms, query_tokens=None):
         yield chunk.shape[1] // backbone.patch_size, features
 
 
+# How each backbone output merges over time chunks, as the backbone merges a long input's chunks.
+WHOLE_CLIP_MERGES = {"cls_tokens": "chunk_mean", "patch_tokens": 2, "query_tokens": "chunk_mean"}
+
+
 def encode_whole_clips(backbone, spectrograms, names=("cls_tokens", "patch_tokens")):
     """The backbone's outputs `names` on whole clips, encoded a chunk at a time
     (`encode_in_chunks`): class tokens averaged over chunks, patch tokens
     concatenated along time, as NumPy arrays. Beyond the outputs themselves,
     memory does not grow with the clips' length."""
-    merges = {"cls_tokens": "chunk_mean", "patch_tokens": 2}
     summaries = ChunkSummaries()
     for time_patches, features in encode_in_chunks(backbone, keras.ops.convert_to_numpy(spectrograms)):
-        summaries.add({name: (features[name], merges[name]) for name in names}, time_patches)
+        summaries.add({name: (features[name], WHOLE_CLIP_MERGES[name]) for name in names}, time_patches)
     return {name: keras.ops.convert_to_numpy(value) for name, value in summaries.result().items()}
 
 
