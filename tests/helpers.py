@@ -46,6 +46,20 @@ def require_module(name):
         pytest.skip(message)
 
 
+def require_program(name):
+    """The path of a program on PATH; skips outside CI and fails in CI when it is missing
+    (.ci/run installs the programs the tests use)."""
+    import shutil
+
+    path = shutil.which(name)
+    if path is None:
+        message = f"the program {name} is not installed"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
 def load_parity(name, fixture_set="tiny"):
     from safetensors.numpy import load_file
 

@@ -11,9 +11,8 @@ import keras
 import pytest
 
 from keras_bat import BATBackbone
-from keras_bat.cli import run
 from keras_bat.data import write_synthetic_dataset
-from keras_bat_cli import backend_option
+from keras_bat_cli import run
 
 
 def console_script():
@@ -31,12 +30,6 @@ def test_backend_flag_of_the_console_script_wins_over_the_environment():
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"backend {backend}" in result.stdout
-
-
-def test_backend_option_is_read_before_the_command():
-    assert backend_option(["--backend", "jax", "info"]) == "jax"
-    assert backend_option(["--debug", "--backend=torch", "embed", "x"]) == "torch"
-    assert backend_option(["embed", "x", "--backend", "jax"]) is None  # the command's own arguments
 
 
 @pytest.fixture

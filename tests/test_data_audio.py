@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from audio_files import bad_files, tone, write
+from audio_files import bad_files, sox_mp3, speech_like, tone, write
 from keras_bat.data import AudioDecodeError, audio_info, load_audio, resample
+from keras_bat.data.audio import load_window
 
 FORMATS = [("wav", {"subtype": "PCM_16"}, 1e-4), ("wav", {"subtype": "FLOAT"}, 1e-7),
            ("flac", {}, 1e-4), ("ogg", {"format": "OGG"}, 0.05), ("mp3", {"format": "MP3"}, 0.05)]
@@ -58,7 +59,8 @@ def test_segments_read_only_the_requested_part(tmp_path):
     path = write(tmp_path / "ramp.wav", samples, subtype="FLOAT")
     np.testing.assert_array_equal(load_audio(path, offset=1.0, duration=0.5), samples[16000:24000])
     np.testing.assert_array_equal(load_audio(path, offset=2.5), samples[40000:])
-    assert audio_info(path) == {"sample_rate": 16000, "frames": 48000, "channels": 1, "duration": 3.0}
+    assert audio_info(path) == {"sample_rate": 16000, "frames": 48000, "channels": 1, "duration": 3.0,
+                                "truncated": False}
     with pytest.raises(AudioDecodeError, match="no samples"):
         load_audio(path, offset=5.0)
 
@@ -95,3 +97,61 @@ def test_truncated_compressed_files_are_rejected(tmp_path):
 def test_silence_is_accepted_when_asked(tmp_path):
     path = bad_files(tmp_path)["silent"]
     np.testing.assert_array_equal(load_audio(path, allow_silence=True), np.zeros(16000, "float32"))
+
+
+LONG_FILES = {  # name: writes a file of about `seconds` at `rate`
+    "mp3 (soundfile)": lambda path, x, rate: write(path.with_suffix(".mp3"), x, rate, format="MP3"),
+    "ogg (soundfile)": lambda path, x, rate: write(path.with_suffix(".ogg"), x, rate, format="OGG"),
+    "flac (soundfile)": lambda path, x, rate: write(path.with_suffix(".flac"), x, rate),
+    "mp3 (sox)": lambda path, x, rate: sox_mp3(path.with_suffix(".mp3"), x, rate),
+    "stereo mp3 (sox)": lambda path, x, rate: sox_mp3(path.with_suffix(".mp3"), x, rate, channels=2),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(LONG_FILES))
+@pytest.mark.parametrize("rate", [22050, 16000])
+def test_long_compressed_files_decode_whole(tmp_path, kind, rate):
+    import soundfile
+
+    path = LONG_FILES[kind](tmp_path / "speech", speech_like(31.0, rate), rate)
+    with soundfile.SoundFile(path) as sound:
+        header = sound.frames
+    decoded = soundfile.read(path, dtype="float32", always_2d=True)[0].mean(axis=1)  # the decoder's whole output
+    info = audio_info(path)
+    assert info["frames"] == len(decoded) and not info["truncated"], (header, info)
+    assert abs(len(decoded) - 31.0 * rate) < 0.01 * 31.0 * rate
+    waveform = load_audio(path, sample_rate=rate)
+    np.testing.assert_allclose(waveform, decoded, atol=1e-6)
+    # Windows read after a seek equal the whole decode: the frames after a seek are decoded with context.
+    for start in np.random.default_rng(0).integers(0, len(decoded) - 4000, 12):
+        window = load_window(path, int(start), int(start) + 4000, len(decoded), sample_rate=rate, info=info)
+        np.testing.assert_allclose(window, decoded[start:start + 4000], atol=1e-6)
+
+
+def test_a_header_that_promises_more_than_decodes_is_not_truncation(tmp_path):
+    """sox/LAME MP3s without a Xing tag: the header's length is an estimate, thousands of frames long."""
+    import soundfile
+
+    path = sox_mp3(tmp_path / "speech.mp3", speech_like(40.0, 22050), 22050)
+    with soundfile.SoundFile(path) as sound:
+        header = sound.frames
+    info = audio_info(path)
+    assert header > info["frames"] and not info["truncated"]  # the case the rule is for
+    assert len(load_audio(path, sample_rate=22050)) == info["frames"]
+    tail = load_audio(path, sample_rate=22050, offset=35.0)
+    assert len(tail) == info["frames"] - 35 * 22050
+
+
+def test_a_really_truncated_mp3_keeps_its_decoded_part(tmp_path):
+    path = write(tmp_path / "speech.mp3", speech_like(30.0, 22050), 22050, format="MP3")  # with its Xing tag
+    data = open(path, "rb").read()
+    cut = tmp_path / "cut.mp3"
+    cut.write_bytes(data[: len(data) // 2])
+    info = audio_info(cut)
+    assert info["truncated"] and 10.0 < info["duration"] < 20.0
+    with pytest.raises(AudioDecodeError, match="truncated file"):
+        load_audio(cut)
+    kept = load_audio(cut, sample_rate=22050, keep_truncated=True)
+    assert len(kept) == info["frames"]
+    whole = load_audio(path, sample_rate=22050)
+    np.testing.assert_allclose(kept[:22050], whole[:22050], atol=1e-6)

@@ -102,26 +102,151 @@ def test_layers_option():
         parse_layers("first", 4)
 
 
-def test_files_that_fail_while_read_keep_zero_rows_and_say_why(tmp_path):
+def test_failed_files_have_no_rows_and_the_manifest_says_why(tmp_path, capfd):
     from audio_files import bad_files
+
+    from keras_bat_cli import run
 
     files = bad_files(tmp_path / "bad")
     folder = tmp_path / "recordings"
     folder.mkdir()
-    for reason in ("truncated file", "NaN samples", "odd sample rate"):
+    for reason in ("NaN samples", "odd sample rate", "not audio"):
         (folder / Path(files[reason]).name).write_bytes(Path(files[reason]).read_bytes())
-    recording(folder / "z_good.wav", seconds=1.3)
+    recording(folder / "a_good.wav", seconds=1.3)
+    recording(folder / "z_good.wav", seconds=2.0, seed=2)
+    cut = (folder / "c_cut.wav")
+    write(cut, tone(2.0), subtype="PCM_16")
+    cut.write_bytes(cut.read_bytes()[:-16000])  # the header declares 2 s, the file holds 1.5 s
+    preset = tmp_path / "preset"
+    backbone = BACKBONES["bat"]()
+    backbone.save_to_preset(str(preset))
+    output = tmp_path / "embeddings"
+    assert run(["embed", str(folder), "--backbone", str(preset), "--frames", "--output", str(output)]) == 0
+    with open(output / "manifest.csv") as f:
+        manifest = {Path(row["path"]).name: row for row in csv.DictReader(f)}
+    assert {name: (row["status"], row["detail"]) for name, row in manifest.items()} == {
+        "a_good.wav": ("ok", ""), "c_cut.wav": ("truncated", "the file holds less audio than its header declares"),
+        "nan.wav": ("failed", "NaN or inf samples"), "notes.wav": ("failed", "not a readable audio file"),
+        "rate500.wav": ("failed", "unsupported sample rate"), "z_good.wav": ("ok", "")}
+    clips, frames = np.load(output / "clip_embeddings.npy"), np.load(output / "frame_embeddings.npy")
+    assert clips.shape[0] == 3 and [manifest[name]["clip_row"] for name in ("a_good.wav", "c_cut.wav", "z_good.wav")] \
+        == ["0", "1", "2"]
+    assert frames.shape[0] == sum(int(row["frames"]) for row in manifest.values())
+    # 1.3 s: 9 patches; the cut file embeds what it holds (1.5 s: 10 patches); 2.0 s: 13 patches.
+    assert [(manifest[n]["first_frame"], manifest[n]["frames"]) for n in ("a_good.wav", "c_cut.wav", "z_good.wav")] \
+        == [("0", "9"), ("9", "10"), ("19", "13")]
+    for name in ("c_cut.wav", "z_good.wav"):
+        row = manifest[name]
+        expected_cls, expected_frames = whole_clip_features(backbone, load_audio(folder / name, keep_truncated=True))
+        np.testing.assert_allclose(clips[int(row["clip_row"])], expected_cls, atol=1e-5)
+        first = int(row["first_frame"])
+        np.testing.assert_allclose(frames[first:first + int(row["frames"])], expected_frames.transpose(1, 0, 2),
+                                   atol=1e-5)
+    assert (output / "skipped.tsv").read_text().count("\n") == 3
+    error = capfd.readouterr().err
+    assert "3 file(s) skipped: " in error and str(output / "skipped.tsv") in error
+    assert json.loads((output / "run.json").read_text())["status"] == "complete"
+
+
+def test_a_folder_of_only_bad_files_writes_skipped_tsv_and_fails_in_one_line(tmp_path, capfd):
+    from keras_bat_cli import run
+
+    folder = tmp_path / "recordings"
+    folder.mkdir()
+    (folder / "a.wav").write_text("not audio")
+    (folder / "b.mp3").write_bytes(b"\xff\xfb" + bytes(100))
     preset = tmp_path / "preset"
     BACKBONES["bat"]().save_to_preset(str(preset))
     output = tmp_path / "embeddings"
-    assert main(["embed", str(folder), "--backbone", str(preset), "--frames", "--output", str(output)]) == 0
-    with open(output / "manifest.csv") as f:
-        manifest = {Path(row["path"]).name: row for row in csv.DictReader(f)}
-    assert {name: row["status"] for name, row in manifest.items()} == {
-        "nan.wav": "NaN or inf samples", "rate500.wav": "unsupported sample rate",
-        "truncated.wav": "truncated file", "z_good.wav": "ok"}
-    clips, frames = np.load(output / "clip_embeddings.npy"), np.load(output / "frame_embeddings.npy")
-    good = manifest["z_good.wav"]
-    rows = slice(int(good["first_frame"]), int(good["first_frame"]) + int(good["frames"]))
-    assert not clips[:3].any() and clips[3].any()
-    assert frames[rows].any() and not np.delete(frames, np.arange(rows.start, rows.stop), axis=0).any()
+    assert run(["embed", str(folder), "--backbone", str(preset), "--output", str(output)]) == 2
+    error = [line for line in capfd.readouterr().err.splitlines() if line.startswith("keras-bat: error:")]
+    assert len(error) == 1 and "none of the 2 audio files could be read" in error[0]
+    assert len((output / "skipped.tsv").read_text().splitlines()) == 2
+    assert json.loads((output / "run.json").read_text())["status"] == "failed"
+    assert not list(output.glob("*.npy"))
+
+
+def embed_folder(tmp_path, files=3, seconds=1.3):
+    folder = tmp_path / "recordings"
+    folder.mkdir(exist_ok=True)
+    for index in range(files):
+        recording(folder / f"{index:02d}.wav", seconds=seconds, seed=index)
+    preset = tmp_path / "preset"
+    if not preset.exists():
+        BACKBONES["bat"]().save_to_preset(str(preset))
+    return folder, preset
+
+
+def test_outputs_of_another_run_are_never_left_beside_a_new_one(tmp_path, capfd):
+    from keras_bat_cli import run
+
+    folder, preset = embed_folder(tmp_path)
+    output = tmp_path / "embeddings"
+    arguments = ["embed", str(folder), "--backbone", str(preset), "--output", str(output)]
+    assert run(arguments + ["--frames"]) == 0
+    first = np.load(output / "clip_embeddings.npy")
+    # The same command again: nothing to do, the result stays.
+    assert run(arguments + ["--frames"]) == 0
+    assert "already holds this run, complete" in capfd.readouterr().err
+    np.testing.assert_array_equal(np.load(output / "clip_embeddings.npy"), first)
+    # Another run into the same folder: refused in one line, nothing touched.
+    assert run(arguments + ["--layers", "last"]) == 2
+    error = capfd.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "holds another embed run" in error[0] and "layers" in error[0] and "frames" in error[0]
+    assert (output / "frame_embeddings.npy").exists()
+    # --overwrite: the new run's files only (no frame embeddings of the old one).
+    assert run(arguments + ["--layers", "last", "--overwrite"]) == 0
+    assert sorted(p.name for p in output.iterdir()) == ["clip_embeddings.npy", "info.json", "manifest.csv",
+                                                       "run.json", "skipped.tsv"]
+    assert np.load(output / "clip_embeddings.npy").shape == (3, 1, 32)
+    # A folder of someone else's files is refused.
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "todo.txt").write_text("x")
+    assert run(["embed", str(folder), "--backbone", str(preset), "--output", str(other)]) == 2
+    assert "that no keras-bat run described" in capfd.readouterr().err
+    assert run(["embed", str(folder), "--backbone", str(preset), "--output", str(other / "todo.txt")]) == 2
+    assert "is a file, not a folder" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGKILL"])
+def test_an_interrupted_embed_resumes_to_the_uninterrupted_result(tmp_path, signal_name, capfd):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from keras_bat_cli import run
+
+    seed = int.from_bytes(os.urandom(2), "little")
+    stop_after = np.random.default_rng(seed).integers(1, 7)  # finished files before the signal
+    folder, preset = embed_folder(tmp_path, files=8, seconds=6.0)
+    arguments = ["embed", str(folder), "--backbone", str(preset), "--frames", "--batch-size", "1"]
+    assert run(arguments + ["--output", str(tmp_path / "whole")]) == 0
+    output = tmp_path / "interrupted"
+    process = subprocess.Popen([sys.executable, "-m", "keras_bat_cli", *arguments, "--output", str(output)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    manifest, deadline = output / "manifest.csv.partial", time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if manifest.exists() and manifest.read_text().count("\n") >= stop_after + 1:  # header + finished files
+            break
+        time.sleep(0.02)
+    process.send_signal(getattr(signal, signal_name))
+    _, error = process.communicate(timeout=60)
+    assert process.returncode != 0, f"the run ended before the signal (seed {seed})"
+    run_file = json.loads((output / "run.json").read_text())
+    assert run_file["status"] == "partial", f"seed {seed}"
+    assert not (output / "clip_embeddings.npy").exists() and not (output / "manifest.csv").exists()
+    if signal_name == "SIGINT":
+        assert process.returncode == 130
+        lines = [line for line in error.splitlines() if line.startswith("keras-bat: error:")]
+        assert len(lines) == 1 and "run the same command again to resume" in lines[0], error[-2000:]
+    finished = len(manifest.read_text().splitlines()) - 1
+    assert finished >= stop_after, f"seed {seed}"
+    assert run(arguments + ["--output", str(output)]) == 0  # resumes
+    for name in ("clip_embeddings.npy", "frame_embeddings.npy"):
+        np.testing.assert_allclose(np.load(output / name), np.load(tmp_path / "whole" / name), atol=1e-6,
+                                   err_msg=f"seed {seed}")
+    assert (output / "manifest.csv").read_text() == (tmp_path / "whole" / "manifest.csv").read_text()
+    assert json.loads((output / "run.json").read_text())["status"] == "complete"

@@ -25,10 +25,17 @@ class AudioDecodeError(ValueError):
 
 
 def audio_info(path):
-    """Duration and format of an audio file without decoding it.
+    """Duration and format of an audio file, from what its decoder reads.
+
+    Uncompressed files (PCM, float, u-law, A-law) are measured from their
+    data's size; compressed streams (MP3, FLAC, Ogg, ...) are decoded once,
+    a block at a time, and counted: an MP3 header without a Xing/LAME tag
+    only estimates the length from the bitrate, off by thousands of frames.
 
     Returns:
-        dict with `sample_rate`, `frames`, `channels`, `duration` (seconds).
+        dict with `sample_rate`, `frames` (what decodes), `channels`,
+        `duration` (seconds) and `truncated` (the file declares more audio
+        than it holds: a cut WAV, or a stream that ends early).
 
     Raises:
         AudioDecodeError: missing, empty or unreadable file.
@@ -37,22 +44,29 @@ def audio_info(path):
 
     _check_file(path)
     try:
-        info = soundfile.info(os.fspath(path))
+        with soundfile.SoundFile(os.fspath(path)) as sound:
+            declared, rate = sound.frames, sound.samplerate
+            frames = declared if _exact_length(sound) else _count_frames(sound)
+            truncated = _declares_more_data(sound) or _ends_early(frames, declared, rate)
+            channels = sound.channels
+    except AudioDecodeError:
+        raise
     except Exception as error:  # libsndfile raises its own error types
-        raise AudioDecodeError(path, "not a readable audio file", str(error)) from None
-    return {"sample_rate": info.samplerate, "frames": info.frames, "channels": info.channels,
-            "duration": info.frames / info.samplerate if info.samplerate else 0.0}
+        raise AudioDecodeError(path, "not a readable audio file", str(error).strip()[:300]) from None
+    return {"sample_rate": rate, "frames": frames, "channels": channels,
+            "duration": frames / rate if rate else 0.0, "truncated": truncated}
 
 
 DECODERS = ("soundfile", "tfio")
 
 
 def load_audio(path, sample_rate=SAMPLE_RATE, offset=0.0, duration=None, max_duration=3600.0,
-               allow_silence=False, decoder="soundfile", resampler="soxr"):
+               allow_silence=False, decoder="soundfile", resampler="soxr", keep_truncated=False):
     """Decodes an audio file to a mono float32 waveform at `sample_rate`.
 
     Channels are averaged; other sample rates are resampled with soxr (high
-    quality). Only the requested segment is read from disk.
+    quality). Only the requested segment is read from disk. A stream read to
+    its end stops where its decoder stops, whatever the header estimated.
 
     Args:
         path: str or path-like.
@@ -69,6 +83,8 @@ def load_audio(path, sample_rate=SAMPLE_RATE, offset=0.0, duration=None, max_dur
         resampler: `"soxr"` (high quality) or `"tfio"`
             (`tfio.audio.resample`, which is not soxr: it differs from it by a
             32-sample delay and its filter at 44.1 -> 16 kHz).
+        keep_truncated: bool, return what decodes of a truncated file (see
+            `audio_info`) instead of raising. Defaults to `False`.
 
     Returns:
         float32 array `(samples,)`.
@@ -83,15 +99,15 @@ def load_audio(path, sample_rate=SAMPLE_RATE, offset=0.0, duration=None, max_dur
     _check_file(path)
     read = _read_soundfile if decoder == "soundfile" else _read_tfio
     try:
-        waveform, rate, wanted = read(path, offset, duration, max_duration)
+        waveform, rate, truncated = read(path, offset, duration, max_duration)
     except AudioDecodeError:
         raise
     except Exception as error:  # the decoders' own errors: corrupt header, lost sync, not audio
         raise AudioDecodeError(path, "not a readable audio file", str(error).strip()[:300]) from None
     if waveform.shape[0] == 0:
         raise AudioDecodeError(path, "no samples", f"nothing to read at offset {offset} s")
-    if waveform.shape[0] < 0.99 * wanted:  # compressed streams that end early
-        raise AudioDecodeError(path, "truncated file", f"read {waveform.shape[0]} of {wanted} frames")
+    if truncated and not keep_truncated:
+        raise AudioDecodeError(path, "truncated file", truncated)
     if not np.isfinite(waveform).all():
         raise AudioDecodeError(path, "NaN or inf samples")
     waveform = waveform.mean(axis=1)  # mono mix-down
@@ -114,16 +130,26 @@ def _segment(path, rate, frames, offset, duration, max_duration):
     return start, max(wanted, 0)
 
 
+# Frames decoded before a seek target in a compressed stream and dropped: the first frames after a
+# seek come out wrong (MP3's bit reservoir: up to ~440 samples; Vorbis' overlap: ~20).
+SEEK_CONTEXT_FRAMES = 4096
+
+
 def _read_soundfile(path, offset, duration, max_duration):
+    """`(samples (frames, channels), rate, why the file is truncated or "")`."""
     import soundfile
 
     with soundfile.SoundFile(os.fspath(path)) as sound:
         start, wanted = _segment(path, sound.samplerate, sound.frames, offset, duration, max_duration)
-        if _declares_more_data(sound):
-            raise AudioDecodeError(path, "truncated file", "the header promises more data than the file holds")
-        if start > 0:
-            sound.seek(start)
-        return sound.read(wanted, dtype="float32", always_2d=True), sound.samplerate, wanted
+        truncated = "the header promises more data than the file holds" if _declares_more_data(sound) else ""
+        context = 0 if _exact_length(sound) else min(start, SEEK_CONTEXT_FRAMES)
+        if start - context > 0:
+            sound.seek(start - context)
+        samples = sound.read(wanted + context, dtype="float32", always_2d=True)[context:]
+        if not truncated and len(samples) < wanted and _ends_early(start + len(samples), sound.frames,
+                                                                    sound.samplerate):
+            truncated = f"decoded {start + len(samples)} of the {sound.frames} frames its header declares"
+        return samples, sound.samplerate, truncated
 
 
 _INTEGER_SCALE = {"int16": 2.0**15, "int32": 2.0**31, "uint8": 2.0**7}
@@ -143,7 +169,8 @@ def _read_tfio(path, offset, duration, max_duration):
     samples = samples.astype("float32")
     if dtype == "uint8":
         samples -= 128.0
-    return samples / _INTEGER_SCALE.get(dtype, 1.0), rate, wanted
+    truncated = f"read {len(samples)} of {wanted} frames" if len(samples) < 0.99 * wanted else ""
+    return samples / _INTEGER_SCALE.get(dtype, 1.0), rate, truncated
 
 
 def load_window(path, start, stop, clip_samples, sample_rate=SAMPLE_RATE, info=None):
@@ -173,7 +200,8 @@ def load_window(path, start, stop, clip_samples, sample_rate=SAMPLE_RATE, info=N
         first = max(low - context, 0)
         samples = load_audio(path, sample_rate, offset=first / sample_rate,
                              duration=(min(readable + context, file_samples) - first) / sample_rate,
-                             max_duration=None, allow_silence=True)[low - first:readable - first]
+                             max_duration=None, allow_silence=True,
+                             keep_truncated=True)[low - first:readable - first]
         segment[:len(samples)] = samples
     return segment[index - low]
 
@@ -199,6 +227,30 @@ def _check_file(path):
         raise AudioDecodeError(path, "file not found")
     if os.path.getsize(path) == 0:
         raise AudioDecodeError(path, "empty file")
+
+
+# Subtypes whose frame count libsndfile derives from the data's size: exact, also for a cut file.
+UNCOMPRESSED_SUBTYPES = ("PCM_", "FLOAT", "DOUBLE", "ULAW", "ALAW")
+
+
+def _exact_length(sound):
+    return sound.subtype.startswith(UNCOMPRESSED_SUBTYPES)
+
+
+def _count_frames(sound, block=65536):
+    """Frames that decode from the current position to the end, in constant memory."""
+    buffer, count = np.empty((block, sound.channels), "float32"), 0
+    while True:
+        read = len(sound.read(block, dtype="float32", out=buffer))
+        count += read
+        if read < block:
+            return count
+
+
+def _ends_early(decoded, declared, rate):
+    """Whether a stream that decodes to `decoded` frames falls short of the `declared` ones by
+    more than a header's estimate can be off (2 % and half a second)."""
+    return declared - decoded > 0.02 * declared + 0.5 * rate
 
 
 def _declares_more_data(sound):

@@ -109,6 +109,111 @@ DEMO_CONFIG = {
 }
 
 
+# What each setting takes: a type (`int`, `float`, `bool`, `str`, `list`, `dict`, `preset`: a name or a
+# dict), an optional bound (`>0`, `>=0`, `<1`: `0..1` is a probability), `|none` when it may be unset, or
+# the choices separated by `/`. `validate` checks a whole config against it before any work starts.
+SETTINGS = {
+    "name": "str", "output_dir": "str|none", "seed": "int",
+    "data.dataset": "str|none", "data.root": "str|none", "data.options": "dict", "data.train_split": "str",
+    "data.eval_split": "str", "data.folds": "list|none", "data.clip_seconds": "float>0", "data.engine": "tf/grain",
+    "data.num_workers": "int>=0", "data.balanced_sampling": "mean/first|none", "data.samples_per_epoch": "int>0|none",
+    "data.noise_std": "float>=0", "data.max_label_length": "int>0",
+    "model.encoder": "bat/eat/sslam/beats", "model.backbone": "preset", "model.fbank_statistics": "str",
+    "model.weights": "str|none", "model.checkpoint_key": "str|none", "model.time_frames": "int>0",
+    "model.drop_path": "float0..1", "model.dtype": "float32/float16/bfloat16/mixed_float16/mixed_bfloat16|none",
+    "head.type": "str", "head.num_prototypes": "int>0", "head.pooling": "cls/mean/frame/max", "head.use_norm": "bool",
+    "head.dropout": "float0..1", "head.lasso_weight": "float>=0", "head.num_query_tokens": "int>0",
+    "train.finetune": "bool", "train.batch_size": "int>0", "train.eval_batch_size": "int>0|none",
+    "train.steps": "int>0", "train.steps_per_epoch": "int>0", "train.validate": "bool", "train.lr": "float>0",
+    "train.min_lr": "float>=0", "train.warmup_steps": "int>=0", "train.weight_decay": "float>=0",
+    "train.beta2": "float0..1", "train.layer_decay": "float>0|none", "train.asymmetric_loss": "bool",
+    "train.label_smoothing": "float0..1", "train.feature_cache": "auto/on/off", "train.cache_budget_gb": "float>=0",
+    "train.cache_dir": "str|none", "train.backup_every_steps": "int>0|none", "train.backup_minutes": "float>0",
+    "train.verbose": "int0..2",
+    "augment.gain": "bool", "augment.color_noise_chance": "float0..1", "augment.time_roll": "bool",
+    "augment.mixup_chance": "float0..1", "augment.mixup_alpha": "float>0", "augment.hard_mixup_labels": "bool",
+    "augment.freq_mask_param": "int>=0", "augment.time_mask_param": "int>=0", "augment.mask_repeats": "int>0",
+    "evaluate.event_threshold": "float0..1", "evaluate.median_filter": "int>0", "evaluate.collar": "float>=0",
+    "distribution.kind": "data_parallel/model_parallel|none", "distribution.model_parallel": "int>0",
+    "pretrain.decoder_depth": "int>0", "pretrain.decoder_heads": "int>0", "pretrain.num_views": "int>0",
+    "pretrain.mask_ratio": "float0..1", "pretrain.ema_decay_start": "float0..1", "pretrain.ema_decay_end": "float0..1",
+    "pretrain.ema_warmup_steps": "int>=0", "pretrain.batch_size": "int>0", "pretrain.steps": "int>0",
+    "pretrain.steps_per_epoch": "int>0", "pretrain.lr": "float>0", "pretrain.min_lr": "float>=0",
+    "pretrain.warmup_steps": "int>=0", "pretrain.weight_decay": "float>=0", "pretrain.beta2": "float0..1",
+    "pretrain.verbose": "int0..2", "pretrain.backup_every_steps": "int>0|none", "pretrain.backup_minutes": "float>0",
+    "pretrain.export": "teacher/student", "pretrain.snapshot_steps": "list",
+}
+
+
+def validate(config):
+    """`config` with every setting checked against `SETTINGS` (numbers written as YAML strings,
+    such as `1e-3`, converted); the first bad one raises a `ValueError` that names the key, the
+    value and what it takes."""
+    config = copy.deepcopy(config)
+    for key, rule in SETTINGS.items():
+        *sections, name = key.split(".")
+        node = config
+        for section in sections:
+            node = node[section]
+        node[name] = check_setting(key, node[name], rule)
+    return config
+
+
+def check_setting(key, value, rule):
+    """`value` as setting `key` takes it (see `SETTINGS`), or a `ValueError` that says why not."""
+    rule, _, optional = rule.partition("|")
+    if value is None and optional == "none":
+        return None
+    kind = None if "/" in rule else next(k for k in ("int", "float", "bool", "str", "list", "dict", "preset")
+                                         if rule.startswith(k))
+    expected = _describe_rule(rule, kind, optional)
+    problem = ValueError(f"Setting {key}={value!r}: expected {expected}.")
+    if kind is None:  # choices
+        if value not in rule.split("/"):
+            raise problem
+        return value
+    if kind in ("int", "float"):
+        value = _number(value, kind)
+        if value is None:
+            raise problem
+        bound = rule[len(kind):]
+        low, high = {"": (None, None), ">0": (0, None), ">=0": (0, None), "0..1": (0, 1), "0..2": (0, 2)}[bound]
+        if (low is not None and (value < low or (bound == ">0" and value == 0))) or (high is not None and value > high):
+            raise problem
+        return value
+    types = {"bool": bool, "str": str, "list": list, "dict": dict, "preset": (str, dict)}[kind]
+    if not isinstance(value, types) or (kind == "str" and not value):
+        raise problem
+    return value
+
+
+def _number(value, kind):
+    """`value` as an int or float, or `None` when it is not one (booleans are not numbers)."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value in (
+            float("inf"), float("-inf")):
+        return None
+    if kind == "int":
+        return int(value) if float(value).is_integer() else None
+    return float(value)
+
+
+def _describe_rule(rule, kind, optional):
+    if kind is None:
+        text = "one of " + ", ".join(rule.split("/"))
+    else:
+        bound = rule[len(kind):]
+        nouns = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "a text",
+                 "list": "a list", "dict": "a mapping", "preset": "a preset name, folder or mapping"}
+        bounds = {"": "", ">0": " > 0", ">=0": " >= 0", "0..1": " from 0 to 1", "0..2": " from 0 to 2"}
+        text = nouns[kind] + bounds[bound]
+    return text + (" (or null)" if optional == "none" else "")
+
+
 def merge(base, update, path=""):
     """`base` updated by `update`, recursively; keys unknown to `base` raise."""
     merged = copy.deepcopy(base)
@@ -170,6 +275,7 @@ def load_config(path=None, variant=None, overrides=None, base=None):
                              f"available: {sorted(variants)}")
         config = merge(config, variants[variant])
     config = merge(config, parse_overrides(overrides))
+    config = validate(config)
     if config["output_dir"] is None:
         config["output_dir"] = f"runs/{config['name']}" + (f"_{variant}" if variant else "")
     return config

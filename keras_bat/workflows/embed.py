@@ -9,7 +9,8 @@ they come. Memory does not grow with the recordings' length.
 """
 
 import csv
-import json
+import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from keras_bat.data.audio import SAMPLE_RATE, AudioDecodeError, audio_info, load
 from keras_bat.data.datasets import audio_files
 from keras_bat.layers.patching import whole_patch_frames
 from keras_bat.workflows.builders import build_backbone
+from keras_bat.workflows.run_folder import RunFolder, digest, file_fingerprint, write_json_atomically
 
 
 def parse_layers(layers, depth):
@@ -36,27 +38,57 @@ def parse_layers(layers, depth):
     return [i % depth for i in indices]
 
 
-class RowWriter:
-    """Writes a `.npy` array block of rows by block of rows, in order, with plain file writes:
-    written rows go to the page cache, not into this process's memory as with a memory map."""
+class RowFile:
+    """A `.npy` array written row block by row block, appended with plain file writes (written
+    rows go to the page cache, not into this process's memory as with a memory map).
 
-    def __init__(self, path, shape, dtype="float32"):
-        array = np.lib.format.open_memmap(path, "w+", dtype, shape)  # the header, and the file at full size
-        self.offset, self.dtype, self.shape = array.offset, np.dtype(dtype), shape
-        del array
-        self.file = open(path, "r+b")
-        self.file.seek(self.offset)
-        self.row_bytes = int(np.prod(shape[1:])) * self.dtype.itemsize
+    While the run goes on the file is `<name>.partial` and its header is blank, so that it cannot
+    be loaded as a result; `finish` writes the header for the rows written and renames it to
+    `<name>`. The data always starts at byte `HEADER_BYTES`, so a partial file resumes as it is.
+    """
+
+    HEADER_BYTES = 128  # numpy's version 1.0 header for shapes like these, padded to 64 bytes
+
+    def __init__(self, path, row_shape, rows=0, dtype="float32"):
+        self.path, self.row_shape, self.dtype = Path(path), tuple(row_shape), np.dtype(dtype)
+        self.row_bytes = int(np.prod(self.row_shape)) * self.dtype.itemsize
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        if self.path.exists() and not self.partial.exists():  # renamed, then killed before the run was complete
+            os.replace(self.path, self.partial)
+        self.file = open(self.partial, "r+b" if self.partial.exists() else "w+b")
+        self.rows = rows
+        self.file.truncate(self.HEADER_BYTES + rows * self.row_bytes)  # rows past `rows`: an unfinished file
+        self.file.seek(0, os.SEEK_END)
 
     def write(self, rows):
-        self.file.write(np.ascontiguousarray(rows, self.dtype).tobytes())
+        rows = np.ascontiguousarray(rows, self.dtype)
+        self.file.write(rows.tobytes())
+        self.rows += len(rows)
 
-    def skip(self, count):
-        """Leaves `count` rows as zeros."""
-        self.file.seek(count * self.row_bytes, 1)
+    def rewind(self, rows):
+        """Drops the rows after the first `rows` (those of a file that failed half way)."""
+        self.file.truncate(self.HEADER_BYTES + rows * self.row_bytes)
+        self.file.seek(0, os.SEEK_END)
+        self.rows = rows
+
+    def flush(self):
+        self.file.flush()
+
+    def finish(self):
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": np.lib.format.dtype_to_descr(self.dtype),
+                                                      "fortran_order": False, "shape": (self.rows, *self.row_shape)})
+        if len(header.getvalue()) != self.HEADER_BYTES:
+            raise RuntimeError(f"{self.path}: a .npy header of {len(header.getvalue())} bytes does not fit the "
+                               f"{self.HEADER_BYTES} reserved.")
+        self.close()
+        with open(self.partial, "r+b") as file:
+            file.write(header.getvalue())
+        os.replace(self.partial, self.path)
 
     def close(self):
-        self.file.close()
+        if not self.file.closed:
+            self.file.close()
 
 
 class RecordingEncoder:
@@ -87,13 +119,13 @@ class RecordingEncoder:
             chunk = self.frontend.window_frames(window)
             yield chunk if statistics is None else self.frontend.normalise_frames(chunk, statistics)
 
-    def encode(self, path, clip_samples):
+    def encode(self, path, clip_samples, info=None):
         """Yields the backbone's outputs `(cls_tokens (chunks, depth, dim), patch_tokens
         (chunks, depth, time patches, freq patches, dim))` of one recording, a batch of
         chunks at a time, as NumPy arrays; the last chunk comes alone when it is shorter."""
         import keras
 
-        info, statistics = audio_info(path), None
+        info, statistics = info or audio_info(path), None
         if self.frontend.normalises_per_clip:  # a first pass gathers the statistics of all the clip's frames
             for chunk in self._windows(path, info, clip_samples, self.frontend.num_frames(clip_samples)):
                 statistics = self.frontend.merge_statistics(statistics, self.frontend.frame_statistics(chunk))
@@ -125,96 +157,219 @@ class RecordingEncoder:
                 keras.ops.convert_to_numpy(features["patch_tokens"]).astype("float32"))
 
 
-def run_embed(folder, output, backbone="bat_base", weights=None, checkpoint_key=None, clip_seconds=None,
-              batch_size=8, frames=False, layers="all", encoder="bat"):
-    """Writes to the folder `output`: `clip_embeddings.npy` `(files, layers, dim)` (class
-    tokens averaged over chunks), with `frames=True` `frame_embeddings.npy` `(patches of all
-    files, layers, dim)` (patch tokens averaged over frequency, one per time patch, files one
-    after another), `manifest.csv` (path, seconds, first_frame, frames: the rows of each file;
-    status: `ok`, or why a file failed while it was read, its rows left zero), `info.json`
-    (layers, seconds per patch, the first patch's centre) and `skipped.tsv`.
+MANIFEST_COLUMNS = ["path", "seconds", "status", "clip_row", "first_frame", "frames", "detail"]
+OUTPUTS = ("clip_embeddings.npy", "frame_embeddings.npy", "manifest.csv", "skipped.tsv", "info.json")
 
-    Each file is embedded at its own length, or cut or zero-padded to `clip_seconds`.
-    `layers`: `all`, `last`, `mean` (averaged over the blocks) or block indices `0,5,11`.
+
+class EmbedInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `run_embed`; the message says how far it got and how to resume."""
+
+
+def run_embed(folder, output, backbone="bat_base", weights=None, checkpoint_key=None, clip_seconds=None,
+              batch_size=8, frames=False, layers="all", encoder="bat", resume=None, overwrite=False):
+    """Writes the embeddings of every audio file under `folder` to the folder `output`.
+
+    Outputs: `clip_embeddings.npy` `(files, layers, dim)` (class tokens
+    averaged over chunks); with `frames=True` `frame_embeddings.npy`
+    `(patches of all files, layers, dim)` (patch tokens averaged over
+    frequency, one row per time patch, files one after another);
+    `manifest.csv`, one line per file in order: path, seconds, status (`ok`,
+    `truncated`: the file holds less than its header declares, what decodes is
+    embedded; `failed`: no rows), `clip_row`, `first_frame` and `frames` (its
+    rows; empty and 0 for failed files), detail; `skipped.tsv` (failed files
+    and why); `info.json` (layers, seconds per patch, the first patch's
+    centre) and `run.json` (command, settings, versions, status).
+
+    Arrays and manifest are written as `<name>.partial` while the run goes on
+    and renamed when the last file is in; `run.json` says `partial` until
+    then. A rerun of the same command continues a partial run from the last
+    finished file; a folder that holds another run is refused unless
+    `overwrite`.
+
+    Args:
+        folder: folder of audio files (searched recursively).
+        output: the output folder.
+        backbone: preset name or preset directory. Defaults to `"bat_base"`.
+        weights: official checkpoint, or `None`.
+        checkpoint_key: e.g. `"ema_encoder"`.
+        clip_seconds: float or `None`: each file cut or zero-padded to this
+            length, or (`None`) embedded at its own length.
+        batch_size: int >= 1, chunks per forward pass. Defaults to 8.
+        frames: bool, also write `frame_embeddings.npy`.
+        layers: `"all"`, `"last"`, `"mean"` (averaged over the blocks) or
+            block indices `"0,5,11"`.
+        encoder: `bat`, `eat`, `sslam` or `beats`.
+        resume: `None` (resume a partial run of the same command), `True`, or
+            `False` (start again).
+        overwrite: bool, replace another run in `output`.
+
+    Returns:
+        dict: output folder, files embedded, skipped files (path, reason), shape.
     """
+    import keras
     from tqdm.auto import tqdm
 
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number >= 1. Received: {batch_size!r}")
+    if clip_seconds is not None and not clip_seconds > 0:
+        raise ValueError(f"clip_seconds must be > 0 seconds. Received: {clip_seconds!r}")
     dataset = audio_files(folder)
+    identity = {"folder": str(Path(folder).resolve()), "encoder": encoder,
+                "backbone": backbone if not os.path.isdir(str(backbone)) else file_fingerprint(backbone),
+                "weights": None if weights is None else file_fingerprint(weights), "checkpoint_key": checkpoint_key,
+                "clip_seconds": clip_seconds, "frames": bool(frames), "layers": str(layers),
+                "files": digest([file_fingerprint(clip.path) for clip in dataset.clips])}
+    run = RunFolder(output, "embed", identity, OUTPUTS)
+    state = run.open(resume, overwrite)
+    output = Path(output)
+    if state == "complete":
+        return {**_summary(output, len(dataset.clips)), "already_complete": True}
+
     model = build_backbone({"encoder": encoder, "backbone": backbone, "weights": weights,
                             "checkpoint_key": checkpoint_key, "drop_path": 0.0, "dtype": None})
     streamer = RecordingEncoder(model, batch_size)
     selected = parse_layers(layers, model.depth)
     reduce = (lambda x: x.mean(axis=-2, keepdims=True)) if layers == "mean" else (lambda x: x)
-
-    recordings, skipped = [], []
-    for clip in dataset.clips:
-        try:
-            info = audio_info(clip.path)
-        except AudioDecodeError as error:
-            skipped.append((clip.path, error.reason))
-            continue
-        samples = (int(round(info["frames"] * SAMPLE_RATE / info["sample_rate"])) if clip_seconds is None
-                   else int(round(clip_seconds * SAMPLE_RATE)))
-        if samples <= streamer.frontend.window_length // 2:
-            skipped.append((clip.path, "too short"))
-            continue
-        recordings.append((clip.path, samples))
-    if not recordings:
-        raise ValueError(f"{folder}: no file could be read; see {output}/skipped.tsv.")
-
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
     width = 1 if layers == "mean" else len(selected)
-    patches = [streamer.layout(samples)[1] for _, samples in recordings]
-    clip_embeddings = RowWriter(output / "clip_embeddings.npy", (len(recordings), width, model.dim))
-    frame_embeddings = None
-    if frames:
-        frame_embeddings = RowWriter(output / "frame_embeddings.npy", (sum(patches), width, model.dim))
-    first_frames = np.concatenate([[0], np.cumsum(patches)[:-1]]).astype(int)
-    total_seconds = sum(samples for _, samples in recordings) / SAMPLE_RATE
-    progress = tqdm(total=round(total_seconds, 2), unit="s audio", desc="embedding",
+
+    if state == "resume" and not (output / "manifest.csv.partial").exists() and (output / "manifest.csv").exists():
+        os.replace(output / "manifest.csv", output / "manifest.csv.partial")  # killed while finishing
+    manifest = _read_manifest(output / "manifest.csv.partial") if state == "resume" else []
+    done = len(manifest)
+    if [row["path"] for row in manifest] != [clip.path for clip in dataset.clips[:done]]:
+        raise FileExistsError(f"{output}: its partial manifest does not list the folder's files in order: "
+                              "pass --overwrite to start again.")
+    clip_rows = sum(row["status"] != "failed" for row in manifest)
+    frame_rows = sum(int(row["frames"]) for row in manifest)
+    clip_embeddings = RowFile(output / "clip_embeddings.npy", (width, model.dim), clip_rows)
+    frame_embeddings = RowFile(output / "frame_embeddings.npy", (width, model.dim), frame_rows) if frames else None
+    manifest_file = _open_manifest(output / "manifest.csv.partial", rows=manifest)
+    writer = csv.writer(manifest_file)
+
+    infos = {}  # the files still to embed: their lengths, for the progress bar
+    for clip in dataset.clips[done:]:
+        try:
+            infos[clip.path] = audio_info(clip.path)
+        except AudioDecodeError as error:
+            infos[clip.path] = error
+    total_seconds = sum(_samples(info, clip_seconds) for info in infos.values()
+                        if not isinstance(info, Exception)) / SAMPLE_RATE
+    progress = tqdm(total=total_seconds, unit="s audio", desc="embedding",
                     bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s of audio [{elapsed}<{remaining}]")
     chunk_seconds = streamer.chunk_frames * streamer.frontend.hop_length / SAMPLE_RATE
-    status = ["ok"] * len(recordings)
-    for index, (path, samples) in enumerate(recordings):
-        cls_sum, chunks, row, left = 0.0, 0, first_frames[index], samples / SAMPLE_RATE
-        try:
-            for cls_tokens, patch_tokens in streamer.encode(path, samples):
-                cls_sum = cls_sum + cls_tokens[:, selected].sum(axis=0)
-                chunks += len(cls_tokens)
-                if frame_embeddings is not None:
-                    tokens = patch_tokens[:, selected].mean(axis=3).transpose(0, 2, 1, 3)  # chunks, T, layers, D
-                    tokens = reduce(tokens.reshape(-1, len(selected), model.dim))
-                    count = min(len(tokens), first_frames[index] + patches[index] - row)
-                    frame_embeddings.write(tokens[:count])
-                    row += count
-                done = min(len(cls_tokens) * chunk_seconds, left)
-                progress.update(done)
-                left -= done
-        except AudioDecodeError as error:  # e.g. a file cut short: its rows stay zero, the manifest says why
-            status[index] = error.reason
-            skipped.append((path, error.reason))
+    skipped = [(row["path"], row["detail"]) for row in manifest if row["status"] == "failed"]
+    try:
+        for clip in dataset.clips[done:]:
+            info = infos[clip.path]
+            samples = 0 if isinstance(info, Exception) else _samples(info, clip_seconds)
+            status, detail = "ok", ""
+            if isinstance(info, Exception):
+                status, detail = "failed", info.reason
+            elif samples <= streamer.frontend.window_length // 2:
+                status, detail = "failed", "too short"
+            elif info["truncated"]:
+                status, detail = "truncated", "the file holds less audio than its header declares"
+            first_frame, left, patches = frame_embeddings.rows if frames else 0, samples / SAMPLE_RATE, 0
+            if status != "failed":
+                cls_sum, chunks = 0.0, 0
+                patches = streamer.layout(samples)[1]
+                try:
+                    for cls_tokens, patch_tokens in streamer.encode(clip.path, samples, info):
+                        cls_sum = cls_sum + cls_tokens[:, selected].sum(axis=0)
+                        chunks += len(cls_tokens)
+                        if frames:
+                            tokens = patch_tokens[:, selected].mean(axis=3).transpose(0, 2, 1, 3)  # chunks, T, L, D
+                            tokens = reduce(tokens.reshape(-1, len(selected), model.dim))
+                            frame_embeddings.write(tokens[:first_frame + patches - frame_embeddings.rows])
+                        step = min(len(cls_tokens) * chunk_seconds, left)
+                        progress.update(step)
+                        left -= step
+                except AudioDecodeError as error:  # read while embedding: no rows
+                    status, detail, patches = "failed", error.reason, 0
+                    if frames:
+                        frame_embeddings.rewind(first_frame)
+                else:
+                    clip_embeddings.write(reduce(cls_sum / chunks)[None])
             progress.update(left)
-            clip_embeddings.skip(1)
-            if frame_embeddings is not None:
-                frame_embeddings.skip(first_frames[index] + patches[index] - row)
-            continue
-        clip_embeddings.write(reduce(cls_sum / chunks)[None])
-    progress.close()
-    clip_embeddings.close()
-    if frame_embeddings is not None:
-        frame_embeddings.close()
-    with open(output / "manifest.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "seconds", "first_frame", "frames", "status"])
-        for (path, samples), first, count, state in zip(recordings, first_frames, patches, status):
-            writer.writerow([path, f"{samples / SAMPLE_RATE:.6f}", int(first), int(count), state])
+            if status == "failed":
+                skipped.append((clip.path, detail))
+            # The rows first, then the manifest line that counts them: a kill between the two
+            # leaves rows that a resume drops.
+            clip_embeddings.flush()
+            if frames:
+                frame_embeddings.flush()
+            writer.writerow([clip.path, f"{samples / SAMPLE_RATE:.6f}", status,
+                             "" if status == "failed" else clip_embeddings.rows - 1,
+                             first_frame if status != "failed" else "", patches, detail])
+            manifest_file.flush()
+            done += 1
+    except KeyboardInterrupt:
+        raise EmbedInterrupted(f"interrupted after {done} of {len(dataset.clips)} files; {output} is marked "
+                               "partial: run the same command again to resume.") from None
+    finally:
+        progress.close()
+        manifest_file.close()
+        for array in (clip_embeddings, frame_embeddings):
+            if array is not None:
+                array.close()
+
     with open(output / "skipped.tsv", "w") as f:
         f.writelines(f"{path}\t{reason}\n" for path, reason in skipped)
+    if clip_embeddings.rows == 0:
+        run.mark("failed", reason="no file could be read")
+        raise ValueError(f"{folder}: none of the {len(dataset.clips)} audio files could be read; "
+                         f"{skipped_text(skipped, output)}")
     centers = streamer.frontend.patch_centers(2, model.patch_size)
-    info = {"layers": "mean" if layers == "mean" else selected, "dim": model.dim,
-            "seconds_per_patch": float(centers[1] - centers[0]), "first_patch_center_seconds": float(centers[0]),
-            "clip_seconds": clip_seconds, "backbone": str(backbone), "weights": weights}
-    (output / "info.json").write_text(json.dumps(info, indent=2))
-    return {"output": str(output), "files": len(recordings), "skipped_files": len(skipped),
-            "clip_embeddings": list(clip_embeddings.shape), "hours": round(total_seconds / 3600, 4)}
+    write_json_atomically(output / "info.json", {
+        "layers": "mean" if layers == "mean" else selected, "dim": model.dim,
+        "seconds_per_patch": float(centers[1] - centers[0]), "first_patch_center_seconds": float(centers[0]),
+        "clip_seconds": clip_seconds, "backbone": str(backbone), "weights": weights})
+    for array in (clip_embeddings, frame_embeddings):
+        if array is not None:
+            array.finish()
+    os.replace(output / "manifest.csv.partial", output / "manifest.csv")
+    run.mark("complete", backend=keras.backend.backend())
+    return _summary(output, len(dataset.clips))
+
+
+def skipped_text(skipped, output, shown=3):
+    """One line for the console: how many files were skipped, the first few, and where the list is."""
+    names = "; ".join(f"{path} ({reason})" for path, reason in skipped[:shown])
+    more = f" and {len(skipped) - shown} more" if len(skipped) > shown else ""
+    return f"{len(skipped)} file(s) skipped: {names}{more}; the list: {Path(output) / 'skipped.tsv'}"
+
+
+def _summary(output, files):
+    manifest = _read_manifest(output / "manifest.csv")
+    skipped = [(row["path"], row["detail"]) for row in manifest if row["status"] == "failed"]
+    shape = list(np.load(output / "clip_embeddings.npy", mmap_mode="r").shape)
+    return {"output": str(output), "files": files, "embedded": files - len(skipped),
+            "truncated": sum(row["status"] == "truncated" for row in manifest), "skipped": skipped,
+            "clip_embeddings": shape, "hours": round(sum(float(row["seconds"]) for row in manifest) / 3600, 4)}
+
+
+def _samples(info, clip_seconds):
+    if clip_seconds is not None:
+        return int(round(clip_seconds * SAMPLE_RATE))
+    return int(round(info["frames"] * SAMPLE_RATE / info["sample_rate"]))
+
+
+def _read_manifest(path):
+    """The manifest's complete lines (a line cut by a kill is not one)."""
+    if not path.exists():
+        return []
+    text = path.read_text()
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines = lines[:-1]
+    return list(csv.DictReader(lines))
+
+
+def _open_manifest(path, rows):
+    """The manifest, rewritten with its complete `rows` and open for appending."""
+    file = open(path, "w", newline="")
+    writer = csv.DictWriter(file, MANIFEST_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    file.flush()
+    return file
