@@ -27,8 +27,10 @@ def run_parsed(args):
         except USER_ERRORS as error:
             if args.debug or not raised_by_keras_bat(error):
                 raise
-            message = " ".join(str(error).split())
-            print(f"keras-bat: error: {message} (--debug shows the traceback)", file=sys.stderr)
+            first, *rest = str(error).strip().split("\n")  # long messages: a summary line, then the details
+            message = " ".join(first.split())
+            print(f"keras-bat: error: {message} (--debug shows {'every detail and ' if rest else ''}the traceback)",
+                  file=sys.stderr)
             return 2
 
 

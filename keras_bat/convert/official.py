@@ -132,7 +132,11 @@ def _load_torch(path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise ValueError(f"Could not read the PyTorch checkpoint {path!r}: {error}") from error
+        # torch's own messages say little here ("101", "pop from empty list"): name the file and what it is not.
+        detail = " ".join(str(error).split())[:200]
+        raise ValueError(f"Could not read {path!r} as a PyTorch checkpoint: it is not a file written by torch.save "
+                         f"(or it is damaged); expected an official .pt / .safetensors checkpoint "
+                         f"[{type(error).__name__}: {detail}]") from error
 
 
 def read_state_dict(source, checkpoint_key=None):
@@ -288,8 +292,7 @@ def assign_parameters(expected, state, prefix, skip_unexpected, model_name, cons
     """
     constants = constants or {}
     used = set(constants)
-    problems = []
-    missing = []
+    mismatched, disagreeing, missing = [], [], []
     for name, param in expected.items():
         for source in (name,) + param.extra_sources:
             used.add(source)
@@ -297,21 +300,26 @@ def assign_parameters(expected, state, prefix, skip_unexpected, model_name, cons
             if key not in state:
                 missing.append(source)
             elif tuple(state[key].shape) != tuple(param.official_shape()):
-                problems.append(f"shape mismatch for {key!r}: checkpoint {tuple(state[key].shape)} "
-                                f"vs model {tuple(param.official_shape())}")
+                mismatched.append(f"{key!r}: checkpoint {tuple(state[key].shape)} vs model "
+                                  f"{tuple(param.official_shape())}")
     for name, value in constants.items():
         key = prefix + name
         if key not in state:
             missing.append(name)
         elif not np.allclose(state[key], value, rtol=1e-6):
-            problems.append(f"{key!r} is {state[key]!r} in the checkpoint but {value!r} for this model")
-    if missing:
-        problems.insert(0, f"missing keys (prefix {prefix!r}): {missing}")
+            disagreeing.append(f"{key!r} is {state[key]!r} in the checkpoint but {value!r} for this model")
     unexpected = sorted(key for key in state if key.startswith(prefix) and key[len(prefix):] not in used)
-    if unexpected and not skip_unexpected:
-        problems.append(f"unexpected keys (pass skip_unexpected=True to ignore them): {unexpected}")
-    if problems:
-        raise ValueError(f"The checkpoint does not fit this {model_name}:\n  " + "\n  ".join(problems))
+    if skip_unexpected:
+        unexpected = []
+    kinds = [(f"missing keys (prefix {prefix!r})", [repr(name) for name in missing]),
+             ("shape mismatches", mismatched), ("constants that disagree", disagreeing),
+             ("unexpected keys (pass skip_unexpected=True to ignore them)", [repr(key) for key in unexpected])]
+    kinds = [(kind, items) for kind, items in kinds if items]
+    if kinds:
+        # First line: what a command line shows; then every problem, one per line.
+        summary = "; ".join(f"{len(items)} {kind}, e.g. {items[0]}" for kind, items in kinds)
+        details = [f"{kind}: {item}" for kind, items in kinds for item in items]
+        raise ValueError(f"The checkpoint does not fit this {model_name}: {summary}\n  " + "\n  ".join(details))
     for name, param in expected.items():
         arrays = [state[prefix + source] for source in (name,) + param.extra_sources]
         value = np.asarray(param.to_keras(*arrays))

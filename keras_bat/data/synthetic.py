@@ -118,7 +118,7 @@ def write_synthetic_dataset(folder, task="multiclass", splits=None, clip_seconds
 
     if task not in ("multiclass", "multilabel", "frame"):
         raise ValueError(f"`task` must be 'multiclass', 'multilabel' or 'frame'. Received: {task!r}")
-    folder = Path(folder)
+    folder = Path(folder).resolve()  # metadata paths that hold wherever the reader runs
     splits = splits or {"train": 256, "test": 128}
     arguments = {"task": task, "splits": splits, "clip_seconds": clip_seconds, "max_events": max_events,
                  "sample_rate": sample_rate, "seed": seed}
@@ -126,7 +126,7 @@ def write_synthetic_dataset(folder, task="multiclass", splits=None, clip_seconds
     if record.exists():
         previous = json.loads(record.read_text())
         if previous["arguments"] == arguments:
-            return previous["written"]
+            return {split: str(folder if task == "frame" else folder / f"{split}.csv") for split in splits}
     rng = np.random.default_rng(seed)
     num_classes = len(SOUND_CLASSES)
     written = {}

@@ -22,7 +22,7 @@ def run_demo(config):
     encoder and on the same run's random initialisation (same seeds and
     settings), the baseline that shows what pretraining adds."""
     start = time.time()
-    output_dir = Path(config["output_dir"])
+    output_dir = Path(config["output_dir"]).resolve()
     config = copy.deepcopy(config)
     config["data"]["root"] = config["data"]["root"] or str(output_dir / "synthetic_data")
     config["pretrain"]["snapshot_steps"] = sorted(set(config["pretrain"]["snapshot_steps"]) | {0})
