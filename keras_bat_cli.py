@@ -148,8 +148,8 @@ def make_parser():
     export.add_argument("path", help="the SavedModel folder or .onnx file to write")
     export.add_argument("--format", choices=("saved_model", "onnx"), default="saved_model", help="file format")
     export.add_argument("--time-frames", type=positive(int), default=None,
-                        help="frames clips are cut or padded to (default: a task preset's own, 1024 for a backbone;"
-                             " a backbone's exported clips longer than one chunk are encoded in chunks)")
+                        help="frames (100 a second) clips are cut or zero-padded to: required for an encoder, whose "
+                             "clips are then encoded in chunks; a task preset keeps its own by default")
     commands.add_parser("info", help="versions of keras-bat, Keras, the backends, Triton and CUDA",
                         description="Prints versions and the Keras backend, without importing them.")
     hear = commands.add_parser("hear-validate", help="run hearvalidator on keras_bat.hear (safe import order)",

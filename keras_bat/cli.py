@@ -91,6 +91,7 @@ def execute(args):
 def _run_config(args):
     """The run's config, every setting checked, and what it names checked to exist, before any work."""
     from keras_bat.heads import get_head
+    from keras_bat.models.encoders import get_encoder
     from keras_bat.workflows.config import load_config
 
     overrides = list(args.set)
@@ -102,6 +103,7 @@ def _run_config(args):
     if args.command == "finetune" and variant is None and args.config is not None:
         variant = "finetune"  # the recipe's finetuning settings; the demo config has no variants
     config = load_config(args.config, variant, overrides)
+    get_encoder(config["model"]["encoder"])  # the registries name what they hold
     if args.command != "pretrain":
         get_head(config["head"]["type"])
     for key in ("root", ):

@@ -75,15 +75,20 @@ def _export_in_tensorflow_process(model, path, format):
 def export_file(source, path, format="saved_model", time_frames=None):
     """Exports a `.keras` file or preset directory: an `AudioClassifier` (its
     `save_to_preset` directory or `.keras` file), an `AudioEmbedder`, or a
-    backbone (exported as an `AudioEmbedder` with the frontend cut to
-    `time_frames`, default one chunk)."""
+    backbone (exported as an `AudioEmbedder` whose frontend cuts or pads
+    clips to `time_frames`, which a backbone must be given: an exported model
+    takes a fixed number of frames, and nothing is cropped unasked)."""
     from keras_bat.models import AudioEmbedder
     from keras_bat.models.encoders import load_model_source
 
     model = load_model_source(source)
     if hasattr(model, "make_frontend"):  # a backbone: export its embeddings
-        frames = time_frames or model.chunk_time_patches * model.patch_size
-        model = AudioEmbedder(model, frontend=model.make_frontend(time_frames=frames))
+        if time_frames is None:
+            chunk = model.chunk_time_patches * model.patch_size
+            raise ValueError(f"{source} is an encoder: give the clip length its export takes, --time-frames N "
+                             f"(100 frames a second; clips are cut or zero-padded to it, and encoded in chunks of "
+                             f"{chunk} frames).")
+        model = AudioEmbedder(model, frontend=model.make_frontend(time_frames=time_frames))
     return export_model(model, path, format)
 
 

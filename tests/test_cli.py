@@ -192,3 +192,10 @@ def test_a_recipe_written_after_set_is_the_recipe():
     assert args.config == "esc50" and args.set == ["train.steps=5", "data.root=x"]
     args = parse(["probe", "esc50", "--set", "train.steps=5", "--set", "head.type=linear"])
     assert args.set == ["train.steps=5", "head.type=linear"]
+
+
+def test_exporting_an_encoder_asks_for_the_clip_length_instead_of_cropping(presets, capfd):
+    assert run(["export", str(presets / "small"), str(presets / "model")]) == 2
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "is an encoder: give the clip length its export takes, --time-frames N" in lines[0]
+    assert not (presets / "model").exists()

@@ -309,8 +309,10 @@ def test_embed_command_skips_bad_files(tmp_path):
           "--frames"])
     with open(output / "manifest.csv") as f:
         manifest = list(csv.DictReader(f))
-    assert [row["path"] for row in manifest] == [str(folder / f"{i}.wav") for i in range(3)]
-    assert [int(row["first_frame"]) for row in manifest] == [0, 4, 8] and {row["status"] for row in manifest} == {"ok"}
+    assert [row["path"] for row in manifest] == [str(folder / f"{i}.wav") for i in range(3)] + [
+        str(folder / "broken.wav")]
+    assert [row["first_frame"] for row in manifest] == ["0", "4", "8", ""]
+    assert [row["status"] for row in manifest] == ["ok", "ok", "ok", "failed"]
     assert np.load(output / "clip_embeddings.npy").shape == (3, 2, 32)
     assert np.load(output / "frame_embeddings.npy").shape == (12, 2, 32)  # 0.64 s: 4 patches a file
     skipped = (output / "skipped.tsv").read_text().splitlines()
@@ -327,6 +329,15 @@ def test_demo_on_tiny_settings(tmp_path, capsys):
     assert set(summary["encoders"]) == {"random initialisation", "pretrained (2 steps)"}
     for by_probe in summary["encoders"].values():
         assert set(by_probe) == {"CGP", "linear probe"}
+    # Each probe is a task preset with its label names, which keras-bat export reads.
+    from keras_bat.data import SOUND_CLASSES
+    from keras_bat.models import AudioClassifier
+
+    assert "task presets (label names included" in printed
+    for kind in ("random", "pretrained"):
+        classifier = AudioClassifier.from_preset(tmp_path / "demo" / f"probe_cgp_{kind}" / "preset")
+        assert classifier.label_names == list(SOUND_CLASSES) and classifier.frontend is not None
+        assert tuple(classifier(np.zeros((1, 16000), "float32")).shape) == (1, len(SOUND_CLASSES))
     # The random row probes the same run's initial weights, not the pretrained ones.
     pretrain_dir = tmp_path / "demo" / "pretrain"
     random_weights, pretrained = (load_file(str(d / "model.safetensors"))

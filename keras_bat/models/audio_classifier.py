@@ -47,6 +47,8 @@ class AudioClassifier(keras.Model):
         augmentation: optional `keras_bat.data.AudioAugmentation`, applied in
             training steps only: its waveform part before the frontend, its
             spectrogram part (time roll, mixup, SpecAugment) after it.
+        label_names: optional list of str, the name of each output class
+            (kept in the config, so presets and `.keras` files carry them).
 
     With a frontend, the model takes waveforms `(batch, samples)` or, as they
     are, spectrograms `(batch, frames, mel_bins)`.
@@ -59,9 +61,10 @@ class AudioClassifier(keras.Model):
     """
 
     def __init__(self, backbone, head, frontend=None, task="multiclass", freeze_backbone=True,
-                 label_smoothing=0.0, asymmetric_loss=True, augmentation=None, **kwargs):
+                 label_smoothing=0.0, asymmetric_loss=True, augmentation=None, label_names=None, **kwargs):
         super().__init__(**kwargs)
         _check_task(backbone, head, task)
+        self.label_names = None if label_names is None else [str(name) for name in label_names]
         self.backbone = backbone
         self.head = head
         self.frontend = frontend
@@ -236,6 +239,7 @@ class AudioClassifier(keras.Model):
             "task": self.task, "freeze_backbone": self.freeze_backbone,
             "label_smoothing": self.label_smoothing, "asymmetric_loss": self.asymmetric_loss,
             "augmentation": keras.saving.serialize_keras_object(self.augmentation) if self.augmentation else None,
+            "label_names": self.label_names,
         })
         return config
 

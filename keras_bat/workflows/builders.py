@@ -78,6 +78,19 @@ def build_backbone(model, num_query_tokens=0, dropout_free=True):
                          f"{error}") from error
 
 
+def save_task_preset(config, model, backbone, dataset, directory):
+    """Writes the trained `model` as a task preset (frontend, backbone, head, label names) that
+    `AudioClassifier.from_preset` and `keras-bat export` read; a head trained on cached features
+    is put back on its backbone and frontend first."""
+    from keras_bat.models import AudioClassifier
+
+    if model.backbone is None:
+        model = AudioClassifier(backbone, model.head, frontend=run_frontend(config, backbone), task=dataset.task,
+                                label_names=dataset.class_names)
+    model.save_to_preset(str(directory))
+    return str(directory)
+
+
 def build_run_backbone(config):
     """The backbone of a probing or finetuning run (with query tokens for VQT heads)."""
     head = config["head"]
@@ -107,7 +120,7 @@ def build_classifier(config, dataset, backbone=None, cached=False):
                             task=dataset.task, freeze_backbone=not train["finetune"],
                             label_smoothing=train["label_smoothing"], asymmetric_loss=train["asymmetric_loss"],
                             augmentation=AudioAugmentation(**augment, seed=config["seed"])
-                            if augmentation_active(augment) else None)
+                            if augmentation_active(augment) else None, label_names=dataset.class_names)
     schedule = WarmupCosineDecay(train["lr"], train["warmup_steps"], train["steps"], train["min_lr"])
     optimizer = paper_adamw(schedule, finetune=train["finetune"], weight_decay=train["weight_decay"],
                             layer_decay=train["layer_decay"], depth=backbone.depth, beta_2=train["beta2"])

@@ -118,7 +118,7 @@ SETTINGS = {
     "data.eval_split": "str", "data.folds": "list|none", "data.clip_seconds": "float>0", "data.engine": "tf/grain",
     "data.num_workers": "int>=0", "data.balanced_sampling": "mean/first|none", "data.samples_per_epoch": "int>0|none",
     "data.noise_std": "float>=0", "data.max_label_length": "int>0",
-    "model.encoder": "bat/eat/sslam/beats", "model.backbone": "preset", "model.fbank_statistics": "str",
+    "model.encoder": "str", "model.backbone": "preset", "model.fbank_statistics": "str",
     "model.weights": "str|none", "model.checkpoint_key": "str|none", "model.time_frames": "int>0",
     "model.drop_path": "float0..1", "model.dtype": "float32/float16/bfloat16/mixed_float16/mixed_bfloat16|none",
     "head.type": "str", "head.num_prototypes": "int>0", "head.pooling": "cls/mean/frame/max", "head.use_norm": "bool",
@@ -169,6 +169,8 @@ def check_setting(key, value, rule):
     expected = _describe_rule(rule, kind, optional)
     problem = ValueError(f"Setting {key}={value!r}: expected {expected}.")
     if kind is None:  # choices
+        if isinstance(value, bool) and {"on", "off"} <= set(rule.split("/")):
+            value = "on" if value else "off"  # YAML 1.1 reads on / off as booleans
         if value not in rule.split("/"):
             raise problem
         return value

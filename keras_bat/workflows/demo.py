@@ -46,7 +46,8 @@ def run_demo(config):
             probe_config["output_dir"] = str(output_dir / f"probe_{probe_config['head']['type']}_{kind}")
             run = run_probe(probe_config)
             results.setdefault(encoder, {})[name] = {"accuracy": run["metrics"]["accuracy"],
-                                                     "layer_weights_plot": run.get("layer_weights_plot")}
+                                                     "layer_weights_plot": run.get("layer_weights_plot"),
+                                                     "preset": run.get("preset")}
     summary = {
         "chance_accuracy": 1.0 / len(SOUND_CLASSES),
         "pretraining": {"steps": config["pretrain"]["steps"], "first_loss": pretrain["history"]["loss"][0],
@@ -78,6 +79,10 @@ def format_summary(summary):
              if r["layer_weights_plot"]]
     if plots:
         lines.append(f"\nCGP layer gate plot (pretrained encoder): {plots[-1]}")
+    presets = [r["preset"] for by_probe in summary["encoders"].values() for r in by_probe.values() if r.get("preset")]
+    if presets:
+        lines.append(f"task presets (label names included; keras-bat export PRESET model.onnx --format onnx): "
+                     f"{presets[-1]}, ...")
     lines.append(f"total {summary['wall_seconds']:.0f} s")
     return "\n".join(lines)
 

@@ -28,7 +28,7 @@ from keras_bat.training.metrics import (cross_validation_summary, error_rates, e
 from keras_bat.training.distribution import setup_distribution
 from keras_bat.training.resume import fit_resumable
 from keras_bat.workflows.builders import (augmentation_active, build_classifier, build_run_backbone, build_splits,
-                                          cache_tokens, run_frontend, split)
+                                          cache_tokens, run_frontend, save_task_preset, split)
 from keras_bat.workflows.config import DEFAULTS
 
 
@@ -116,7 +116,8 @@ def train_and_evaluate(config, run_dir, fold=None):
                            data["num_workers"], skipped, data["max_label_length"])
     plot = save_layer_gate_plot(model.head, run_dir / "layer_weights.png")
     write_skipped(skipped, run_dir / "skipped_files.txt")
-    return {"metrics": metrics, "train_clips": len(train_set), "eval_clips": len(eval_set),
+    preset = save_task_preset(config, model, backbone, train_set, run_dir / "preset")
+    return {"metrics": metrics, "train_clips": len(train_set), "eval_clips": len(eval_set), "preset": preset,
             "feature_cache": caches is not None,
             "skipped_files": skipped.counts(), "layer_weights_plot": plot,
             "layer_weights": _layer_weights(model.head),
