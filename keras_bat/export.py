@@ -16,6 +16,7 @@ products with a DFT matrix (see `keras_bat.ops.portable_spectra`).
 
 import argparse
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -54,10 +55,58 @@ def export_model(model, path, format="saved_model"):
         return _export_in_tensorflow_process(model, path, format)
     from keras_bat.ops import portable_spectra
 
+    label_names = getattr(model, "label_names", None)
+    if not isinstance(model(keras.ops.zeros((1, frontend.sample_rate), "float32")), dict):
+        model = NamedLogits(model)  # an output named `logits`, not `output_0`
     signature = [keras.InputSpec(shape=(None, None), dtype="float32", name="waveforms")]
     with portable_spectra() if format == "onnx" else contextlib.nullcontext():
         model.export(os.fspath(path), format=FORMATS[format], input_signature=signature, verbose=False)
+    if label_names:
+        write_label_names(path, format, label_names)
     return path
+
+
+class NamedLogits(keras.Model):
+    """A classifier's logits as the output `logits`, for the exported signature."""
+
+    def __init__(self, classifier, **kwargs):
+        super().__init__(**kwargs)
+        self.classifier = classifier
+
+    def call(self, waveforms):
+        return {"logits": self.classifier(waveforms)}
+
+
+LABEL_NAMES_FILE = os.path.join("assets.extra", "label_names.json")
+
+
+def write_label_names(path, format, label_names):
+    """Stores the class names with the exported file: in the ONNX model's metadata
+    (`label_names`, a JSON list: `session.get_modelmeta().custom_metadata_map`), or as
+    `assets.extra/label_names.json` in the SavedModel folder."""
+    text = json.dumps(list(label_names))
+    if format == "onnx":
+        import onnx
+
+        exported = onnx.load(os.fspath(path))
+        entry = exported.metadata_props.add()
+        entry.key, entry.value = "label_names", text
+        onnx.save(exported, os.fspath(path))
+    else:
+        os.makedirs(os.path.join(path, "assets.extra"), exist_ok=True)
+        with open(os.path.join(path, LABEL_NAMES_FILE), "w") as f:
+            f.write(text)
+
+
+def read_label_names(path):
+    """The class names stored with an exported file by `write_label_names`, or `None`."""
+    if os.fspath(path).endswith(".onnx"):
+        import onnx
+
+        metadata = {entry.key: entry.value for entry in onnx.load(os.fspath(path)).metadata_props}
+        return json.loads(metadata["label_names"]) if "label_names" in metadata else None
+    file = os.path.join(path, LABEL_NAMES_FILE)
+    return json.load(open(file)) if os.path.isfile(file) else None
 
 
 def _export_in_tensorflow_process(model, path, format):

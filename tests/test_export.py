@@ -10,7 +10,7 @@ import pytest
 from helpers import IN_CI, to_numpy
 
 from keras_bat import AudioClassifier, BATBackbone, LogMelSpectrogram
-from keras_bat.export import export_model
+from keras_bat.export import export_model, read_label_names
 from keras_bat.heads import CGP
 from keras_bat.models import AudioEmbedder
 from keras_bat.workflows.config import load_config
@@ -32,9 +32,16 @@ else:
     run = lambda x: {k: v.numpy() for k, v in serve(waveforms=tf.constant(x)).items()}
 outputs = run(inputs["waveforms"])
 longer = run(np.tile(inputs["waveforms"], (2, 3)))  # another batch size and length
+if format == "onnx":
+    labels = session.get_modelmeta().custom_metadata_map.get("label_names")
+else:
+    import os
+    file = os.path.join(path, "assets.extra", "label_names.json")
+    labels = open(file).read() if os.path.exists(file) else None
 assert "keras" not in [m for m in sys.modules if sys.modules[m] is not None]
 print(json.dumps({"outputs": {k: v.tolist() for k, v in outputs.items()},
-                  "longer": {k: list(v.shape) for k, v in longer.items()}}))
+                  "longer": {k: list(v.shape) for k, v in longer.items()},
+                  "label_names": labels and json.loads(labels)}))
 """
 
 
@@ -67,7 +74,7 @@ def demo_embedder():
 
 def probe_classifier():
     return AudioClassifier(BATBackbone(dim=32, depth=2, num_heads=4), CGP(3, 16),
-                           frontend=LogMelSpectrogram(time_frames=128))
+                           frontend=LogMelSpectrogram(time_frames=128), label_names=["dog", "rain", "siren"])
 
 
 # Under TensorFlow every combination; under JAX and torch (exported by a TensorFlow process from
@@ -91,10 +98,12 @@ def test_export_reloads_without_keras_and_matches(model_name, format, tmp_path):
         for key, value in expected.items():
             np.testing.assert_allclose(outputs[key], value, atol=1e-4)
         assert result["longer"]["timestamp_embeddings"][0] == 4
+        assert result["label_names"] is None
     else:
-        (logits,) = outputs.values()
-        np.testing.assert_allclose(logits, expected, atol=1e-4)
-        assert list(result["longer"].values()) == [[4, 3]]
+        assert set(outputs) == {"logits"} and result["label_names"] == ["dog", "rain", "siren"]
+        np.testing.assert_allclose(outputs["logits"], expected, atol=1e-4)
+        assert result["longer"] == {"logits": [4, 3]}
+        assert read_label_names(path) == ["dog", "rain", "siren"]
 
 
 def test_export_refuses_what_it_cannot_serve(tmp_path):

@@ -19,6 +19,8 @@ from keras_bat.workflows.embed import RecordingEncoder, parse_layers
 # Chunks of 4 time patches (64 frames, 0.64 s), so that a few seconds make several chunks.
 BACKBONES = {
     "bat": lambda: BATBackbone(dim=32, depth=2, num_heads=2, chunk_time_patches=4),
+    # With a padding mask the shorter last chunk is padded to a power of two of patches and masked.
+    "bat_masked": lambda: BATBackbone(dim=32, depth=2, num_heads=2, chunk_time_patches=4, use_padding_mask=True),
     "beats": lambda: BEATsBackbone(dim=32, depth=2, num_heads=2, ffn_dim=64, embed_dim=16, conv_pos=8,
                                    conv_pos_groups=2, chunk_time_patches=4),
 }
@@ -35,12 +37,15 @@ def whole_clip_features(backbone, waveform):
     """The in-memory path: the frontend on the whole clip, frames zero-padded to whole patches."""
     spectrogram = to_numpy(backbone.make_frontend()(waveform[None]))
     spectrogram = to_numpy(fit_frames(spectrogram, whole_patch_frames(spectrogram.shape[1], backbone.patch_size)))
+    if backbone.use_padding_mask:
+        spectrogram = {"spectrogram": spectrogram, "padding_mask": np.ones(spectrogram.shape[:2], bool)}
     features = backbone(spectrogram)
     return to_numpy(features["cls_tokens"])[0], to_numpy(features["patch_tokens"])[0].mean(axis=2)
 
 
 @pytest.mark.parametrize("encoder", sorted(BACKBONES))
-@pytest.mark.parametrize("batch_size, seconds", [(1, 3.05), (3, 3.05), (2, 2.56)])  # 2.56 s: a lone last frame
+@pytest.mark.parametrize("batch_size, seconds", [(1, 3.05), (3, 3.05), (2, 2.56), (2, 2.9)])  # 2.56 s: a lone last
+# frame; 2.9 s: a last chunk of 3 patches (padded to 4 and masked where the backbone takes a mask)
 def test_streamed_chunks_equal_the_whole_clip(encoder, batch_size, seconds, tmp_path):
     path = recording(tmp_path / "long.wav", seconds)
     backbone = BACKBONES[encoder]()

@@ -75,6 +75,8 @@ class BATBackbone(EncoderModel):
     (2, 2, 16, 8, 64)
     """
 
+    padding_is_exact = True  # patches meet only in attention, whose masked keys count for nothing
+
     def __init__(self, dim=768, depth=12, num_heads=12, mlp_ratio=4.0, patch_size=16,
                  num_mels=128, chunk_time_patches=64, use_gate=True, qkv_bias=True,
                  pre_norm=True, norm_first=False, dropout=0.0, drop_path_rate=0.0,

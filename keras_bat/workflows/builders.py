@@ -58,7 +58,7 @@ def split(splits, name, what):
     return splits[name]
 
 
-def build_backbone(model, num_query_tokens=0, dropout_free=True):
+def build_backbone(model, num_query_tokens=0, dropout_free=True, use_padding_mask=False):
     """The backbone of the `model` section: the encoder `model.encoder` (bat,
     eat, sslam, beats) from a preset name, preset directory or dict of
     constructor arguments, with the checkpoint `model.weights` loaded by that
@@ -67,6 +67,8 @@ def build_backbone(model, num_query_tokens=0, dropout_free=True):
 
     name = model.get("encoder", "bat")
     overrides = {"num_query_tokens": num_query_tokens}
+    if use_padding_mask:
+        overrides["use_padding_mask"] = True
     if model["drop_path"]:
         overrides["drop_path_rate"] = model["drop_path"]
     if model["dtype"]:

@@ -18,6 +18,7 @@ import numpy as np
 from keras_bat.data.audio import SAMPLE_RATE, AudioDecodeError, audio_info, load_window
 from keras_bat.data.datasets import audio_files
 from keras_bat.layers.patching import whole_patch_frames
+from keras_bat.models.encoder_graph import encode_chunk
 from keras_bat.workflows.builders import build_backbone
 from keras_bat.workflows.run_folder import RunFolder, digest, file_fingerprint, write_json_atomically
 
@@ -104,6 +105,10 @@ class RecordingEncoder:
         self.frontend = backbone.make_frontend()
         self.batch_size = batch_size
         self.chunk_frames = backbone.chunk_time_patches * backbone.patch_size
+        # A backbone that takes a padding mask and whose outputs on real patches do not depend on
+        # masked ones runs a shorter last chunk zero-padded to a power of two of patches: a few
+        # shapes for every file, where each new shape costs JAX a compilation of every operation.
+        self.pad_last_chunk = backbone.use_padding_mask and backbone.padding_is_exact
 
     def layout(self, clip_samples):
         """`(frames, time patches)` of a clip of `clip_samples` samples: the frontend's frames
@@ -113,11 +118,17 @@ class RecordingEncoder:
         return min(frames, padded), padded // self.backbone.patch_size
 
     def _windows(self, path, info, clip_samples, frames, statistics=None):
+        """The clip's frames, a chunk at a time. Every window is zero-padded to a full chunk's
+        samples (the frames past the chunk's are dropped; each frame reads its own samples), so
+        that the frontend sees one shape."""
+        full_window = np.subtract(*self.frontend.frame_span(0, self.chunk_frames)[::-1])
         for first in range(0, frames, self.chunk_frames):
             count = min(self.chunk_frames, frames - first)
             window = load_window(path, *self.frontend.frame_span(first, count), clip_samples, info=info)
-            chunk = self.frontend.window_frames(window)
-            yield chunk if statistics is None else self.frontend.normalise_frames(chunk, statistics)
+            chunk = self.frontend.window_frames(np.pad(window, (0, full_window - len(window))))
+            if statistics is not None:
+                chunk = self.frontend.normalise_frames(chunk, statistics)
+            yield chunk[:count]
 
     def encode(self, path, clip_samples, info=None):
         """Yields the backbone's outputs `(cls_tokens (chunks, depth, dim), patch_tokens
@@ -147,14 +158,37 @@ class RecordingEncoder:
             yield self._run(np.stack(batch))
 
     def _run(self, spectrograms):
+        """`(cls_tokens, patch_tokens)` as NumPy arrays. A batch of fewer full chunks than
+        `batch_size` (a file's last) is zero-padded to a power of two, so that the compiled
+        call sees a handful of shapes, not one per count; so is a shorter last chunk's time,
+        with those patches masked, where `pad_last_chunk`."""
         import keras
 
-        from keras_bat.ops import no_gradients
+        count, frames = spectrograms.shape[:2]
+        full_chunk = frames == self.chunk_frames
+        if full_chunk and count < self.batch_size:
+            spectrograms = _pad_axis(spectrograms, 0, min(self.batch_size, _power_of_two(count)))
+        patches = frames // self.backbone.patch_size
+        if not full_chunk and self.pad_last_chunk:
+            spectrograms = _pad_axis(spectrograms, 1, self.backbone.patch_size * _power_of_two(patches))
+        inputs = spectrograms
+        if self.backbone.use_padding_mask:
+            inputs = {"spectrogram": spectrograms,
+                      "padding_mask": np.broadcast_to(np.arange(spectrograms.shape[1]) < frames, spectrograms.shape[:2])}
+        features = encode_chunk(self.backbone, inputs, full_chunk)
+        return (keras.ops.convert_to_numpy(features["cls_tokens"])[:count].astype("float32"),
+                keras.ops.convert_to_numpy(features["patch_tokens"])[:count, :, :patches].astype("float32"))
 
-        with no_gradients():
-            features = self.backbone(spectrograms, training=False)
-        return (keras.ops.convert_to_numpy(features["cls_tokens"]).astype("float32"),
-                keras.ops.convert_to_numpy(features["patch_tokens"]).astype("float32"))
+
+def _power_of_two(count):
+    return 1 << (count - 1).bit_length()
+
+
+def _pad_axis(array, axis, size):
+    """`array` zero-padded at the end of `axis` to `size`."""
+    widths = [(0, 0)] * array.ndim
+    widths[axis] = (0, size - array.shape[axis])
+    return np.pad(array, widths)
 
 
 MANIFEST_COLUMNS = ["path", "seconds", "status", "clip_row", "first_frame", "frames", "detail"]
@@ -226,7 +260,7 @@ def run_embed(folder, output, backbone="bat_base", weights=None, checkpoint_key=
         return {**_summary(output, len(dataset.clips)), "already_complete": True}
 
     model = build_backbone({"encoder": encoder, "backbone": backbone, "weights": weights,
-                            "checkpoint_key": checkpoint_key, "drop_path": 0.0, "dtype": None})
+                            "checkpoint_key": checkpoint_key, "drop_path": 0.0, "dtype": None}, use_padding_mask=True)
     streamer = RecordingEncoder(model, batch_size)
     selected = parse_layers(layers, model.depth)
     reduce = (lambda x: x.mean(axis=-2, keepdims=True)) if layers == "mean" else (lambda x: x)
