@@ -173,8 +173,8 @@ class RecordingEncoder:
             spectrograms = _pad_axis(spectrograms, 1, self.backbone.patch_size * _power_of_two(patches))
         inputs = spectrograms
         if self.backbone.use_padding_mask:
-            inputs = {"spectrogram": spectrograms,
-                      "padding_mask": np.broadcast_to(np.arange(spectrograms.shape[1]) < frames, spectrograms.shape[:2])}
+            real_frames = np.arange(spectrograms.shape[1]) < frames
+            inputs = {"spectrogram": spectrograms, "padding_mask": np.broadcast_to(real_frames, spectrograms.shape[:2])}
         features = encode_chunk(self.backbone, inputs, full_chunk)
         return (keras.ops.convert_to_numpy(features["cls_tokens"])[:count].astype("float32"),
                 keras.ops.convert_to_numpy(features["patch_tokens"])[:count, :, :patches].astype("float32"))
