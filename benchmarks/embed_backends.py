@@ -16,14 +16,13 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from audio_files import speech_like, write  # noqa: E402
-from long_recording import WRAPPER  # noqa: E402
+from long_recording import run_measured  # noqa: E402
 
 LENGTHS = [0.3, 0.8, 1.5, 2.2, 3.0, 4.1, 5.0, 6.5, 7.7, 8.3, 9.9, 11.0, 12.4, 14.8, 16.0, 19.5, 21.0, 25.3, 30.0,
            40.0]
@@ -67,12 +66,7 @@ def main(argv=None):
         output = workdir / f"embeddings_{backend}"
         command = ["keras-bat", "--backend", backend, "embed", str(folder), "--backbone", str(preset), "--frames",
                    "--batch-size", str(args.batch_size), "--output", str(output), "--overwrite"]
-        start = time.perf_counter()
-        result = subprocess.run([sys.executable, "-c", WRAPPER, *command], capture_output=True, text=True)
-        seconds = time.perf_counter() - start
-        if result.returncode != 0:
-            sys.exit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
-        peak_kb = int(result.stderr.rsplit("peak_rss_kb", 1)[1].split()[0])
+        seconds, peak_kb = run_measured(command)
         embeddings[backend] = np.load(output / "clip_embeddings.npy")
         rows.append({"backend": backend, "wall_s": round(seconds, 1), "peak_rss_gb": round(peak_kb / 2**20, 2),
                      "max_abs_difference_from_first": float(np.abs(embeddings[backend] -

@@ -27,6 +27,17 @@ sys.exit(code)
 """
 
 
+def run_measured(command):
+    """Runs `command` in a process of its own; returns `(wall seconds, peak resident kB)`, or
+    exits with its standard error when it fails."""
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", WRAPPER, *command], capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        sys.exit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+    return seconds, int(result.stderr.rsplit("peak_rss_kb", 1)[1].split()[0])
+
+
 def write_recording(path, minutes, rate=16000, seed=0):
     import soundfile
 
@@ -61,12 +72,7 @@ def main(argv=None):
         command = ["keras-bat", "--backend", args.backend, "embed", str(folder), "--backbone", args.backbone,
                    "--frames", "--layers", args.layers, "--batch-size", str(args.batch_size), "--output", str(output),
                    "--overwrite"]  # each run measured from the start
-        start = time.perf_counter()
-        result = subprocess.run([sys.executable, "-c", WRAPPER, *command], capture_output=True, text=True)
-        seconds = time.perf_counter() - start
-        if result.returncode != 0:
-            sys.exit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
-        peak_kb = int(result.stderr.rsplit("peak_rss_kb", 1)[1].split()[0])
+        seconds, peak_kb = run_measured(command)
         size = sum(f.stat().st_size for f in output.iterdir())
         rows.append({"minutes": minutes, "wall_s": round(seconds, 1), "peak_rss_gb": round(peak_kb / 2**20, 2),
                      "output_mb": round(size / 2**20, 1), "seconds_per_audio_hour": round(seconds * 60 / minutes, 1),
