@@ -56,8 +56,10 @@ def export_model(model, path, format="saved_model"):
     from keras_bat.ops import portable_spectra
 
     label_names = getattr(model, "label_names", None)
-    if not isinstance(model(keras.ops.zeros((1, frontend.sample_rate), "float32")), dict):
+    example = keras.ops.zeros((1, frontend.sample_rate), "float32")
+    if not isinstance(model(example), dict):
         model = NamedLogits(model)  # an output named `logits`, not `output_0`
+        model(example)  # built, as the exporter requires
     signature = [keras.InputSpec(shape=(None, None), dtype="float32", name="waveforms")]
     with portable_spectra() if format == "onnx" else contextlib.nullcontext():
         model.export(os.fspath(path), format=FORMATS[format], input_signature=signature, verbose=False)
