@@ -24,6 +24,7 @@ traceback. Ctrl-C ends with one line and exit status 130.
 import argparse
 import importlib.metadata
 import importlib.util
+import json
 import os
 import sys
 from pathlib import Path
@@ -179,8 +180,6 @@ def backend_in_use(args):
 def _keras_config_backend():
     path = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "keras.json"
     try:
-        import json
-
         return json.loads(path.read_text()).get("backend")
     except (OSError, ValueError):
         return None

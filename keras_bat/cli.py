@@ -106,10 +106,9 @@ def _run_config(args):
     get_encoder(config["model"]["encoder"])  # the registries name what they hold
     if args.command != "pretrain":
         get_head(config["head"]["type"])
-    for key in ("root", ):
-        path = config["data"][key]
-        if path is not None and not os.path.exists(path):
-            raise FileNotFoundError(f"Setting data.{key}={path!r}: no such file or folder.")
+    root = config["data"]["root"]
+    if root is not None and not os.path.exists(root):
+        raise FileNotFoundError(f"Setting data.root={root!r}: no such file or folder.")
     weights = config["model"]["weights"]
     if weights is not None and not os.path.exists(weights):
         raise FileNotFoundError(f"Setting model.weights={weights!r}: no such checkpoint file or folder.")

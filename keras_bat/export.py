@@ -49,15 +49,16 @@ def export_model(model, path, format="saved_model"):
     if getattr(frontend, "time_frames", None) is None:
         raise ValueError("The exported model takes clips of any length and cuts or pads them to the frontend's "
                          "`time_frames`: build the frontend with it, e.g. `backbone.make_frontend(time_frames=1024)`.")
-    if not model.built:  # e.g. loaded from a file: weights are made on the first call
-        model(keras.ops.zeros((1, frontend.sample_rate), "float32"))
+    # One call builds a model loaded from a file (weights are made on the first call) and shows
+    # whether its output is already named.
+    example = keras.ops.zeros((1, frontend.sample_rate), "float32")
+    named_outputs = isinstance(model(example), dict)
     if keras.backend.backend() != "tensorflow":
         return _export_in_tensorflow_process(model, path, format)
     from keras_bat.ops import portable_spectra
 
     label_names = getattr(model, "label_names", None)
-    example = keras.ops.zeros((1, frontend.sample_rate), "float32")
-    if not isinstance(model(example), dict):
+    if not named_outputs:
         model = NamedLogits(model)  # an output named `logits`, not `output_0`
         model(example)  # built, as the exporter requires
     signature = [keras.InputSpec(shape=(None, None), dtype="float32", name="waveforms")]
@@ -108,7 +109,10 @@ def read_label_names(path):
         metadata = {entry.key: entry.value for entry in onnx.load(os.fspath(path)).metadata_props}
         return json.loads(metadata["label_names"]) if "label_names" in metadata else None
     file = os.path.join(path, LABEL_NAMES_FILE)
-    return json.load(open(file)) if os.path.isfile(file) else None
+    if not os.path.isfile(file):
+        return None
+    with open(file) as f:
+        return json.load(f)
 
 
 def _export_in_tensorflow_process(model, path, format):
