@@ -42,11 +42,15 @@ def main(argv=None):
 
 
 def raised_by_keras_bat(error):
-    """Whether `error` was raised by keras-bat's own code (its checks of paths,
-    settings and checkpoints), not deeper inside a library."""
+    """Whether `error` was raised by keras-bat's own checks of paths, settings
+    and checkpoints: in keras-bat's code, not deeper inside a library, and a
+    ValueError by a `raise` statement there (one that a builtin raises in
+    keras-bat's code, such as `int("x")` or an unpacking, is a bug)."""
     frames = traceback.extract_tb(error.__traceback__)
     package = os.path.dirname(os.path.abspath(__file__))
-    return bool(frames) and os.path.abspath(frames[-1].filename).startswith(package + os.sep)
+    if not frames or not os.path.abspath(frames[-1].filename).startswith(package + os.sep):
+        return False
+    return not isinstance(error, ValueError) or (frames[-1].line or "").startswith("raise")
 
 
 def execute(args):

@@ -15,11 +15,36 @@ import keras  # noqa: E402
 import pytest  # noqa: E402
 
 
+import numpy as np  # noqa: E402
+
+# Every random draw of the tests comes from this seed (or from a fixed one in the test itself):
+# a failure names it, and setting it reruns the same draws, or other ones.
+TEST_SEED = int(os.environ.get("KERAS_BAT_TEST_SEED", "0"))
+
+
+def pytest_report_header(config):
+    return f"keras-bat test seed: {TEST_SEED} (KERAS_BAT_TEST_SEED)"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.failed:
+        report.sections.append(("random seed", f"KERAS_BAT_TEST_SEED={TEST_SEED} repeats this test's random draws"))
+    return report
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_reset_policy():
-    keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(TEST_SEED)  # Keras', NumPy's and Python's global generators
     yield
     keras.config.set_dtype_policy("float32")
+
+
+@pytest.fixture
+def rng():
+    """A NumPy generator seeded with the test seed, for draws a test explores (kill points, ...)."""
+    return np.random.default_rng(TEST_SEED)
 
 
 @pytest.fixture

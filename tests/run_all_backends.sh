@@ -2,13 +2,21 @@
 # Runs the whole test suite once per Keras backend; extra arguments go to pytest.
 # The Triton kernel tests (tests/kernels) run in the torch pass, in Triton's CPU
 # interpreter when there is no GPU (see tests/conftest.py).
+# Tests run in KERAS_BAT_TEST_WORKERS processes (pytest-xdist; default: the cores, at
+# most 4, each process holds the three frameworks; 0 runs them in this process).
 set -u
 cd "$(dirname "$0")/.."
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+cores=$(nproc 2>/dev/null || echo 1)
+workers=${KERAS_BAT_TEST_WORKERS:-$(( cores < 4 ? cores : 4 ))}
+parallel=()
+if [ "$workers" -gt 1 ] && python -c "import xdist" 2>/dev/null; then
+  parallel=(-n "$workers" --dist worksteal)
+fi
 failed=()
 for backend in ${KERAS_BAT_BACKENDS:-tensorflow jax torch}; do
-  echo "=== KERAS_BACKEND=$backend"
-  KERAS_BACKEND=$backend python -m pytest -q "$@" || failed+=("$backend")
+  echo "=== KERAS_BACKEND=$backend (${#parallel[@]} workers: ${parallel[*]:-none})"
+  KERAS_BACKEND=$backend python -m pytest -q "${parallel[@]}" "$@" || failed+=("$backend")
 done
 if [ ${#failed[@]} -gt 0 ]; then
   echo "test suite failed on: ${failed[*]}"

@@ -128,6 +128,12 @@ def test_an_internal_bug_keeps_its_traceback(presets, monkeypatch):
     monkeypatch.setattr("keras_bat.workflows.embed.audio_files", lambda *a: int("x"))  # a ValueError from a bug
     with pytest.raises(ValueError, match="invalid literal"):
         run(["embed", str(presets / "audio"), "--backbone", str(presets / "small"), "--output", str(presets / "o")])
+    # A ValueError that a builtin raises inside keras-bat's own code is a bug too, not a user's mistake.
+    from keras_bat.training import WarmupCosineDecay
+
+    monkeypatch.setattr("keras_bat.workflows.embed.audio_files", lambda *a: WarmupCosineDecay("x", 1, 2))
+    with pytest.raises(ValueError, match="could not convert"):
+        run(["embed", str(presets / "audio"), "--backbone", str(presets / "small"), "--output", str(presets / "o")])
 
 
 def test_an_unknown_backend_is_one_line(tmp_path):

@@ -134,3 +134,38 @@ def test_spectrogram_augmentations_run_roll_then_mixup_then_masks():
         unmasked = y[b][y[b] != 0]
         np.testing.assert_allclose(unmasked, mixed_values[b], rtol=1e-5)
     assert (y == 0).any()  # some bins were masked
+
+
+@pytest.mark.parametrize("task", ["multiclass", "multilabel"])
+def test_classifier_trains_on_labels_mixed_with_the_inputs_weights(task, monkeypatch):
+    """Through `AudioClassifier`'s own training step: each example is mixed with its mirror with
+    weight `w`, its labels (integer labels made one-hot first) with the same `w`, and the loss the
+    step reports is the loss on those mixed inputs and labels."""
+    from keras_bat import AudioClassifier, BATBackbone
+    from keras_bat.heads import LinearHead
+
+    rng = np.random.default_rng(21)
+    x = rng.uniform(size=(4, 64, 128)).astype("float32")
+    y = np.array([0, 1, 2, 1]) if task == "multiclass" else (rng.uniform(size=(4, 3)) < 0.5).astype("float32")
+    one_hot = np.eye(3, dtype="float32")[y] if task == "multiclass" else y
+    model = AudioClassifier(BATBackbone(dim=32, depth=2, num_heads=2), LinearHead(3, "mean"), task=task,
+                            augmentation=AudioAugmentation(mixup_chance=1.0, seed=3))
+    model.compile(run_eagerly=True)
+    model(x)
+    augmented, augment = [], model._augment
+    monkeypatch.setattr(model, "_augment", lambda data: augmented.append(augment(data)) or augmented[-1])
+    weights = model.get_weights()
+    loss = model.train_on_batch(x, y, return_dict=True)["loss"]
+    mixed_x, mixed_y = (to_numpy(t) for t in augmented[0][:2])
+    mirror_x, mirror_y, drawn = x[::-1], one_hot[::-1], []
+    for i in range(4):
+        direction = (mirror_x[i] - x[i]).ravel()
+        w = float(np.dot((mixed_x[i] - x[i]).ravel(), direction) / np.dot(direction, direction))
+        drawn.append(w)
+        np.testing.assert_allclose(mixed_x[i], (1 - w) * x[i] + w * mirror_x[i], atol=1e-5)
+        np.testing.assert_allclose(mixed_y[i], (1 - w) * one_hot[i] + w * mirror_y[i], atol=1e-5,
+                                   err_msg=f"example {i}: inputs mixed with weight {w:.3f}")
+    assert np.ptp(drawn) > 0.01 and min(drawn) > 0  # every example mixed, with weights of its own
+    model.set_weights(weights)  # the loss of the step, on the weights before it
+    expected = model.compute_loss(x=mixed_x, y=mixed_y, y_pred=model(mixed_x, training=True))
+    assert float(loss) == pytest.approx(float(to_numpy(expected)), rel=1e-4)

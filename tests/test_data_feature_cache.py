@@ -127,3 +127,27 @@ def test_a_cache_is_reused_only_for_the_same_encoder_and_clips(synthetic, tmp_pa
     relabelled_cache = FeatureCache.open_or_build(tmp_path / "c", other, frontend, relabelled, 0.64, "cls",
                                                   verbose=False)
     assert not np.array_equal(np.array(relabelled_cache.targets), targets)
+
+
+@pytest.mark.parametrize("batch_size", [5, 12, 16])
+def test_evaluation_batches_cover_every_clip_in_order(synthetic, tmp_path, batch_size):
+    """Batches that do not divide the clips (12 in 5s, or fewer clips than one batch): every clip's
+    outputs once, in order, equal to the model's on the clip alone; the same for a cache's batches."""
+    from keras_bat.workflows.probe import predict
+
+    backbone, frontend = _backbone(), LogMelSpectrogram(time_frames=64)
+    model = AudioClassifier(backbone, CGP(8, num_prototypes=16), frontend=frontend)
+    loader = ClipLoader(synthetic, 0.64, training=False)
+    waveforms = np.stack([loader(i)[0] for i in range(12)])
+    expected = np.concatenate([to_numpy(model(waveforms[i:i + 1])) for i in range(12)])
+    clips, outputs, targets = predict(model, synthetic, 0.64, batch_size, num_workers=2)
+    assert clips == synthetic.clips and targets == [c.label for c in synthetic.clips]
+    np.testing.assert_allclose(outputs, expected, atol=1e-5)
+
+    cache = FeatureCache.build(tmp_path / "cache", backbone, frontend, synthetic, 0.64, tokens="all",
+                               batch_size=batch_size, verbose=False)
+    batches = list(cache.dataset(batch_size, shuffle=False))
+    assert [len(y) for _, y in batches] == [min(batch_size, 12 - i) for i in range(0, 12, batch_size)]
+    cached = AudioClassifier(None, model.head)
+    from_cache = np.concatenate([to_numpy(cached(x)) for x, _ in batches])
+    assert np.max(np.abs(from_cache - expected)) <= 2e-2 * np.max(np.abs(expected))  # bfloat16 features

@@ -139,3 +139,108 @@ def test_head_checkpoint_mismatches_are_listed(features):
     scale = {k: v for k, v in load_parity("heads_weights.safetensors").items() if k.startswith("h2t_cls/")}
     with pytest.raises(ValueError, match="group_scale"):  # element-wise scale in a layer-wise head
         load_official_head_weights(Head2Toe(5, layer_wise_lasso=True, dim=64), scale, prefix="h2t_cls/")
+
+
+class RecordingDropout:
+    """Stands in for a head's dropout: a known mask (drawn from `seed`), and a record of what it
+    was given. Set with `replace_dropout`."""
+
+    def __init__(self, rate, seed):
+        self.rate, self.rng = rate, np.random.default_rng(seed)
+        self.calls = []
+
+    def __call__(self, x, training=None):
+        mask = (self.rng.uniform(size=x.shape) >= self.rate).astype("float32")
+        try:
+            seen = to_numpy(x)
+        except Exception:  # traced (JAX differentiates even an eager step): no values to record
+            seen = None
+        self.calls.append({"input": seen, "training": training, "mask": mask})
+        return x * keras.ops.convert_to_tensor(mask / (1.0 - self.rate), x.dtype) if training else x
+
+
+def replace_dropout(head, rate=0.5, seed=12):
+    recorder = RecordingDropout(rate, seed)
+    object.__setattr__(head, "head_dropout", recorder)  # not a tracked layer: the head is built
+    return recorder
+
+
+# Heads with their feature width options: norm and dropout where the head has them.
+TRAINING_HEADS = {
+    "linear_cls_norm": lambda: LinearHead(3, "cls", use_norm=True, dropout=0.5),
+    "linear_frame_norm": lambda: LinearHead(3, "frame", use_norm=True, dropout=0.5),
+    "layer_mixed_norm": lambda: LayerMixedLinear(3, "mean", use_norm=True, dropout=0.5),
+    "head2toe_norm": lambda: Head2Toe(3, "cls", use_norm=True, dropout=0.5),
+    "cgp_cls": lambda: CGP(3, 8, "cls", dropout=0.5),
+    "cgp_frame": lambda: CGP(3, 8, "frame", dropout=0.5),
+    "protobin": lambda: ProtoBin(3, 8, dropout=0.5),
+    "vqt_norm": lambda: VQTHead(3, depth=2, dim=8, num_query_tokens=2, use_norm=True, dropout=0.5),
+    "asr_norm": lambda: ASRHead(5, upsample_factor=2, lstm_units=4, use_norm=True, dropout=0.5),
+}
+
+
+def small_features(rng, batch=4, layers=2, dim=8):
+    return {"cls_tokens": rng.normal(size=(batch, layers, dim)).astype("float32"),
+            "patch_tokens": rng.normal(size=(batch, layers, 3, 2, dim)).astype("float32"),
+            "query_tokens": rng.normal(size=(batch, layers, 2, dim)).astype("float32")}
+
+
+@pytest.mark.parametrize("name", sorted(TRAINING_HEADS))
+def test_heads_in_training_normalise_then_drop_out_then_project(name):
+    """Under `training=True` a head's output is `fc(dropout(norm(features)))`: the dropout sees
+    normalised features (zero mean, unit variance per feature vector before the norm's scale and
+    offset), its mask reaches the linear layer unchanged, and inference uses no mask."""
+    rng = np.random.default_rng(11)
+    head = TRAINING_HEADS[name]()
+    features = small_features(rng)
+    head(features)  # builds
+    norm = getattr(head, "norm", None)
+    if norm is not None:  # a scale and offset that a missing or misplaced norm cannot fake
+        width = norm.gamma.shape[0]
+        norm.gamma.assign(rng.uniform(0.5, 2.0, size=width).astype("float32"))
+        norm.beta.assign(rng.normal(size=width).astype("float32"))
+    dropout = replace_dropout(head)
+    fc_kernel, fc_bias = to_numpy(head.fc.kernel), to_numpy(head.fc.bias)
+
+    def projected(x):
+        logits = x @ fc_kernel + fc_bias
+        if name.startswith("asr"):  # the ASR head returns log-probabilities
+            logits = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        return logits
+
+    for training in (True, False):
+        out = to_numpy(head(features, training=training))
+        call = dropout.calls[-1]
+        assert call["training"] is training
+        dropped = call["input"] * call["mask"] / 0.5 if training else call["input"]
+        np.testing.assert_allclose(out, projected(dropped), atol=1e-4, err_msg=f"training={training}")
+        if norm is not None:  # (the LSTM's small outputs make the norm's epsilon count)
+            unscaled = (call["input"] - to_numpy(norm.beta)) / to_numpy(norm.gamma)
+            np.testing.assert_allclose(unscaled.mean(-1), 0.0, atol=1e-4)
+            np.testing.assert_allclose(unscaled.var(-1), 1.0, atol=2e-2)
+    assert dropout.calls[0]["mask"].mean() < 0.8  # the mask dropped some features
+
+
+@pytest.mark.parametrize("name", ["cgp_cls", "linear_cls_norm", "asr_norm"])
+def test_task_model_runs_the_head_in_training_mode_in_fit(name):
+    from keras_bat.models import AudioClassifier
+
+    from test_models_audio_classifier import small_backbone
+
+    head = TRAINING_HEADS[name]()
+    task = "ctc" if name.startswith("asr") else "multiclass"
+    model = AudioClassifier(small_backbone("bat"), head, task=task)
+    x = np.random.default_rng(13).uniform(size=(2, 64, 128)).astype("float32")
+    model(x)
+    dropout = replace_dropout(head, seed=14)
+    model.compile(run_eagerly=True)
+    y = np.array([0, 2])
+    if task == "ctc":
+        y = {"labels": np.array([[1, 2], [3, 0]], "int32"), "label_lengths": np.array([2, 1], "int32")}
+    model.train_on_batch(x, y)  # (the first step may also build the model, in inference mode)
+    assert dropout.calls[-1]["training"] is True
+    calls = len(dropout.calls)
+    model.train_on_batch(x, y)
+    assert [call["training"] for call in dropout.calls[calls:]] == [True]
+    model.predict_on_batch(x)
+    assert dropout.calls[-1]["training"] in (False, None)

@@ -52,6 +52,97 @@ def test_gated_attention_key_mask_and_offset():
     np.testing.assert_allclose(out_changed[0, :6], out[0, :6], atol=1e-5)
 
 
+# The encoders give their padding as key lengths (counted from the first token, queries included):
+# every sequence padded, one with a single key, one whole.
+KEY_LENGTH_CASES = {"no offset": (0, [9, 1, 6]), "offset 2": (2, [9, 3, 7])}
+
+
+def _lengths_as_mask(lengths, num_tokens):
+    return np.arange(num_tokens)[None, :] < np.asarray(lengths)[:, None]
+
+
+@pytest.mark.parametrize("use_gate", [True, False])
+@pytest.mark.parametrize("case", sorted(KEY_LENGTH_CASES))
+def test_gated_attention_with_key_lengths_matches_numpy(case, use_gate):
+    key_offset, lengths = KEY_LENGTH_CASES[case]
+    tokens = np.random.default_rng(4).normal(size=(3, 9, 16)).astype("float32")
+    layer = GatedSelfAttention(16, 2, use_gate=use_gate)
+    lengths = np.array(lengths, "int32")
+    eager = to_numpy(layer(tokens, key_lengths=lengths, key_offset=key_offset))
+    expected = numpy_gated_attention(layer, tokens, _lengths_as_mask(lengths, 9), key_offset)
+    np.testing.assert_allclose(eager, expected, atol=1e-5)
+    # Compiled, as the encoders run: the lengths are a traced int tensor.
+    token_input, length_input = keras.Input((9, 16)), keras.Input((), dtype="int32")
+    model = keras.Model([token_input, length_input], layer(token_input, key_lengths=length_input,
+                                                          key_offset=key_offset))
+    np.testing.assert_allclose(model.predict_on_batch([tokens, lengths]), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", sorted(KEY_LENGTH_CASES))
+def test_blocks_on_padded_sequences_equal_blocks_on_the_sequences_alone(case):
+    """What the encoders rely on: a block's outputs on a sequence's real tokens do not depend on
+    its padding, and equal the block's outputs on the real tokens alone."""
+    key_offset, lengths = KEY_LENGTH_CASES[case]
+    rng = np.random.default_rng(5)
+    tokens = rng.normal(size=(3, 9, 16)).astype("float32")
+    block = TransformerBlock(16, 4, mlp_ratio=2.0)
+    padded = to_numpy(block(tokens, key_lengths=np.array(lengths, "int32"), key_offset=key_offset))
+    noisy = tokens + 100.0 * ~_lengths_as_mask(lengths, 9)[..., None]  # padding changed
+    changed = to_numpy(block(noisy, key_lengths=np.array(lengths, "int32"), key_offset=key_offset))
+    for b, length in enumerate(lengths):
+        alone = to_numpy(block(tokens[b:b + 1, :length], key_offset=key_offset))[0]
+        np.testing.assert_allclose(padded[b, :length], alone, atol=2e-5, err_msg=f"sequence {b}")
+        np.testing.assert_allclose(changed[b, :length], alone, atol=2e-5, err_msg=f"sequence {b}")
+
+
+@pytest.mark.parametrize("num_queries", [0, 2])
+def test_run_blocks_counts_the_queries_in_the_key_lengths(num_queries):
+    """`run_blocks` puts each block's queries in front of the tokens: every real token is a key
+    (none cut off by the queries in front), no padding is, and the queries are not keys."""
+    from keras_bat.models.encoder_graph import run_blocks
+
+    rng = np.random.default_rng(6)
+    tokens = rng.normal(size=(2, 7, 16)).astype("float32")
+    lengths = np.array([7, 4], "int32")
+    blocks = [TransformerBlock(16, 2, mlp_ratio=2.0) for _ in range(2)]
+    queries = rng.normal(size=(2, 2, num_queries, 16)).astype("float32") if num_queries else None
+    chunk_weights = np.ones((2, 1), "float32")
+    outputs, query_outputs = run_blocks(blocks, tokens, lengths, chunk_weights, queries)
+    for b, length in enumerate(lengths):
+        x = tokens[b:b + 1, :length]
+        for i, block in enumerate(blocks):
+            if num_queries:
+                x = np.concatenate([queries[b:b + 1, i], x], axis=1)
+                x = to_numpy(block(x, key_offset=num_queries))
+                np.testing.assert_allclose(to_numpy(query_outputs[i])[b], x[0, :num_queries], atol=2e-5)
+                x = x[:, num_queries:]
+            else:
+                x = to_numpy(block(x))
+            np.testing.assert_allclose(to_numpy(outputs[i])[b, :length], x[0], atol=2e-5,
+                                       err_msg=f"block {i}, sequence {b}")
+
+
+def test_beats_attention_with_key_lengths_ignores_the_padding():
+    from keras_bat.layers.beats import BEATsAttention
+
+    rng = np.random.default_rng(7)
+    tokens = rng.normal(size=(3, 9, 16)).astype("float32")
+    bias = rng.normal(size=(2, 9, 7)).astype("float32")  # H, queries, keys after the offset
+    lengths = np.array([9, 3, 6], "int32")
+    layer = BEATsAttention(16, 2)
+    out = to_numpy(layer(tokens, bias, key_lengths=lengths, key_offset=2))
+    masked = to_numpy(layer(tokens, bias, key_mask=_lengths_as_mask(lengths, 9), key_offset=2))
+    np.testing.assert_allclose(out, masked, atol=1e-5)
+    noisy = tokens + 100.0 * ~_lengths_as_mask(lengths, 9)[..., None]
+    changed = to_numpy(layer(noisy, bias, key_lengths=lengths, key_offset=2))
+    for b, length in enumerate(lengths):
+        np.testing.assert_allclose(changed[b, :length], out[b, :length], atol=2e-5)
+    # Every real key counts: the last one's value moves the outputs.
+    moved = tokens.copy()
+    moved[:, -1] += 1.0
+    assert not np.allclose(to_numpy(layer(moved, bias, key_lengths=lengths, key_offset=2))[0, :2], out[0, :2])
+
+
 def test_attention_rejects_bad_heads():
     with pytest.raises(ValueError, match="divisible by `num_heads`"):
         GatedSelfAttention(10, 3)

@@ -66,7 +66,12 @@ def test_probe_learns_and_keeps_backbone_frozen(name, encoder):
     # Tiny random BEATs features separate the classes less well: some heads need more epochs.
     model.fit(x, y, batch_size=4, epochs=60 if encoder == "beats" else 20, verbose=0)
     after = model.evaluate(x, y, verbose=0, return_dict=True)
-    assert after["loss"] < 0.8 * before["loss"]
+    # Measured (torch): the loss falls to 3-54 % of the untrained head's, and every clip (every time
+    # patch for frame heads) but at most one of the 8 is classified right; chance is 4 of 8.
+    assert after["loss"] < 0.65 * before["loss"], (before["loss"], after["loss"])
+    predicted = to_numpy(model.predict(x, verbose=0)).argmax(axis=-1)
+    correct = predicted == (labels[:, None] if task == "frame" else labels)
+    assert correct.mean() >= 7 / 8, predicted
     assert not backbone.trainable_weights and all(
         np.array_equal(a, to_numpy(w)) for a, w in zip(frozen, backbone.weights))
     head_ids = {id(w) for w in head.trainable_weights}

@@ -207,3 +207,54 @@ def test_pretrains_on_waveforms_through_a_frontend():
     waveforms = np.random.default_rng(0).normal(size=(2, 20000)).astype("float32") * 0.1
     history = pretrainer.fit(waveforms, batch_size=2, epochs=2, verbose=0).history
     assert np.isfinite(history["loss"]).all()
+
+
+def test_fit_draws_its_views_and_mask_ratio(monkeypatch):
+    """`fit` and `call` run `num_views` masked views of every clip, each keeping
+    `int(N * (1 - mask_ratio))` patches (settings away from the defaults, so that a default
+    used instead of the setting fails)."""
+    pretrainer = _small_pretrainer(num_views=3, mask_ratio=0.6)
+    patches = pretrainer.time_patches * pretrainer.freq_patches  # 8 x 8
+    kept = int(patches * 0.4)
+    seen = []
+    original = pretrainer.forward_with_masks
+
+    def recording(spectrograms, ids_keep_sorted, mask, training=False):
+        seen.append({"clips": spectrograms.shape[0], "ids": ids_keep_sorted, "mask": mask, "training": training})
+        return original(spectrograms, ids_keep_sorted, mask, training=training)
+
+    monkeypatch.setattr(pretrainer, "forward_with_masks", recording)
+    x = np.random.default_rng(0).uniform(size=(4, 128, 128)).astype("float32")
+    pretrainer.fit(x, batch_size=2, epochs=1, verbose=0)
+    assert any(s["training"] for s in seen)  # (a first call may build the model in inference mode)
+    for step in seen:  # shapes are known when the step is traced, on every backend
+        assert tuple(step["ids"].shape) == (2 * 3, kept) and tuple(step["mask"].shape) == (2 * 3, patches)
+    seen.clear()
+    pretrainer(x[:2], training=True)
+    ids, mask = to_numpy(seen[0]["ids"]).astype(int), to_numpy(seen[0]["mask"])
+    np.testing.assert_array_equal(mask.sum(axis=1), patches - kept)  # 60 % of the patches removed per view
+    for row_ids, row_mask in zip(ids, mask):
+        assert (row_mask[row_ids] == 0).all()
+    assert len({tuple(row) for row in ids}) == 6  # the 3 views of each of the 2 clips differ
+
+
+def test_fit_moves_the_teacher_with_the_scheduled_decay():
+    """In `fit`, after update k (from 0) the teacher is `d_k teacher + (1 - d_k) student`, with
+    `d_k` rising linearly from the start to the end decay over the warm-up updates, then flat."""
+    start, end, warmup = 0.6, 0.96, 4
+    pretrainer = _small_pretrainer(ema_decay_start=start, ema_decay_end=end, ema_warmup_steps=warmup)
+    x = np.random.default_rng(1).uniform(size=(2, 128, 128)).astype("float32")
+    snapshots = [([to_numpy(w) for w in pretrainer.teacher.weights], None)]
+
+    class Snapshot(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            snapshots.append(([to_numpy(w) for w in pretrainer.teacher.weights],
+                              [to_numpy(w) for w in pretrainer.student.weights]))
+
+    pretrainer.fit(x, batch_size=2, epochs=6, verbose=0, callbacks=[Snapshot()])  # one update an epoch
+    for k in range(6):
+        decay = start + (end - start) * k / (warmup - 1) if k < warmup else end
+        (before, _), (teacher, student) = snapshots[k], snapshots[k + 1]
+        for b, t, s in zip(before, teacher, student):
+            np.testing.assert_allclose(t, decay * b + (1 - decay) * s, rtol=1e-5, atol=1e-6,
+                                       err_msg=f"update {k}: decay {decay}")

@@ -3,7 +3,9 @@ import json
 import keras
 import numpy as np
 import pytest
-from helpers import parity_path, to_numpy
+from helpers import parity_path, require_module, to_numpy
+
+from scipy.stats import norm
 
 from keras_bat.models import BATBackbone
 from keras_bat.training import (
@@ -14,10 +16,13 @@ from keras_bat.training import (
     WarmupCosineDecay,
     average_precision,
     ctc_greedy_decode,
+    d_prime,
     ema_decay_schedule,
     layer_scale,
     mean_average_precision,
+    multilabel_scores,
     paper_adamw,
+    roc_auc,
 )
 
 
@@ -158,6 +163,69 @@ def test_streaming_map_equals_exact_on_binned_scores(average):
     assert float(to_numpy(metric.result())) == pytest.approx(expected, abs=1e-5)
     metric.reset_state()
     assert float(to_numpy(metric.result())) == 0.0
+
+
+def _labels_with_empty_classes(rng, examples=60):
+    """Multi-hot labels of 5 classes: class 1 has no positive, class 3 no negative (as small
+    evaluation sets and AudioSet folds have), and scores with ties."""
+    labels = (rng.uniform(size=(examples, 5)) < 0.3).astype("float32")
+    labels[:, 1], labels[:, 3] = 0.0, 1.0
+    labels[0, 0], labels[1, 0] = 1.0, 0.0  # class 0 has both
+    scores = np.round(rng.normal(size=labels.shape) + labels, 1)  # rounded: tied scores
+    return labels, scores
+
+
+def test_average_precision_and_auc_equal_scikit_learn_with_ties_and_empty_classes():
+    metrics = require_module("sklearn.metrics")
+    labels, scores = _labels_with_empty_classes(np.random.default_rng(31))
+    for c in (0, 2, 3, 4):
+        assert average_precision(labels[:, c], scores[:, c]) == pytest.approx(
+            metrics.average_precision_score(labels[:, c], scores[:, c]), abs=1e-12)
+    for c in (0, 2, 4):
+        assert roc_auc(labels[:, c], scores[:, c]) == pytest.approx(
+            metrics.roc_auc_score(labels[:, c], scores[:, c]), abs=1e-12)
+    assert np.isnan(roc_auc(labels[:, 1], scores[:, 1])) and np.isnan(roc_auc(labels[:, 3], scores[:, 3]))
+    # Macro mAP over the classes with a positive (4 of 5), AUC over those with both kinds (3 of 5).
+    with_positives = [0, 2, 3, 4]
+    expected_map = np.mean([metrics.average_precision_score(labels[:, c], scores[:, c]) for c in with_positives])
+    assert mean_average_precision(labels, scores) == pytest.approx(expected_map, abs=1e-12)
+    results = multilabel_scores(labels, scores)
+    expected_auc = metrics.roc_auc_score(labels[:, [0, 2, 4]], scores[:, [0, 2, 4]], average="macro")
+    assert results["mAP"] == pytest.approx(expected_map, abs=1e-12)
+    assert results["mAUC"] == pytest.approx(expected_auc, abs=1e-12) and results["classes_scored"] == 3
+    assert results["d_prime"] == pytest.approx(np.sqrt(2) * norm.ppf(expected_auc), abs=1e-9)
+
+
+def test_roc_auc_and_d_prime_by_hand():
+    # Positives score 0.9 and 0.5, negatives 0.5 and 0.1: of the 4 pairs 3 are won, 1 tied.
+    assert roc_auc([1, 1, 0, 0], [0.9, 0.5, 0.5, 0.1]) == pytest.approx(3.5 / 4)
+    assert roc_auc([0, 1], [0.9, 0.1]) == 0.0
+    assert d_prime(0.5) == pytest.approx(0.0, abs=1e-12)
+    assert d_prime(0.7602499389065233) == pytest.approx(1.0, abs=1e-9)  # Phi(1 / sqrt(2))
+    assert d_prime(1 - 0.7602499389065233) == pytest.approx(-1.0, abs=1e-9)
+
+
+def test_streaming_map_leaves_out_classes_without_positives():
+    rng = np.random.default_rng(32)
+    labels, _ = _labels_with_empty_classes(rng)
+    bins = rng.integers(0, 50, size=labels.shape)
+    probabilities = (bins + 0.5) / 50  # bin centres: binning loses nothing
+    logits = np.log(probabilities / (1 - probabilities)).astype("float32")
+    metric = MeanAveragePrecision(5, "macro", num_bins=50)
+    for part in np.array_split(np.arange(len(labels)), 3):
+        metric.update_state(labels[part], logits[part])
+    expected = np.mean([average_precision(labels[:, c], probabilities[:, c]) for c in (0, 2, 3, 4)])
+    assert float(to_numpy(metric.result())) == pytest.approx(expected, abs=1e-5)
+    assert mean_average_precision(labels, probabilities) == pytest.approx(expected, abs=1e-9)
+
+
+def test_multilabel_runs_report_d_prime_beside_map():
+    from keras_bat.workflows.probe import task_metrics
+
+    labels, scores = _labels_with_empty_classes(np.random.default_rng(33))
+    reported = task_metrics("multilabel", [None] * len(labels), scores, list(labels), {})
+    assert set(reported) == {"mAP", "mAUC", "d_prime"}
+    assert reported == {k: v for k, v in multilabel_scores(labels, scores).items() if k in reported}
 
 
 def test_logit_f1():

@@ -242,8 +242,16 @@ def _capture_run_backbones(monkeypatch):
 
 
 def test_pretrain_then_probe_the_exported_backbone(tmp_path, monkeypatch):
+    from keras_bat.models import BATPretrainer
+
     out = tmp_path / "ssl"
-    main(["pretrain", "--set", *TINY, f"output_dir={out}"])
+    pretrainers, compile_pretrainer = [], BATPretrainer.compile
+    monkeypatch.setattr(BATPretrainer, "compile", lambda self, *a, **k: (pretrainers.append(self),
+                                                                          compile_pretrainer(self, *a, **k)))
+    settings = {"num_views": 3, "mask_ratio": 0.7, "ema_decay_start": 0.9, "ema_decay_end": 0.95,
+                "ema_warmup_steps": 7}
+    main(["pretrain", "--set", *TINY, f"output_dir={out}", *(f"pretrain.{k}={v}" for k, v in settings.items())])
+    assert {name: getattr(pretrainers[0], name) for name in settings} == settings  # the recipe's settings reach it
     results = json.loads((out / "results.json").read_text())
     assert len(results["history"]["loss"]) == 2 and np.isfinite(results["history"]["loss"]).all()
     assert (out / "backbone" / "config.json").exists() and (out / "backbone" / "model.safetensors").exists()

@@ -79,12 +79,12 @@ RUNS = {
 
 
 @pytest.mark.parametrize("run", sorted(RUNS))
-def test_killed_run_resumes_to_the_same_weights(run, tmp_path):
+def test_killed_run_resumes_to_the_same_weights(run, tmp_path, rng):
     command, settings = RUNS[run]
     args = [command, "--set", *TINY, *_dataset(tmp_path / "data"), *settings]
     main(args + [f"output_dir={tmp_path / 'straight'}"])
     # Backups happen after steps 3, 5 (epoch end), 8, 10 (epoch end), 13, 15, ...: kill between them.
-    kill_after = int(os.environ.get("KILL_AFTER") or np.random.default_rng().choice([7, 11, 12, 14, 17]))
+    kill_after = int(os.environ.get("KILL_AFTER") or rng.choice([7, 11, 12, 14, 17]))
     resumed = tmp_path / "resumed"
     python_path = str(Path(__file__).parent) + os.pathsep + os.environ.get("PYTHONPATH", "")
     environment = dict(os.environ, PYTHONPATH=python_path)

@@ -7,10 +7,13 @@ from keras_bat.training.metrics import (
     MeanAveragePrecision,
     average_precision,
     cross_validation_summary,
+    d_prime,
     error_rates,
     event_based_f1,
     frames_to_events,
     mean_average_precision,
+    multilabel_scores,
+    roc_auc,
 )
 from keras_bat.training.optimizers import ScaledAdamW, layer_scale, paper_adamw
 from keras_bat.training.resume import TrainingBackup, fit_resumable
@@ -19,7 +22,7 @@ from keras_bat.training.schedules import WarmupCosineDecay, ema_decay_schedule
 __all__ = [
     "AsymmetricLoss", "ClassAccuracy", "LogitF1Score", "MeanAveragePrecision", "ScaledAdamW",
     "SoftmaxCrossEntropy", "TrainingBackup", "WarmupCosineDecay", "average_precision",
-    "cross_validation_summary", "ctc_greedy_decode", "ctc_loss", "ema_decay_schedule", "error_rates",
+    "cross_validation_summary", "ctc_greedy_decode", "ctc_loss", "d_prime", "ema_decay_schedule", "error_rates",
     "event_based_f1", "fit_resumable", "frames_to_events", "layer_scale", "mean_average_precision",
-    "paper_adamw",
+    "multilabel_scores", "paper_adamw", "roc_auc",
 ]

@@ -1,4 +1,4 @@
-"""Evaluation metrics: average precision (exact and streaming) and F1 on logits."""
+"""Evaluation metrics: average precision (exact and streaming), ROC AUC and d-prime, F1 on logits."""
 
 import keras
 import numpy as np
@@ -53,6 +53,53 @@ def mean_average_precision(y_true, y_score, average="macro"):
         raise ValueError(f"`average` must be 'macro' or 'micro'. Received: {average!r}")
     scores = [average_precision(y_true[:, c], y_score[:, c]) for c in range(y_true.shape[1])]
     return float(np.nanmean(scores)) if not np.all(np.isnan(scores)) else float("nan")
+
+
+def roc_auc(y_true, y_score):
+    """Area under the ROC curve of one class, exact: the chance that a positive
+    scores above a negative, ties counting one half (the Mann-Whitney
+    statistic, as scikit-learn's `roc_auc_score`).
+
+    Returns:
+        float, or `nan` when the labels hold no positive or no negative.
+    """
+    from scipy.stats import rankdata
+
+    y_true = np.asarray(y_true, dtype="float64").ravel() > 0
+    positives, negatives = int(y_true.sum()), int((~y_true).sum())
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    ranks = rankdata(np.asarray(y_score, dtype="float64").ravel())  # ties share their mean rank
+    return float((ranks[y_true].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def d_prime(auc):
+    """The sensitivity index of an ROC AUC: `sqrt(2) * Phi^-1(auc)` (0 at chance)."""
+    from scipy.stats import norm
+
+    return float(np.sqrt(2.0) * norm.ppf(auc))
+
+
+def multilabel_scores(y_true, y_score):
+    """AudioSet's clip-level metrics: macro mAP, macro ROC AUC and the d-prime
+    of that AUC (the convention of the AudioSet papers), over the classes the
+    labels can score (a class without positives has no AP; without positives
+    or without negatives, no AUC).
+
+    Args:
+        y_true: array `(..., num_classes)` of 0/1 labels.
+        y_score: array of scores (logits or probabilities), same shape.
+
+    Returns:
+        dict with `mAP`, `mAUC`, `d_prime` and `classes_scored` (classes with an AUC).
+    """
+    y_true = np.asarray(y_true).reshape(-1, np.shape(y_true)[-1])
+    y_score = np.asarray(y_score).reshape(y_true.shape)
+    aucs = np.array([roc_auc(y_true[:, c], y_score[:, c]) for c in range(y_true.shape[1])])
+    scored = ~np.isnan(aucs)
+    mean_auc = float(aucs[scored].mean()) if scored.any() else float("nan")
+    return {"mAP": mean_average_precision(y_true, y_score, "macro"), "mAUC": mean_auc,
+            "d_prime": d_prime(mean_auc) if scored.any() else float("nan"), "classes_scored": int(scored.sum())}
 
 
 @keras.saving.register_keras_serializable(package="keras_bat")

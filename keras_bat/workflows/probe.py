@@ -24,7 +24,7 @@ from keras_bat.data.feature_cache import FeatureCache, estimate_bytes
 from keras_bat.data.pipeline import (ClipLoader, SkippedFiles, SkippedFilesLogger, StreamPosition, make_pipeline,
                                      ordered_batches)
 from keras_bat.training.metrics import (cross_validation_summary, error_rates, event_based_f1, frames_to_events,
-                                        mean_average_precision)
+                                        mean_average_precision, multilabel_scores)
 from keras_bat.training.distribution import setup_distribution
 from keras_bat.training.resume import fit_resumable
 from keras_bat.workflows.builders import (augmentation_active, build_classifier, build_run_backbone, build_splits,
@@ -222,7 +222,7 @@ def predict(model, dataset, clip_seconds, batch_size, num_workers=4, skipped=Non
 def evaluate(model, dataset, clip_seconds, batch_size, evaluate_config=None, num_workers=4, skipped=None,
              max_label_length=400):
     """The task's final metrics on `dataset`, computed exactly on all clips:
-    accuracy (multiclass), macro mAP (multilabel), frame-wise micro mAP and
+    accuracy (multiclass), macro mAP, mean ROC AUC and d-prime (multilabel), frame-wise micro mAP and
     event-based onset F1 (frame), WER and CER (ctc)."""
     evaluate_config = evaluate_config or DEFAULTS["evaluate"]
     clips, outputs, targets = predict(model, dataset, clip_seconds, batch_size, num_workers, skipped,
@@ -235,7 +235,8 @@ def task_metrics(task, clips, outputs, targets, evaluate_config):
     if task == "multiclass":
         return {"accuracy": float(np.mean(np.argmax(outputs, -1) == np.array(targets)))}
     if task == "multilabel":
-        return {"mAP": mean_average_precision(np.stack(targets), outputs, "macro")}
+        scores = multilabel_scores(np.stack(targets), outputs)
+        return {name: scores[name] for name in ("mAP", "mAUC", "d_prime")}
     if task == "frame":
         probabilities = 1.0 / (1.0 + np.exp(-outputs))
         estimated = {c.path: frames_to_events(p, threshold=evaluate_config["event_threshold"],

@@ -1,0 +1,233 @@
+"""Plants known bugs in a copy of the project, one at a time, and runs the tests that must catch
+each; reports the survivors (bugs no test caught).
+
+    python tests/mutation_check.py                    # every bug, torch backend
+    python tests/mutation_check.py --backend jax -k attention
+    python tests/mutation_check.py --list
+
+Each bug is a `Mutation`: a piece of source replaced by a plausible mistake. The list is the suite's
+own: every bug a test was written for, and every bug found later, goes here (tests/README.md keeps
+the table). The copy is made once per run (the working tree is never touched); the tests run in it
+with `KERAS_BAT_PARITY_DIR` pointing at the parity fixtures beside this checkout.
+"""
+
+import argparse
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclasses.dataclass
+class Mutation:
+    name: str
+    path: str
+    original: str
+    mutated: str
+    tests: list
+
+
+MUTATIONS = [
+    # --- The attention path the encoders use (key lengths) ---
+    Mutation("key lengths: one key too many", "keras_bat/ops/attention.py",
+             "key_mask = positions[None, :] < ops.cast(key_lengths",
+             "key_mask = positions[None, :] <= ops.cast(key_lengths",
+             ["tests/test_layers_transformer.py"]),
+    Mutation("key lengths counted after the queries' offset", "keras_bat/ops/attention.py",
+             'positions[None, :] < ops.cast(key_lengths, "int32")[:, None]',
+             'positions[None, :] < ops.cast(key_lengths, "int32")[:, None] - key_offset',
+             ["tests/test_layers_transformer.py"]),
+    Mutation("queries in front not counted in the key lengths", "keras_bat/models/encoder_graph.py",
+             "lengths = key_lengths + num_queries", "lengths = key_lengths",
+             ["tests/test_layers_transformer.py"]),
+    Mutation("BEATs attention drops its key lengths", "keras_bat/layers/beats.py",
+             "use_kernels=self.use_kernels, key_lengths=key_lengths)", "use_kernels=self.use_kernels)",
+             ["tests/test_layers_transformer.py"]),
+    # --- Heads in training mode ---
+    Mutation("linear probe: dropout before the norm", "keras_bat/heads/linear.py",
+             "            x = self.norm(x)\n        return self.fc(self.head_dropout(x, training=training))",
+             "            x = self.norm(self.head_dropout(x, training=training))\n        return self.fc(x)",
+             ["tests/test_heads.py::test_heads_in_training_normalise_then_drop_out_then_project"]),
+    Mutation("VQT head: dropout before the norm", "keras_bat/heads/vqt.py",
+             "            x = self.norm(x)\n        return self.fc(self.head_dropout(x, training=training))",
+             "            x = self.norm(self.head_dropout(x, training=training))\n        return self.fc(x)",
+             ["tests/test_heads.py::test_heads_in_training_normalise_then_drop_out_then_project"]),
+    Mutation("ASR head: dropout before the norm", "keras_bat/heads/asr.py",
+             "            x = self.norm(x)\n        logits = self.fc(self.head_dropout(x, training=training))",
+             "            x = self.norm(self.head_dropout(x, training=training))\n        logits = self.fc(x)",
+             ["tests/test_heads.py::test_heads_in_training_normalise_then_drop_out_then_project"]),
+    Mutation("CGP: dropout never active", "keras_bat/heads/prototypes.py",
+             "return self.fc(self.head_dropout(self.similarity_features(features), training=training))",
+             "return self.fc(self.head_dropout(self.similarity_features(features), training=False))",
+             ["tests/test_heads.py::test_heads_in_training_normalise_then_drop_out_then_project"]),
+    Mutation("task model calls its head without the training flag", "keras_bat/models/audio_classifier.py",
+             "            features = {k: ops.stop_gradient(v) for k, v in features.items()}\n"
+             "        return self.head(features, training=training)",
+             "            features = {k: ops.stop_gradient(v) for k, v in features.items()}\n"
+             "        return self.head(features)",
+             ["tests/test_heads.py::test_task_model_runs_the_head_in_training_mode_in_fit"]),
+    # --- Streaming edges ---
+    Mutation("embed: a padded last batch keeps its padding rows", "keras_bat/workflows/embed.py",
+             'features["cls_tokens"])[:count]', 'features["cls_tokens"])',
+             ["tests/test_workflows_embed.py::test_streamed_chunks_equal_the_whole_clip"]),
+    Mutation("embed: the last partial batch of whole chunks dropped", "keras_bat/workflows/embed.py",
+             "        if batch:\n            yield self._run(np.stack(batch))\n\n", "\n",
+             ["tests/test_workflows_embed.py::test_streamed_chunks_equal_the_whole_clip"]),
+    Mutation("evaluation: the last partial batch of clips dropped", "keras_bat/data/pipeline.py",
+             "for start in tqdm(range(0, size, batch_size)",
+             "for start in tqdm(range(0, size - batch_size + 1, batch_size)",
+             ["tests/test_data_feature_cache.py::test_evaluation_batches_cover_every_clip_in_order"]),
+    # --- What the pretrainer applies ---
+    Mutation("pretrainer: the default mask ratio instead of the setting", "keras_bat/models/bat_pretrainer.py",
+             "self.mask_ratio, seed=self.seed_generator)", "0.8, seed=self.seed_generator)",
+             ["tests/test_models_bat_pretrainer.py::test_fit_draws_its_views_and_mask_ratio"]),
+    Mutation("pretrainer: one view per clip", "keras_bat/models/bat_pretrainer.py",
+             "masks = inverse_block_mask(batch * self.num_views,", "masks = inverse_block_mask(batch * 1,",
+             ["tests/test_models_bat_pretrainer.py::test_fit_draws_its_views_and_mask_ratio"]),
+    Mutation("pretrainer: warm-up decay one update too long", "keras_bat/models/bat_pretrainer.py",
+             "return ops.where(step < self.ema_warmup_steps, rising, self.ema_decay_end)",
+             "return ops.where(step <= self.ema_warmup_steps, rising, self.ema_decay_end)",
+             ["tests/test_models_bat_pretrainer.py::test_fit_moves_the_teacher_with_the_scheduled_decay"]),
+    Mutation("pretrainer: the EMA decay of the next update (off by one)", "keras_bat/models/bat_pretrainer.py",
+             'self.ema_decay(ops.cast(iterations_after, "int32") - 1)',
+             'self.ema_decay(ops.cast(iterations_after, "int32"))',
+             ["tests/test_models_bat_pretrainer.py::test_fit_moves_the_teacher_with_the_scheduled_decay"]),
+    Mutation("pretrain recipe: mask ratio not passed on", "keras_bat/workflows/pretrain.py",
+             'mask_ratio=settings["mask_ratio"],', "",
+             ["tests/test_workflows.py::test_pretrain_then_probe_the_exported_backbone"]),
+    # --- Augmentation inside the task model ---
+    Mutation("mixup: labels mixed with the other weight", "keras_bat/data/augment.py",
+             "mixed_labels = mix(labels, weight)", "mixed_labels = mix(labels, 1.0 - weight)",
+             ["tests/test_data_augment.py::test_classifier_trains_on_labels_mixed_with_the_inputs_weights"]),
+    Mutation("task model: trains on the unmixed labels", "keras_bat/models/audio_classifier.py",
+             "x, y = self.augmentation.augment_spectrograms(x, y)",
+             "x, _ = self.augmentation.augment_spectrograms(x, y)",
+             ["tests/test_data_augment.py::test_classifier_trains_on_labels_mixed_with_the_inputs_weights"]),
+    Mutation("spectrogram augmentation: SpecAugment before mixup", "keras_bat/data/augment.py",
+             "        if self.uses_mixup:\n            spectrograms, labels = mixup(",
+             "        spectrograms = spec_augment(spectrograms, self.freq_mask_param, self.time_mask_param,\n"
+             "                                    self.seed_generator, self.mask_repeats)\n"
+             "        if self.uses_mixup:\n            spectrograms, labels = mixup(",
+             ["tests/test_data_augment.py::test_spectrogram_augmentations_run_roll_then_mixup_then_masks"]),
+    # --- Metrics on real label sets ---
+    Mutation("streaming mAP: classes without positives count as 0", "keras_bat/training/metrics.py",
+             "return ops.sum(ap * present) / ops.maximum(ops.sum(present), 1.0)",
+             "return ops.sum(ap * present) / float(ap.shape[0])",
+             ["tests/test_training.py::test_streaming_map_leaves_out_classes_without_positives"]),
+    Mutation("exact mAP: classes without positives count as 0", "keras_bat/training/metrics.py",
+             "return float(np.nanmean(scores)) if", "return float(np.mean(np.nan_to_num(scores))) if",
+             ["tests/test_training.py"]),
+    Mutation("ROC AUC: ties ranked in order instead of shared", "keras_bat/training/metrics.py",
+             'ranks = rankdata(np.asarray(y_score, dtype="float64").ravel())',
+             'ranks = rankdata(np.asarray(y_score, dtype="float64").ravel(), method="ordinal")',
+             ["tests/test_training.py"]),
+    # --- The command line ---
+    Mutation("CLI: any ValueError in keras-bat's code is a user's mistake", "keras_bat/cli.py",
+             'return not isinstance(error, ValueError) or (frames[-1].line or "").startswith("raise")',
+             "return True",
+             ["tests/test_cli.py::test_an_internal_bug_keeps_its_traceback"]),
+    # --- Converters ---
+    Mutation("converter: the attention gate not transposed", "keras_bat/convert/official.py",
+             'params.update(_linear(f"{name}.attn.gate", block.attn.gate))',
+             'params[f"{name}.attn.gate.weight"] = _Param(block.attn.gate.kernel)\n'
+             '        params[f"{name}.attn.gate.bias"] = _Param(block.attn.gate.bias)',
+             ["tests/test_convert_mapping.py"]),
+    Mutation("converter: BEATs query and key projections swapped", "keras_bat/convert/beats.py",
+             'params.update(_linear(f"{name}.self_attn.{projection}", getattr(attn, projection)))',
+             'params.update(_linear(f"{name}.self_attn.{projection}", getattr(attn, '
+             '{"q_proj": "k_proj", "k_proj": "q_proj"}.get(projection, projection))))',
+             ["tests/test_convert_mapping.py"]),
+    Mutation("converter: the LSTM's second bias dropped", "keras_bat/convert/official.py",
+             "to_keras=lambda ih, hh: ih + hh", "to_keras=lambda ih, hh: ih",
+             ["tests/test_convert_mapping.py"]),
+    # --- Earlier bugs (tests/README.md) ---
+    Mutation("decoding: no context before a seek in a compressed stream", "keras_bat/data/audio.py",
+             "SEEK_CONTEXT_FRAMES = 4096", "SEEK_CONTEXT_FRAMES = 0",
+             ["tests/test_data_audio.py::test_long_compressed_files_decode_whole"]),
+    Mutation("no stop_gradient on a frozen backbone's features", "keras_bat/models/audio_classifier.py",
+             "features = {k: ops.stop_gradient(v) for k, v in features.items()}", "pass",
+             ["tests/test_models_audio_classifier.py::test_no_gradient_flows_through_a_frozen_backbone"]),
+]
+
+
+def copy_project(destination):
+    """The files the tests read: the package, its kernels and recipes, the tests."""
+    for name in ("keras_bat", "kernels", "recipes", "tests", "benchmarks", "keras_bat_cli.py", "pyproject.toml",
+                 "README.md"):
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, destination / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif source.exists():
+            shutil.copy2(source, destination / name)
+
+
+def run_tests(copy, tests, backend, timeout):
+    environment = dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=str(copy),
+                       KERAS_BAT_PARITY_DIR=os.environ.get("KERAS_BAT_PARITY_DIR",
+                                                           str(ROOT.parent / "shared" / "parity" / "tiny")))
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+    try:
+        result = subprocess.run(command, cwd=copy, env=environment, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "timeout", ""
+    # pytest: 0 all passed, 1 some failed; anything else (collection or usage errors) is no verdict.
+    return {0: "passed", 1: "failed"}.get(result.returncode, f"error {result.returncode}"), result.stdout[-2000:]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", default="torch", choices=("tensorflow", "jax", "torch"))
+    parser.add_argument("-k", dest="keyword", default="", help="only the bugs whose name contains this")
+    parser.add_argument("--list", action="store_true", help="list the bugs and their tests")
+    parser.add_argument("--timeout", type=int, default=900, help="seconds per test run")
+    args = parser.parse_args()
+    mutations = [m for m in MUTATIONS if args.keyword.lower() in m.name.lower()]
+    if args.list:
+        for m in mutations:
+            print(f"{m.name}\n    {m.path}: {' '.join(m.tests)}")
+        return 0
+    with tempfile.TemporaryDirectory(prefix="keras-bat-mutations-") as folder:
+        copy = Path(folder)
+        copy_project(copy)
+        probe = subprocess.run([sys.executable, "-c", "import keras_bat; print(keras_bat.__file__)"], cwd=copy,
+                               env=dict(os.environ, PYTHONPATH=str(copy)), capture_output=True, text=True)
+        if not probe.stdout.strip().startswith(str(copy)):
+            sys.exit(f"the copy's keras_bat is not the one imported ({probe.stdout.strip() or probe.stderr[-500:]})")
+        tests = sorted({t for m in mutations for t in m.tests})
+        verdict, output = run_tests(copy, tests, args.backend, args.timeout * 3)
+        if verdict != "passed":
+            sys.exit(f"the tests fail without any planted bug ({verdict}):\n{output}")
+        rows = []
+        for m in mutations:
+            path = copy / m.path
+            source = path.read_text()
+            if source.count(m.original) != 1:
+                rows.append((m, "stale", 0.0, f"the original text occurs {source.count(m.original)} times"))
+                continue
+            path.write_text(source.replace(m.original, m.mutated))
+            start = time.time()
+            try:
+                verdict, output = run_tests(copy, m.tests, args.backend, args.timeout)
+            finally:
+                path.write_text(source)
+            result = {"failed": "caught", "passed": "SURVIVED"}.get(verdict, verdict)
+            rows.append((m, result, time.time() - start, ""))
+            print(f"{result:9s} {time.time() - start:6.1f} s  {m.name}", flush=True)
+    print(f"\n| bug | file | tests | result ({args.backend}) |\n|---|---|---|---|")
+    for m, result, _, note in rows:
+        named = ", ".join(f"`{t}`" for t in m.tests)
+        print(f"| {m.name} | `{m.path}` | {named} | {result}{' ' + note if note else ''} |")
+    survivors = [m.name for m, result, _, _ in rows if result != "caught"]
+    print(f"\n{len(rows) - len(survivors)} of {len(rows)} planted bugs caught" +
+          (f"; not caught: {'; '.join(survivors)}" if survivors else ""))
+    return 1 if survivors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
