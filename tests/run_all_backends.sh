@@ -15,7 +15,7 @@ if [ "$workers" -gt 1 ] && python -c "import xdist" 2>/dev/null; then
 fi
 failed=()
 for backend in ${KERAS_BAT_BACKENDS:-tensorflow jax torch}; do
-  echo "=== KERAS_BACKEND=$backend (${#parallel[@]} workers: ${parallel[*]:-none})"
+  echo "=== KERAS_BACKEND=$backend (pytest ${parallel[*]:-in one process})"
   KERAS_BACKEND=$backend python -m pytest -q "${parallel[@]}" "$@" || failed+=("$backend")
 done
 if [ ${#failed[@]} -gt 0 ]; then
