@@ -84,6 +84,7 @@ class AudioClassifier(keras.Model):
         x = self._spectrograms(inputs)
         reads_queries = getattr(self.head, "reads_query_tokens", False)
         if reads_queries:
+            x = ops.convert_to_tensor(x)  # (a NumPy batch beside the tokens would be a mixed nested input)
             x = {"spectrogram": x, "query_tokens": self.head.batch_query_tokens(ops.shape(x)[0])}
         features = self.backbone(x, training=bool(training) and not self.freeze_backbone)
         if self.freeze_backbone and not reads_queries:
