@@ -31,6 +31,7 @@ class Mutation:
     original: str
     mutated: str
     tests: list
+    backend: str = None  # a bug only one backend shows; None: the run's backend
 
 
 MUTATIONS = [
@@ -66,6 +67,10 @@ MUTATIONS = [
              "return self.fc(self.head_dropout(self.similarity_features(features), training=training))",
              "return self.fc(self.head_dropout(self.similarity_features(features), training=False))",
              ["tests/test_heads.py::test_heads_in_training_normalise_then_drop_out_then_project"]),
+    Mutation("task model: a NumPy batch beside the query tokens (JAX refuses the mixed input)",
+             "keras_bat/models/audio_classifier.py",
+             "            x = ops.convert_to_tensor(x)  # (a NumPy batch", "            # (a NumPy batch",
+             ["tests/test_heads.py::test_task_model_runs_the_head_in_training_mode_in_fit"], backend="jax"),
     Mutation("task model calls its head without the training flag", "keras_bat/models/audio_classifier.py",
              "            features = {k: ops.stop_gradient(v) for k, v in features.items()}\n"
              "        return self.head(features, training=training)",
@@ -213,7 +218,7 @@ def main():
             path.write_text(source.replace(m.original, m.mutated))
             start = time.time()
             try:
-                verdict, output = run_tests(copy, m.tests, args.backend, args.timeout)
+                verdict, output = run_tests(copy, m.tests, m.backend or args.backend, args.timeout)
             finally:
                 path.write_text(source)
             result = {"failed": "caught", "passed": "SURVIVED"}.get(verdict, verdict)
@@ -222,7 +227,8 @@ def main():
     print(f"\n| bug | file | tests | result ({args.backend}) |\n|---|---|---|---|")
     for m, result, _, note in rows:
         named = ", ".join(f"`{t}`" for t in m.tests)
-        print(f"| {m.name} | `{m.path}` | {named} | {result}{' ' + note if note else ''} |")
+        backend = f" ({m.backend})" if m.backend else ""
+        print(f"| {m.name} | `{m.path}` | {named} | {result}{backend}{' ' + note if note else ''} |")
     survivors = [m.name for m, result, _, _ in rows if result != "caught"]
     print(f"\n{len(rows) - len(survivors)} of {len(rows)} planted bugs caught" +
           (f"; not caught: {'; '.join(survivors)}" if survivors else ""))
