@@ -12,10 +12,8 @@ if os.environ.get("KERAS_BACKEND") == "torch":
         os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import keras  # noqa: E402
-import pytest  # noqa: E402
-
-
 import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 # Every random draw of the tests comes from this seed (or from a fixed one in the test itself):
 # a failure names it, and setting it reruns the same draws, or other ones.

@@ -181,26 +181,37 @@ def test_beats_every_parameter_lands_where_the_official_code_keeps_it():
     assert_variables_hold(backbone, expected_values(state, BEATS), "BEATs encoder")
 
 
-# Head parameters: official name -> (the head's variable, layout change).
+# Head parameters: official name -> (the head's attribute path to the variable, layout change).
+HEAD_RULES = {
+    "fc.weight": ("fc.kernel", linear), "fc.bias": ("fc.bias", same),
+    "head.weight": ("fc.kernel", linear), "head.bias": ("fc.bias", same),
+    "ln.weight": ("norm.gamma", same), "ln.bias": ("norm.beta", same),
+    "block_attention": ("layer_logits", same),
+    "prototype_vectors": ("prototypes", lambda w: w[:, :, 0, 0]),  # 1 x 1 convolution filters
+    "vqt": ("query_tokens", same),
+    "upsample.weight": ("upsample_kernel", same),  # ConvTranspose1d (in, out, k)
+    "upsample.bias": ("upsample_bias", same),
+}
+
+
 def head_rules(head):
-    rules = {"fc.weight": (lambda h: h.fc.kernel, linear), "fc.bias": (lambda h: h.fc.bias, same),
-             "head.weight": (lambda h: h.fc.kernel, linear), "head.bias": (lambda h: h.fc.bias, same),
-             "ln.weight": (lambda h: h.norm.gamma, same), "ln.bias": (lambda h: h.norm.beta, same),
-             "block_attention": (lambda h: h.layer_logits, same),
-             "prototype_vectors": (lambda h: h.prototypes, lambda w: w[:, :, 0, 0]),  # 1 x 1 convolution filters
-             "vqt": (lambda h: h.query_tokens, same),
-             "upsample.weight": (lambda h: h.upsample_kernel, same),  # ConvTranspose1d (in, out, k)
-             "upsample.bias": (lambda h: h.upsample_bias, same)}
+    rules = dict(HEAD_RULES)
     if isinstance(head, ASRHead):
         for layer in range(head.lstm_layers):
             for suffix, direction in (("", "forward_layer"), ("_reverse", "backward_layer")):
-                cell = (lambda layer, direction: lambda h: getattr(h.lstms[layer], direction).cell)(layer, direction)
-                tag = f"l{layer}{suffix}"
+                cell, tag = f"lstms.{layer}.{direction}.cell", f"l{layer}{suffix}"
                 # torch.nn.LSTM's gates (i, f, g, o) are in Keras' order; its two biases are added.
-                rules[f"lstm.weight_ih_{tag}"] = ((lambda c: lambda h: c(h).kernel)(cell), linear)
-                rules[f"lstm.weight_hh_{tag}"] = ((lambda c: lambda h: c(h).recurrent_kernel)(cell), linear)
-                rules[f"lstm.bias_ih_{tag}"] = ((lambda c: lambda h: c(h).bias)(cell), f"lstm.bias_hh_{tag}")
+                rules[f"lstm.weight_ih_{tag}"] = (f"{cell}.kernel", linear)
+                rules[f"lstm.weight_hh_{tag}"] = (f"{cell}.recurrent_kernel", linear)
+                rules[f"lstm.bias_ih_{tag}"] = (f"{cell}.bias", f"lstm.bias_hh_{tag}")
     return rules
+
+
+def attribute(head, path):
+    """The object at a dotted attribute path of `head` (numbers index lists)."""
+    for part in path.split("."):
+        head = head[int(part)] if part.isdigit() else getattr(head, part)
+    return head
 
 
 HEADS = {
@@ -227,10 +238,11 @@ def test_head_parameters_land_where_the_official_code_keeps_them(name):
     for official_name, value in state.items():
         if official_name == "group_scale" or official_name.startswith("lstm.bias_hh"):
             continue
-        variable, change = rules[official_name]
+        path, change = rules[official_name]
         if isinstance(change, str):  # a second official tensor added to this one
             value, change = value + state[change], same
         expected = value if change is None else change(value)
-        np.testing.assert_array_equal(to_numpy(variable(head)), expected, err_msg=f"{name}: {official_name}")
-        checked.add(id(variable(head)))
+        variable = attribute(head, path)
+        np.testing.assert_array_equal(to_numpy(variable), expected, err_msg=f"{name}: {official_name}")
+        checked.add(id(variable))
     assert checked == {id(v) for v in head.weights}, f"{name}: a variable no official parameter fills"

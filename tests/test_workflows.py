@@ -246,8 +246,12 @@ def test_pretrain_then_probe_the_exported_backbone(tmp_path, monkeypatch):
 
     out = tmp_path / "ssl"
     pretrainers, compile_pretrainer = [], BATPretrainer.compile
-    monkeypatch.setattr(BATPretrainer, "compile", lambda self, *a, **k: (pretrainers.append(self),
-                                                                          compile_pretrainer(self, *a, **k)))
+
+    def compile_and_record(self, *args, **kwargs):
+        pretrainers.append(self)
+        return compile_pretrainer(self, *args, **kwargs)
+
+    monkeypatch.setattr(BATPretrainer, "compile", compile_and_record)
     settings = {"num_views": 3, "mask_ratio": 0.7, "ema_decay_start": 0.9, "ema_decay_end": 0.95,
                 "ema_warmup_steps": 7}
     main(["pretrain", "--set", *TINY, f"output_dir={out}", *(f"pretrain.{k}={v}" for k, v in settings.items())])

@@ -99,7 +99,7 @@ def multilabel_scores(y_true, y_score):
     scored = ~np.isnan(aucs)
     mean_auc = float(aucs[scored].mean()) if scored.any() else float("nan")
     return {"mAP": mean_average_precision(y_true, y_score, "macro"), "mAUC": mean_auc,
-            "d_prime": d_prime(mean_auc) if scored.any() else float("nan"), "classes_scored": int(scored.sum())}
+            "d_prime": d_prime(mean_auc), "classes_scored": int(scored.sum())}
 
 
 @keras.saving.register_keras_serializable(package="keras_bat")
