@@ -54,7 +54,7 @@ def load_model(model_file_path="", encoder=None, preset=DEFAULT_PRESET, layers="
     model = load_model_source(path, encoder=encoder, checkpoint_key=checkpoint_key, architecture=preset)
     embedder = _as_embedder(model, path, layers, scene_pooling)
     embedder.hear_batch_size = int(batch_size)
-    if keras.backend.backend() == "tensorflow":
+    if keras.backend.backend() == "tensorflow":  # the HEAR API's TensorFlow form: a tf.Module
         return _tensorflow_module(embedder)
     return embedder
 

@@ -55,4 +55,4 @@ def test_eat_and_sslam_presets_carry_their_frontend(tmp_path):
     assert BATBackbone.from_preset(str(tmp_path / "sslam")).frontend == "sslam"
     assert isinstance(BATBackbone(dim=64, depth=1, num_heads=4).make_frontend(256), LogMelSpectrogram)
     with pytest.raises(ValueError, match="frontend"):
-        BATBackbone(dim=64, depth=1, num_heads=4, frontend="beats")
+        BATBackbone(dim=64, depth=1, num_heads=4, frontend="mfcc")

@@ -9,7 +9,7 @@ import pytest
 from helpers import IN_CI, to_numpy
 
 from keras_bat import hear
-from keras_bat.convert.official import save_official_weights
+from keras_bat.convert.checkpoints import save_official_weights
 from keras_bat.models import AudioEmbedder, BATBackbone
 
 TINY = {"dim": 32, "depth": 2, "num_heads": 4}

@@ -99,7 +99,7 @@ def test_blocks_on_padded_sequences_equal_blocks_on_the_sequences_alone(case):
 def test_run_blocks_counts_the_queries_in_the_key_lengths(num_queries):
     """`run_blocks` puts each block's queries in front of the tokens: every real token is a key
     (none cut off by the queries in front), no padding is, and the queries are not keys."""
-    from keras_bat.models.encoder_graph import run_blocks
+    from keras_bat.models.backbone import run_blocks
 
     rng = np.random.default_rng(6)
     tokens = rng.normal(size=(2, 7, 16)).astype("float32")
@@ -123,7 +123,7 @@ def test_run_blocks_counts_the_queries_in_the_key_lengths(num_queries):
 
 
 def test_beats_attention_with_key_lengths_ignores_the_padding():
-    from keras_bat.layers.beats import BEATsAttention
+    from keras_bat.models.beats.beats_layers import BEATsAttention
 
     rng = np.random.default_rng(7)
     tokens = rng.normal(size=(3, 9, 16)).astype("float32")

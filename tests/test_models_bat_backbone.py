@@ -7,7 +7,7 @@ from helpers import load_parity, max_abs_error, parity_path, to_numpy
 
 from keras_bat.convert import load_official_weights
 from keras_bat.models import BATBackbone
-from keras_bat.models.encoder_graph import RandomWeightsWarning
+from keras_bat.models.backbone import RandomWeightsWarning
 
 
 @pytest.fixture(scope="module")

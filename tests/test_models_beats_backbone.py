@@ -9,9 +9,9 @@ from helpers import load_parity, max_abs_error, parity_path, require_module, to_
 
 from keras_bat.convert.beats import beats_parameters, load_beats_weights
 from keras_bat.heads import VQTHead
-from keras_bat.layers.beats import relative_position_buckets
-from keras_bat.models.beats_backbone import BEATsBackbone
-from keras_bat.models.encoder_graph import RandomWeightsWarning
+from keras_bat.models.beats.beats_layers import relative_position_buckets
+from keras_bat.models.beats import BEATsBackbone
+from keras_bat.models.backbone import RandomWeightsWarning
 
 TINY = {"dim": 64, "depth": 3, "num_heads": 4, "ffn_dim": 128, "embed_dim": 48, "conv_pos": 16,
         "conv_pos_groups": 4}

@@ -19,3 +19,13 @@ def test_kernels_folder_installs_under_its_import_name():
     assert "gated_attention.py" in modules and sorted(p.name for p in installed.glob("*.py")) == modules
     for name in modules:
         assert (installed / name).read_bytes() == (source / name).read_bytes(), name
+
+
+def test_every_package_folder_is_installed():
+    """pyproject.toml lists the packages explicitly: a new folder (an encoder family) must be on the list."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {".".join(path.parent.relative_to(root).parts) for path in (root / "keras_bat").rglob("__init__.py")}
+    assert folders <= listed, f"packages missing from pyproject.toml: {sorted(folders - listed)}"

@@ -14,7 +14,7 @@ from safetensors.numpy import load_file
 from audio_files import tone, write
 from helpers import parity_path, require_module, shared_path
 from keras_bat.cli import main
-from keras_bat.workflows.config import DEFAULTS, builtin_recipes, load_config, parse_overrides, recipe_variants
+from keras_bat.workflows.config import DEFAULTS, builtin_recipes, load_config, parse_overrides, read_recipe
 
 TINY = ["model.backbone={dim: 32, depth: 2, num_heads: 2}", "model.time_frames=64", "data.clip_seconds=0.64",
         "data.options={splits: {train: 16, test: 8}, clip_seconds: 0.64}", "train.batch_size=4", "train.steps=4",
@@ -47,6 +47,10 @@ def test_builtin_recipes_ship_with_the_package():
     assert builtin_recipes() == ["as20k", "dcase2016_task2", "esc50", "hsn", "librispeech", "scv2", "ssl"]
     with pytest.raises(FileNotFoundError, match="no built-in recipe of that name; built-in recipes: as20k"):
         load_config("esc_50", "cgp")
+
+
+def recipe_variants(name):
+    return sorted(read_recipe(name).get("variants") or {})
 
 
 @pytest.mark.parametrize("name", builtin_recipes())
@@ -234,7 +238,7 @@ def test_event_detection_run_reports_event_f1(tmp_path):
 
 def _capture_run_backbones(monkeypatch):
     """The backbones the probe runs build, as they were built."""
-    import keras_bat.workflows.probe as probe
+    import keras_bat.workflows.probe_plan as probe
 
     built, build = [], probe.build_run_backbone
     monkeypatch.setattr(probe, "build_run_backbone", lambda config: built.append(build(config)) or built[-1])
@@ -378,7 +382,7 @@ def test_bfloat16_runs_and_cached_probes(tmp_path, monkeypatch):
 
 
 def test_finetune_command_trains_the_encoder(tmp_path, monkeypatch):
-    import keras_bat.workflows.probe as probe
+    import keras_bat.workflows.probe_plan as probe
 
     initial, build = [], probe.build_run_backbone
 

@@ -2,14 +2,8 @@
 
 import numpy as np
 
-from keras_bat.convert.official import (
-    _choose_prefix,
-    _layer_norm,
-    _linear,
-    _Param,
-    assign_parameters,
-    read_state_dict,
-)
+from keras_bat.convert.checkpoints import read_state_dict
+from keras_bat.convert.mapping import Param, assign_parameters, choose_prefix, layer_norm, linear
 
 # BEATs keeps one relative-bias table, layer 0's; the state dict repeats it under every layer.
 _BIAS_TABLE = "encoder.layers.{}.self_attn.relative_attention_bias.weight"
@@ -19,27 +13,27 @@ def beats_parameters(backbone):
     """Maps every official BEATs parameter name to its `BEATsBackbone` variable."""
     e, p = backbone.embed_dim, backbone.patch_size
     params = {
-        "patch_embedding.weight": _Param(
+        "patch_embedding.weight": Param(
             backbone.patch_embed.proj.kernel,
             to_keras=lambda w: np.reshape(w, (e, p * p)).T,
             to_official=lambda k: np.reshape(k.T, (e, 1, p, p))),
-        **_layer_norm("layer_norm", backbone.extract_norm),
-        **_linear("post_extract_proj", backbone.post_extract_proj),
-        "encoder.pos_conv.0.weight_g": _Param(backbone.pos_conv.weight_g),
-        "encoder.pos_conv.0.weight_v": _Param(backbone.pos_conv.weight_v),
-        "encoder.pos_conv.0.bias": _Param(backbone.pos_conv.bias),
-        **_layer_norm("encoder.layer_norm", backbone.encoder_norm),
-        _BIAS_TABLE.format(0): _Param(backbone.relative_bias.table),
+        **layer_norm("layer_norm", backbone.extract_norm),
+        **linear("post_extract_proj", backbone.post_extract_proj),
+        "encoder.pos_conv.0.weight_g": Param(backbone.pos_conv.weight_g),
+        "encoder.pos_conv.0.weight_v": Param(backbone.pos_conv.weight_v),
+        "encoder.pos_conv.0.bias": Param(backbone.pos_conv.bias),
+        **layer_norm("encoder.layer_norm", backbone.encoder_norm),
+        _BIAS_TABLE.format(0): Param(backbone.relative_bias.table),
     }
     for i, block in enumerate(backbone.blocks):
         name, attn = f"encoder.layers.{i}", block.self_attn
         for projection in ("q_proj", "k_proj", "v_proj", "out_proj", "grep_linear"):
-            params.update(_linear(f"{name}.self_attn.{projection}", getattr(attn, projection)))
-        params[f"{name}.self_attn.grep_a"] = _Param(attn.grep_a)
-        params.update(_layer_norm(f"{name}.self_attn_layer_norm", block.self_attn_layer_norm))
-        params.update(_linear(f"{name}.fc1", block.fc1))
-        params.update(_linear(f"{name}.fc2", block.fc2))
-        params.update(_layer_norm(f"{name}.final_layer_norm", block.final_layer_norm))
+            params.update(linear(f"{name}.self_attn.{projection}", getattr(attn, projection)))
+        params[f"{name}.self_attn.grep_a"] = Param(attn.grep_a)
+        params.update(layer_norm(f"{name}.self_attn_layer_norm", block.self_attn_layer_norm))
+        params.update(linear(f"{name}.fc1", block.fc1))
+        params.update(linear(f"{name}.fc2", block.fc2))
+        params.update(layer_norm(f"{name}.final_layer_norm", block.final_layer_norm))
     return params
 
 
@@ -65,7 +59,7 @@ def load_beats_weights(backbone, source, prefix=None):
     state = read_state_dict(source)
     expected = beats_parameters(backbone)
     if prefix is None:
-        prefix = _choose_prefix(state, expected)
+        prefix = choose_prefix(state, expected)
     table = state.get(prefix + _BIAS_TABLE.format(0))
     copies = {_BIAS_TABLE.format(i): table for i in range(1, backbone.depth)
               if table is not None and prefix + _BIAS_TABLE.format(i) in state}

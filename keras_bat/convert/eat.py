@@ -7,7 +7,9 @@ under BAT's own names (`blocks.{i}.attn.qkv.weight`, ...), beside keys of
 the pretraining (decoder, EMA state) that the encoder does not use.
 """
 
-from keras_bat.convert.official import _choose_prefix, assign_parameters, backbone_parameters, read_state_dict
+from keras_bat.convert.bat import backbone_parameters
+from keras_bat.convert.checkpoints import read_state_dict
+from keras_bat.convert.mapping import assign_parameters, choose_prefix
 
 _IMAGE = "modality_encoders.IMAGE."
 # BAT name -> fairseq name, for the parameters outside the blocks.
@@ -49,6 +51,6 @@ def load_eat_weights(backbone, source, prefix=None):
     state = read_state_dict(source)
     expected = eat_parameters(backbone)
     if prefix is None:
-        prefix = _choose_prefix(state, expected)
+        prefix = choose_prefix(state, expected)
     assign_parameters(expected, state, prefix, True, "EAT / SSLAM encoder (BATBackbone with use_gate=False)")
     return backbone

@@ -4,7 +4,8 @@ Each head declares its official names (`official_parameters`) and how to read
 its feature shapes off official weights (`official_layers_and_dim`).
 """
 
-from keras_bat.convert.official import assign_parameters, read_state_dict
+from keras_bat.convert.checkpoints import read_state_dict
+from keras_bat.convert.mapping import assign_parameters
 
 
 def head_parameters(head):
@@ -14,7 +15,7 @@ def head_parameters(head):
         head: a built head from `keras_bat.heads`.
 
     Returns:
-        `(params, constants)`: dict `official name -> _Param`, and dict of
+        `(params, constants)`: dict `official name -> Param`, and dict of
         buffers that the official head stores and that must match the
         configuration (Head2Toe's `group_scale`).
     """

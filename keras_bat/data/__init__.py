@@ -7,13 +7,12 @@ from keras_bat.data.augment import (AudioAugmentation, colored_noise, mixup, ran
 from keras_bat.data.datasets import (AudioDataset, CharTokenizer, Clip, audio_files, audioset,
                                      balanced_sampling_weights, birdset, csv_dataset, dcase2016_task2, esc50,
                                      folder_dataset, librispeech, speech_commands)
-from keras_bat.data.feature_cache import FeatureCache
 from keras_bat.data.pipeline import ClipLoader, Sampler, SkippedFiles, SkippedFilesLogger, StreamPosition, make_pipeline
 from keras_bat.data.synthetic import SOUND_CLASSES, synthesize_clip, write_synthetic_dataset
 
 __all__ = [
     "AudioAugmentation", "AudioDataset", "AudioDecodeError", "CharTokenizer", "Clip", "ClipLoader",
-    "FeatureCache", "SOUND_CLASSES", "Sampler", "SkippedFiles", "SkippedFilesLogger", "StreamPosition",
+    "SOUND_CLASSES", "Sampler", "SkippedFiles", "SkippedFilesLogger", "StreamPosition",
     "audio_files", "audio_info", "audioset", "balanced_sampling_weights", "birdset", "colored_noise",
     "csv_dataset", "dcase2016_task2", "esc50", "folder_dataset", "librispeech", "load_audio",
     "make_pipeline", "mixup", "random_gain", "resample", "spec_augment", "speech_commands",

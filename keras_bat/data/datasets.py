@@ -12,6 +12,7 @@ import math
 import os
 import re
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -411,3 +412,93 @@ def _parse_indices(text, source):
         return tuple(sorted(int(v) for v in values))
     except ValueError:
         raise ValueError(f"{source}: cannot read class indices from {text!r}") from None
+
+
+# Registry -----------------------------------------------------------------------------
+
+
+class DatasetReader(NamedTuple):
+    read: Callable  # (root, split_names, fold, **options) -> {split name: AudioDataset}
+    default_root: str | None  # a folder under the run's output folder when `data.root` is not set
+
+
+READERS = {}
+
+
+def register_dataset(name, default_root=None):
+    """Registers the decorated `read(root, split_names, fold=None, **options)` as the dataset a
+    recipe names with `data.dataset=name`. It returns `{split name: AudioDataset}`: the
+    dataset's own splits, or those of `split_names` (the run's `(train_split, eval_split)`)
+    that exist; `fold` is the cross-validation fold of `data.folds`, and `options` are
+    `data.options`. With `default_root`, a run without `data.root` passes that folder
+    under its output folder (a dataset the reader writes itself)."""
+
+    def register(read):
+        if name in READERS:
+            raise ValueError(f"A dataset called {name!r} is registered already.")
+        READERS[name] = DatasetReader(read, default_root)
+        return read
+
+    return register
+
+
+def read_dataset(name, root, split_names, fold=None, output_dir=None, **options):
+    """`{split: AudioDataset}` of the registered dataset `name` (see `register_dataset`);
+    `output_dir` is the run's folder, where a dataset with a `default_root` goes without `root`."""
+    if name not in READERS:
+        raise ValueError(f"Unknown dataset {name!r}; expected one of {sorted(READERS)}.")
+    reader = READERS[name]
+    if root is None and reader.default_root and output_dir is not None:
+        root = str(Path(output_dir) / reader.default_root)
+    if root is None:
+        raise ValueError(f"data.root is not set: point it at your copy of {name!r} "
+                         f"(e.g. --set data.root=/data/{name}).")
+    return reader.read(root, tuple(split_names), fold, **options)
+
+
+@register_dataset("audioset")
+def _read_audioset(root, split_names, fold=None, **options):
+    return audioset(root, **options)
+
+
+@register_dataset("esc50")
+def _read_esc50(root, split_names, fold=None, test_fold=1):
+    return esc50(root, test_fold=fold or test_fold)
+
+
+@register_dataset("speech_commands")
+def _read_speech_commands(root, split_names, fold=None, **options):
+    return speech_commands(root, **options)
+
+
+@register_dataset("birdset")
+def _read_birdset(root, split_names, fold=None, **options):
+    return birdset(root, **options)
+
+
+@register_dataset("dcase2016_task2")
+def _read_dcase2016_task2(root, split_names, fold=None, **options):
+    return dcase2016_task2(root, **options)
+
+
+@register_dataset("librispeech")
+def _read_librispeech(root, split_names, fold=None, **options):
+    # `data.options.splits`: split name -> LibriSpeech folder.
+    folders = options.get("splits", {"train": "train-clean-100", "test": "test-clean"})
+    return {split: librispeech(root, folder) for split, folder in folders.items()}
+
+
+@register_dataset("folder")
+def _read_folder(root, split_names, fold=None):
+    return {split: folder_dataset(Path(root) / split) for split in split_names if (Path(root) / split).is_dir()}
+
+
+@register_dataset("csv")
+def _read_csv_splits(root, split_names, fold=None, **options):
+    return {split: csv_dataset(Path(root) / f"{split}.csv", **options) for split in split_names
+            if (Path(root) / f"{split}.csv").is_file()}
+
+
+@register_dataset("audio_files")
+def _read_audio_files(root, split_names, fold=None, **options):
+    return {split_names[0]: audio_files(root, **options)}

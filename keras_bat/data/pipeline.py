@@ -252,15 +252,15 @@ def make_pipeline(dataset, batch_size, clip_seconds, training=True, engine="tf",
 
 def ordered_batches(loader, batch_size, num_workers=4, skipped=None, desc=None):
     """Batches of a loader's clips in dataset order (fixed clip handling when
-    the loader is not training), decoded by `num_workers` threads; bad files
-    are recorded in `skipped` and left out.
+    the loader is not training), decoded by `num_workers` threads (0: one); bad
+    files are recorded in `skipped` and left out.
 
     Yields:
         `(indices, waveforms (n, samples), targets)` with `n <= batch_size`.
     """
     skipped = skipped if skipped is not None else SkippedFiles()
     size = len(loader.dataset)
-    with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
+    with concurrent.futures.ThreadPoolExecutor(max(1, num_workers)) as pool:
         for start in tqdm(range(0, size, batch_size), desc=desc, disable=desc is None, leave=False):
             indices = range(start, min(start + batch_size, size))
             batch = [(i, example) for i, example in

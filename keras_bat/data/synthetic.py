@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_bat.data.datasets import csv_dataset, dcase2016_task2, register_dataset
+
 SOUND_CLASSES = ("tone", "chirp", "harmonic_stack", "noise_burst", "click_train", "am_tone", "fm_tone",
                  "band_noise")
 
@@ -161,3 +163,13 @@ def write_synthetic_dataset(folder, task="multiclass", splits=None, clip_seconds
             f.write("idx,label\n" + "".join(f"{i},{name}\n" for i, name in enumerate(SOUND_CLASSES)))
     record.write_text(json.dumps({"arguments": arguments, "written": written}))
     return written
+
+
+@register_dataset("synthetic", default_root="synthetic_data")
+def _read_synthetic(root, split_names, fold=None, task="multiclass", **options):
+    """The procedural dataset, written to `root` first (`options`: `write_synthetic_dataset`'s)."""
+    written = write_synthetic_dataset(root, task=task, **options)
+    if task == "frame":
+        return dcase2016_task2(root)
+    return {split: csv_dataset(path, class_names=SOUND_CLASSES, name=f"synthetic/{split}")
+            for split, path in written.items()}

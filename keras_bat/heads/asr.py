@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_bat.convert import mapping
 from keras_bat.heads.base import (HeadContract, LayerGateMixin, check_features, mix_layers, pool_layers,
                                   pooled_patch_summary)
 from keras_bat.layers.dense import Dense
@@ -102,15 +103,14 @@ class ASRHead(HeadContract, LayerGateMixin, keras.layers.Layer):
         return (batch, steps, self.num_classes)
 
     def official_parameters(self):
-        from keras_bat.convert.official import _layer_norm, _linear, _lstm, _Param
-
-        params = {"block_attention": _Param(self.layer_logits), "upsample.weight": _Param(self.upsample_kernel),
-                  "upsample.bias": _Param(self.upsample_bias)}
+        params = {"block_attention": mapping.Param(self.layer_logits),
+                  "upsample.weight": mapping.Param(self.upsample_kernel),
+                  "upsample.bias": mapping.Param(self.upsample_bias)}
         for i, lstm in enumerate(self.lstms):
-            params.update(_lstm("lstm", i, lstm))
-        params.update(_linear("fc", self.fc))
+            params.update(mapping.lstm("lstm", i, lstm))
+        params.update(mapping.linear("fc", self.fc))
         if self.norm is not None:
-            params.update(_layer_norm("ln", self.norm))
+            params.update(mapping.layer_norm("ln", self.norm))
         return params, {}
 
     def official_layers_and_dim(self, shape):

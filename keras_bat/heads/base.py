@@ -3,6 +3,8 @@
 import numpy as np
 from keras import ops
 
+from keras_bat.layers.chunk_merge import WHOLE_CLIP_MERGES
+
 POOLINGS = ("cls", "mean", "frame")
 CLASSIFICATION_TASKS = ("multiclass", "multilabel", "frame")
 
@@ -38,7 +40,7 @@ class HeadContract:
 
         Returns:
             dict `name -> (tensor, merge)`, merged over a clip's chunks by
-            `keras_bat.models.encoder_graph.ChunkSummaries`: `merge` is `"chunk_mean"` (averaged over chunks,
+            `keras_bat.layers.chunk_merge.ChunkSummaries`: `merge` is `"chunk_mean"` (averaged over chunks,
             as the backbone averages class tokens), `"token_mean"` (averaged
             over all the clip's tokens), `"min"`, `"max"`, or an int axis along
             which the chunks' time patches are concatenated. This default keeps
@@ -46,8 +48,6 @@ class HeadContract:
             less where their pooling allows, so that memory does not grow with
             the clip's length.
         """
-        from keras_bat.models.encoder_graph import WHOLE_CLIP_MERGES
-
         return {name: (value, WHOLE_CLIP_MERGES[name]) for name, value in features.items()}
 
     def call_on_summary(self, summary, training=None):
@@ -56,7 +56,7 @@ class HeadContract:
 
     def official_parameters(self):
         """`(params, constants)`: the official code's name of each of the head's
-        variables (`official name -> keras_bat.convert.official._Param`), and
+        variables (`official name -> keras_bat.convert.mapping.Param`), and
         buffers the official head stores that must equal the configuration."""
         raise TypeError(f"No official parameters are known for {type(self).__name__}.")
 

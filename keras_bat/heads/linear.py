@@ -4,6 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_bat.convert import mapping
 from keras_bat.heads.base import (
     HeadContract,
     LayerGateMixin,
@@ -76,13 +77,11 @@ class _LinearProbe(HeadContract, keras.layers.Layer):
         return logits_shape(features_shape, self.pooling, self.num_classes)
 
     def official_parameters(self):
-        from keras_bat.convert.official import _layer_norm, _linear, _Param
-
-        params = _linear("fc", self.fc)
+        params = mapping.linear("fc", self.fc)
         if self.norm is not None:
-            params.update(_layer_norm("ln", self.norm))
+            params.update(mapping.layer_norm("ln", self.norm))
         if isinstance(self, LayerGateMixin):
-            params["block_attention"] = _Param(self.layer_logits)
+            params["block_attention"] = mapping.Param(self.layer_logits)
         return params, {}
 
     def get_config(self):

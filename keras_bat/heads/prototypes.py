@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_bat.convert import mapping
 from keras_bat.heads.base import (
     HeadContract,
     LayerGateMixin,
@@ -54,14 +55,12 @@ class _PrototypeHead(HeadContract, keras.layers.Layer):
         return logits_shape(features_shape, self.pooling, self.num_classes)
 
     def official_parameters(self):
-        from keras_bat.convert.official import _linear, _Param
-
-        params = _linear("fc", self.fc)
+        params = mapping.linear("fc", self.fc)
         # Official prototypes are 1 x 1 convolution filters (P, D, 1, 1).
-        params["prototype_vectors"] = _Param(self.prototypes, to_keras=lambda w: w[:, :, 0, 0],
+        params["prototype_vectors"] = mapping.Param(self.prototypes, to_keras=lambda w: w[:, :, 0, 0],
                                              to_official=lambda w: w[:, :, None, None])
         if isinstance(self, LayerGateMixin):
-            params["block_attention"] = _Param(self.layer_logits)
+            params["block_attention"] = mapping.Param(self.layer_logits)
         return params, {}
 
     def official_layers_and_dim(self, shape):

@@ -5,6 +5,7 @@ import math
 import keras
 from keras import ops
 
+from keras_bat.convert import mapping
 from keras_bat.heads.base import HeadContract, check_features, l2_normalize
 from keras_bat.layers.dense import Dense
 from keras_bat.layers.transformer import seeded_dropout
@@ -103,14 +104,12 @@ class VQTHead(HeadContract, keras.layers.Layer):
         return (features_shape["cls_tokens"][0], self.num_classes)
 
     def official_parameters(self):
-        from keras_bat.convert.official import _layer_norm, _linear, _Param
-
-        params = {"vqt": _Param(self.query_tokens)}
+        params = {"vqt": mapping.Param(self.query_tokens)}
         if self.norm is not None:  # official: Sequential(LayerNorm, Linear)
-            params.update(_layer_norm("head.0", self.norm))
-            params.update(_linear("head.1", self.fc))
+            params.update(mapping.layer_norm("head.0", self.norm))
+            params.update(mapping.linear("head.1", self.fc))
         else:
-            params.update(_linear("head", self.fc))
+            params.update(mapping.linear("head", self.fc))
         return params, {}
 
     def official_layers_and_dim(self, shape):

@@ -119,8 +119,17 @@ def fit_frames(spectrogram, time_frames):
 # Layers -------------------------------------------------------------------------
 
 
-class _Frontend(keras.layers.Layer):
-    """Shared shape logic: waveforms (batch, samples) -> (batch, frames, num_mels)."""
+class Frontend(keras.layers.Layer):
+    """Base of the frontends: waveforms `(batch, samples)` -> float32 `(batch, frames, num_mels)`.
+
+    A frontend sets `sample_rate`, `num_mels`, `hop_length`, `window_length` (samples per
+    frame), `first_frame_center` (samples) and `time_frames` (`None`, or the frames it pads
+    or crops to), and implements `call` and `num_frames(num_samples)`. The streaming
+    methods below let `keras-bat embed` run it a window at a time; their defaults suit a
+    frontend without clip-wide normalisation whose frames depend only on the samples they
+    read (override `window_frames` otherwise). `register_frontend` makes it an encoder's
+    `frontend`.
+    """
 
     def num_frames(self, num_samples):
         raise NotImplementedError
@@ -137,6 +146,10 @@ class _Frontend(keras.layers.Layer):
         return start, start + (num_frames - 1) * self.hop_length + self.window_length
 
     normalises_per_clip = False  # whether `normalise_frames` needs the whole clip's statistics
+
+    def window_frames(self, window):
+        """Frames `(frames, num_mels)` of a window `(samples,)` laid out by `frame_span`."""
+        return self(ops.convert_to_tensor(window, "float32")[None])[0]
 
     def frame_statistics(self, frames):
         """What `normalise_frames` needs of the whole clip, from some of its frames."""
@@ -165,7 +178,7 @@ class _Frontend(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_bat")
-class LogMelSpectrogram(_Frontend):
+class LogMelSpectrogram(Frontend):
     """BAT's frontend: per-clip min-max normalised log-mel spectrogram.
 
     Power STFT (periodic Hann window, centred with reflect padding) -> HTK
@@ -259,28 +272,13 @@ class LogMelSpectrogram(_Frontend):
         return config
 
 
-# The official legacy frontends: Kaldi fbank settings and (mean, std) statistics per encoder family
-# and dataset, as the official BAT code normalises EAT / SSLAM / BEATs inputs.
-_EAT_STATISTICS = {
-    "audioset": (-4.59864076, 4.357353477), "speech_commands": (-9.03415996, 4.57304508),
-    "esc50": (-6.85408831, 5.39770323), "librispeech": (-7.32925959, 4.0610049),
-    "birdset": (-8.5504812, 4.04533479), "dcase": (-10.68592022, 2.06164972),
-}
-LEGACY_FBANK_SETTINGS = {
-    "eat": {"window": "hanning", "remove_mean": True, "waveform_scale": 1.0, "statistics": _EAT_STATISTICS},
-    "sslam": {"window": "hanning", "remove_mean": True, "waveform_scale": 1.0, "statistics": _EAT_STATISTICS},
-    "beats": {"window": "povey", "remove_mean": False, "waveform_scale": 2.0 ** 15, "statistics": {
-        "audioset": (15.41663, 6.55582), "speech_commands": (11.42262215, 5.65233194),
-        "esc50": (11.72161352, 10.60385933), "librispeech": (13.30096596, 4.97074609),
-        "birdset": (11.82694931, 5.40055698), "dcase": (10.01597327, 3.07065857),
-    }},
-}
-EAT_AUDIOSET_MEAN, EAT_AUDIOSET_STD = _EAT_STATISTICS["audioset"]
+# EAT's AudioSet statistics: the defaults of KaldiFbank (the encoder families hold the others).
+EAT_AUDIOSET_MEAN, EAT_AUDIOSET_STD = -4.59864076, 4.357353477
 KALDI_WINDOWS = ("hanning", "povey")
 
 
 @keras.saving.register_keras_serializable(package="keras_bat")
-class KaldiFbank(_Frontend):
+class KaldiFbank(Frontend):
     """Legacy frontend of EAT / SSLAM / BEATs checkpoints: Kaldi log-mel fbank.
 
     Matches Kaldi's `compute-fbank-feats` (as `torchaudio.compliance.kaldi
@@ -361,26 +359,18 @@ class KaldiFbank(_Frontend):
             time_frames: int or `None`, pad or crop to this many frames.
             **kwargs: further `KaldiFbank` arguments.
         """
-        settings = LEGACY_FBANK_SETTINGS.get(str(encoder).lower())
+        legacy = {name: build for name, build in FRONTENDS.items() if isinstance(build, KaldiSettings)}
+        settings = legacy.get(str(encoder).lower())
         if settings is None:
-            raise ValueError(f"No legacy frontend for encoder {encoder!r}; expected one of "
-                             f"{sorted(LEGACY_FBANK_SETTINGS)}.")
-        statistics = settings["statistics"].get(str(dataset).lower())
-        if statistics is None:
-            raise ValueError(f"No {encoder} statistics for dataset {dataset!r}; expected one of "
-                             f"{sorted(settings['statistics'])}.")
-        mean, std = statistics
-        options = {key: settings[key] for key in ("window", "remove_mean", "waveform_scale")}
-        return cls(mean=mean, std=std, time_frames=time_frames, **{**options, **kwargs})
+            raise ValueError(f"No legacy frontend for encoder {encoder!r}; expected one of {sorted(legacy)}.")
+        return settings.frontend(dataset, time_frames, **kwargs)
 
     def num_frames(self, num_samples):
         """Frames produced for `num_samples` samples (Kaldi's snip-edges rule)."""
         return 1 + (num_samples - self.window_length) // self.hop_length
 
-    def window_frames(self, window):
-        """Normalised fbank frames of a window laid out by `frame_span` (each frame removes its
-        own mean, so the clip's mean, which `remove_mean` takes, changes nothing)."""
-        return self(ops.convert_to_tensor(window, "float32")[None])[0]
+    # `window_frames`: the base's. Each frame removes its own mean, so the clip's mean, which
+    # `remove_mean` takes, changes nothing.
 
     def call(self, waveforms):
         _check_waveforms(waveforms, self.window_length, self.__class__.__name__)
@@ -416,3 +406,52 @@ class KaldiFbank(_Frontend):
             "window": self.window, "remove_mean": self.remove_mean, "waveform_scale": self.waveform_scale,
         })
         return config
+
+
+# Registry ---------------------------------------------------------------------------
+# name -> build(num_mels, time_frames, dataset, use_kernels) -> Frontend. Encoders name their
+# frontend (`BATBackbone(frontend=...)`); the encoder families register theirs.
+FRONTENDS = {}
+
+
+def register_frontend(name, build):
+    """Registers the frontend `name`: `build(num_mels, time_frames, dataset, use_kernels)`
+    returns the layer (`dataset` names the statistics a frontend normalises with, where it
+    has any)."""
+    if name in FRONTENDS:
+        raise ValueError(f"A frontend called {name!r} is registered already.")
+    FRONTENDS[name] = build
+
+
+def build_frontend(name, time_frames=None, dataset="audioset", num_mels=128, use_kernels=None):
+    """The registered frontend `name`, padding or cropping to `time_frames` (`None`: all frames)."""
+    if name not in FRONTENDS:
+        raise ValueError(f"Unknown frontend {name!r}; expected one of {sorted(FRONTENDS)}.")
+    return FRONTENDS[name](num_mels=num_mels, time_frames=time_frames, dataset=dataset, use_kernels=use_kernels)
+
+
+def _log_mel(num_mels, time_frames, dataset, use_kernels):
+    return LogMelSpectrogram(num_mels=num_mels, time_frames=time_frames, use_kernels=use_kernels)
+
+
+register_frontend("log_mel", _log_mel)
+
+
+class KaldiSettings:
+    """A legacy Kaldi-fbank frontend of an encoder family (`register_frontend`'s `build`):
+    its `KaldiFbank` options and `dataset -> (mean, std)` statistics."""
+
+    def __init__(self, statistics, window="hanning", remove_mean=True, waveform_scale=1.0):
+        self.statistics = dict(statistics)
+        self.options = {"window": window, "remove_mean": remove_mean, "waveform_scale": waveform_scale}
+
+    def frontend(self, dataset="audioset", time_frames=None, **kwargs):
+        """The `KaldiFbank` normalised with `dataset`'s statistics."""
+        statistics = self.statistics.get(str(dataset).lower())
+        if statistics is None:
+            raise ValueError(f"No statistics for dataset {dataset!r}; expected one of {sorted(self.statistics)}.")
+        mean, std = statistics
+        return KaldiFbank(mean=mean, std=std, time_frames=time_frames, **{**self.options, **kwargs})
+
+    def __call__(self, num_mels, time_frames, dataset, use_kernels):
+        return self.frontend(dataset, time_frames, num_mels=num_mels)

@@ -1,14 +1,19 @@
-"""Keras models of keras-bat."""
+"""Keras models of keras-bat: the encoder families (each in its own folder, registering its
+encoders, presets and frontends on import) and the task models built on them."""
 
+from keras_bat.models.backbone import EncoderModel, RandomWeightsWarning, encode_in_chunks
+from keras_bat.models.bat import BATBackbone, BATPretrainer
+from keras_bat.models.beats import BEATsBackbone
 from keras_bat.models.audio_classifier import AudioClassifier
 from keras_bat.models.audio_embedder import AudioEmbedder
-from keras_bat.models.bat_backbone import BATBackbone
-from keras_bat.models.bat_pretrainer import BATPretrainer
-from keras_bat.models.beats_backbone import BEATsBackbone
-from keras_bat.models.encoder_graph import RandomWeightsWarning, encode_in_chunks
-from keras_bat.models.presets import BACKBONE_PRESETS, BEATS_PRESETS
+from keras_bat.models.encoders import ENCODERS, get_encoder, register_encoder
+
+# The built-in presets of each backbone class (name -> description, config, encoder, loader).
+BACKBONE_PRESETS = BATBackbone.builtin_presets
+BEATS_PRESETS = BEATsBackbone.builtin_presets
 
 __all__ = [
     "AudioClassifier", "AudioEmbedder", "BACKBONE_PRESETS", "BATBackbone", "BATPretrainer", "BEATS_PRESETS",
-    "BEATsBackbone", "RandomWeightsWarning", "encode_in_chunks",
+    "BEATsBackbone", "ENCODERS", "EncoderModel", "RandomWeightsWarning", "encode_in_chunks", "get_encoder",
+    "register_encoder",
 ]

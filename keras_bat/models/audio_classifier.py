@@ -7,7 +7,8 @@ import numpy as np
 from keras import ops
 
 from keras_bat.heads.base import CLASSIFICATION_TASKS
-from keras_bat.models.encoder_graph import ChunkSummaries, encode_in_chunks
+from keras_bat.layers.chunk_merge import ChunkSummaries
+from keras_bat.models.backbone import encode_in_chunks
 from keras_bat.ops import no_gradients
 from keras_bat.training.losses import AsymmetricLoss, SoftmaxCrossEntropy, add_layer_losses, ctc_loss
 from keras_bat.training.metrics import ClassAccuracy, LogitF1Score, MeanAveragePrecision
@@ -138,6 +139,7 @@ class AudioClassifier(keras.Model):
     def train_step(self, *args):
         if self.augmentation is None:
             return super().train_step(*args)
+        # A backend branch outside ops/: Keras' JAX trainer hands train_step the state explicitly.
         if keras.backend.backend() != "jax":
             return super().train_step(self._augment(args[0]))
         # JAX: the augmentation's random state is part of the functional state.

@@ -1,17 +1,13 @@
-"""The encoders a recipe names with `model.encoder`: each one's backbone class,
-the constructor arguments that make it that encoder, and its checkpoint loader.
-A new encoder is one entry here (and its backbone module)."""
+"""The encoders a recipe names with `model.encoder`: each one's backbone class, the
+constructor arguments that make it that encoder, its checkpoint loader and presets.
+Each encoder family registers its own (`keras_bat/models/<family>/__init__.py`)."""
 
 import inspect
 import os
 from typing import Callable, NamedTuple
 
-from keras_bat.convert.beats import load_beats_weights
-from keras_bat.convert.eat import load_eat_weights
-from keras_bat.convert.official import CONFIG_FILE, load_official_weights, read_state_dict
-from keras_bat.models.bat_backbone import BATBackbone
-from keras_bat.models.beats_backbone import BEATsBackbone
-from keras_bat.models.encoder_graph import EncoderModel
+from keras_bat.convert.checkpoints import CONFIG_FILE, read_state_dict
+from keras_bat.models.backbone import EncoderModel
 
 
 class Encoder(NamedTuple):
@@ -20,16 +16,36 @@ class Encoder(NamedTuple):
     load_weights: Callable  # (backbone, checkpoint) -> backbone
 
 
-ENCODERS = {
-    "bat": Encoder(BATBackbone, {}, load_official_weights),
-    "eat": Encoder(BATBackbone, {"use_gate": False, "frontend": "eat"}, load_eat_weights),
-    "sslam": Encoder(BATBackbone, {"use_gate": False, "frontend": "sslam"}, load_eat_weights),
-    "beats": Encoder(BEATsBackbone, {}, load_beats_weights),
-}
+ENCODERS = {}
+
+
+def register_encoder(name, backbone_class, load_weights, fixed_arguments=None, presets=None):
+    """Registers the encoder `name` (a recipe's `model.encoder`).
+
+    Args:
+        name: str, the encoder's name.
+        backbone_class: the `EncoderModel` subclass that builds it.
+        load_weights: `(backbone, checkpoint) -> backbone`, the loader of its
+            official checkpoints.
+        fixed_arguments: dict, constructor arguments that make the class this
+            encoder (e.g. `{"use_gate": False, "frontend": "eat"}`).
+        presets: dict `preset name -> {"description", "config"}`; the class's
+            `from_preset` builds them with the fixed arguments added.
+    """
+    if name in ENCODERS:
+        raise ValueError(f"An encoder called {name!r} is registered already.")
+    fixed_arguments = dict(fixed_arguments or {})
+    ENCODERS[name] = Encoder(backbone_class, fixed_arguments, load_weights)
+    # Each class keeps its own table (not its base class's).
+    backbone_class.builtin_presets = dict(backbone_class.__dict__.get("builtin_presets", {}))
+    for preset, entry in (presets or {}).items():
+        backbone_class.builtin_presets[preset] = {
+            "description": entry["description"], "config": {**entry["config"], **fixed_arguments},
+            "encoder": name, "weights_loader": load_weights.__name__}
 
 
 def get_encoder(name):
-    """The `Encoder` entry of `name` (`bat`, `eat`, `sslam` or `beats`)."""
+    """The `Encoder` entry of `name` (`bat`, `eat`, `sslam`, `beats` or one registered since)."""
     if name not in ENCODERS:
         raise ValueError(f"Unknown encoder {name!r}; expected one of {sorted(ENCODERS)}.")
     return ENCODERS[name]
@@ -61,13 +77,15 @@ def build_encoder(name, spec, weights=None, checkpoint_key=None, **overrides):
 
 
 def encoder_name(backbone_class, config):
-    """The encoder (`bat`, `eat`, `sslam`, `beats`) a backbone class and config make."""
-    for name, encoder in ENCODERS.items():
-        fixed = encoder.fixed_arguments
-        if encoder.backbone_class is backbone_class and all(
-                config.get(key, _default(backbone_class, key)) == value for key, value in fixed.items()):
-            return name
-    raise ValueError(f"No encoder matches a {backbone_class.__name__} with config {config}.")
+    """The encoder (`bat`, `eat`, `sslam`, `beats`, ...) a backbone class and config make: of
+    those the config fits, the one with the most fixed arguments (EAT before plain BAT)."""
+    fitting = [(len(encoder.fixed_arguments), name) for name, encoder in ENCODERS.items()
+               if encoder.backbone_class is backbone_class and all(
+                   config.get(key, _default(backbone_class, key)) == value
+                   for key, value in encoder.fixed_arguments.items())]
+    if not fitting:
+        raise ValueError(f"No encoder matches a {backbone_class.__name__} with config {config}.")
+    return max(fitting)[1]
 
 
 def preset_directory_class(directory):

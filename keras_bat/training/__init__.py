@@ -17,12 +17,12 @@ from keras_bat.training.metrics import (
 )
 from keras_bat.training.optimizers import ScaledAdamW, layer_scale, paper_adamw
 from keras_bat.training.resume import TrainingBackup, fit_resumable
-from keras_bat.training.schedules import WarmupCosineDecay, ema_decay_schedule
+from keras_bat.training.schedules import WarmupCosineDecay
 
 __all__ = [
     "AsymmetricLoss", "ClassAccuracy", "LogitF1Score", "MeanAveragePrecision", "ScaledAdamW",
     "SoftmaxCrossEntropy", "TrainingBackup", "WarmupCosineDecay", "average_precision",
-    "cross_validation_summary", "ctc_greedy_decode", "ctc_loss", "d_prime", "ema_decay_schedule", "error_rates",
+    "cross_validation_summary", "ctc_greedy_decode", "ctc_loss", "d_prime", "error_rates",
     "event_based_f1", "fit_resumable", "frames_to_events", "layer_scale", "mean_average_precision",
     "multilabel_scores", "paper_adamw", "roc_auc",
 ]

@@ -4,16 +4,15 @@ import re
 
 import keras
 
+from keras_bat.ops.keras_internals import adam_moments, uses_weight_decay, variable_index
+from keras_bat.ops.optimizer_updates import adam_update_in_place, scale_in_place, updates_in_place
+
 # Variables never decayed in probing (besides every 1-D variable).
 PROBE_NO_DECAY = ("layer_logits", "prototypes", "query_tokens", "cls_token", "pos_embed")
 # Variables never decayed in finetuning (besides every 1-D variable).
 FINETUNE_NO_DECAY = ("cls_token", "pos_embed")
 _BLOCK = re.compile(r"blocks_(\d+)/")
 _EMBEDDINGS = ("patch_embed/", "chunk_tokens/")
-
-
-def _name(variable):
-    return variable.path.rsplit("/", 1)[-1]
 
 
 def layer_scale(variable, depth, decay):
@@ -61,58 +60,38 @@ class ScaledAdamW(keras.optimizers.AdamW):
         self.depth = depth
 
     def build(self, var_list):
+        # Keras matches `var_names` as regular expressions against each variable's name.
+        self.exclude_from_weight_decay(var_list=[v for v in var_list if len(v.shape) <= 1],
+                                       var_names=[f"^{re.escape(name)}$" for name in self.no_decay_names])
         super().build(var_list)
         # Per-variable scales by index: backends may hand update_step their raw variables.
         self._lr_scales = [1.0 if self.layer_decay is None else layer_scale(v, self.depth, self.layer_decay)
                            for v in var_list]
 
     def _scale(self, variable, learning_rate):
-        scale = self._lr_scales[self._get_variable_index(variable)]
+        scale = self._lr_scales[variable_index(self, variable)]
         return learning_rate if scale == 1.0 else learning_rate * scale
-
-    def _use_weight_decay(self, variable):
-        if len(variable.shape) <= 1 or _name(variable) in self.no_decay_names:
-            return False
-        return super()._use_weight_decay(variable)
 
     def update_step(self, gradient, variable, learning_rate):
         learning_rate = self._scale(variable, learning_rate)
-        if keras.backend.backend() != "torch" or self.amsgrad:
+        if not updates_in_place() or self.amsgrad:
             return super().update_step(gradient, variable, learning_rate)
-        self._update_in_place(gradient, variable, learning_rate)
-
-    def _update_in_place(self, gradient, variable, learning_rate):
-        """Keras' Adam step, the same formulas, as in-place torch operations on
-        the variables' tensors: a few passes over each variable instead of a
-        new tensor per operation (the torch backend runs the step eagerly)."""
-        import torch
-
         dtype = variable.dtype
         step = keras.ops.cast(self.iterations + 1, dtype)
         alpha = (keras.ops.cast(learning_rate, dtype) * keras.ops.sqrt(1 - keras.ops.power(self.beta_2, step))
                  / (1 - keras.ops.power(self.beta_1, step)))
-        index = self._get_variable_index(variable)
-        m, v = self._momentums[index].value, self._velocities[index].value
-        gradient = keras.ops.cast(gradient, dtype)
-        with torch.no_grad():
-            m.lerp_(gradient, 1 - self.beta_1)  # m + (g - m) (1 - beta_1)
-            v.mul_(self.beta_2).addcmul_(gradient, gradient, value=1 - self.beta_2)  # v + (g**2 - v) (1 - beta_2)
-            update = v.sqrt().add_(self.epsilon)  # the one temporary
-            torch.div(m, update, out=update)
-            variable.value.sub_(update.mul_(alpha))  # alpha m / (sqrt(v) + epsilon)
+        adam_update_in_place(variable, keras.ops.cast(gradient, dtype), *adam_moments(self, variable), alpha,
+                             self.beta_1, self.beta_2, self.epsilon)
 
-    def _apply_weight_decay(self, variables):
+    def _apply_weight_decay(self, variables):  # a private hook: see keras_bat.ops.keras_internals
         if self.weight_decay is None:
             return
         for variable in variables:
-            if self._use_weight_decay(variable):
+            if uses_weight_decay(self, variable):
                 lr = keras.ops.cast(self._scale(variable, self.learning_rate), variable.dtype)
                 wd = keras.ops.cast(self.weight_decay, variable.dtype)
-                if keras.backend.backend() == "torch":  # in place: one pass over the variable
-                    import torch
-
-                    with torch.no_grad():
-                        variable.value.mul_(1 - wd * lr)
+                if updates_in_place():
+                    scale_in_place(variable, 1 - wd * lr)
                 else:
                     variable.assign(variable - variable * wd * lr)
 

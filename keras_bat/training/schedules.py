@@ -3,7 +3,6 @@
 import math
 
 import keras
-import numpy as np
 from keras import ops
 
 
@@ -42,17 +41,3 @@ class WarmupCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
     def get_config(self):
         return {"base_lr": self.base_lr, "warmup_steps": self.warmup_steps,
                 "total_steps": self.total_steps, "min_lr": self.min_lr}
-
-
-def ema_decay_schedule(decay_start=0.9998, decay_end=0.99999, warmup_steps=100000):
-    """Teacher EMA decay per step: linear from start to end over the warmup, then constant.
-
-    Returns:
-        A function `step -> decay` (float32 values, as the reference).
-    """
-    decays = np.linspace(decay_start, decay_end, warmup_steps, dtype="float32")
-
-    def decay(step):
-        return float(decays[step]) if step < warmup_steps else float(decay_end)
-
-    return decay

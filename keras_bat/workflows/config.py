@@ -265,7 +265,7 @@ def load_config(path=None, variant=None, overrides=None, base=None):
         config = merge(config, DEMO_CONFIG)
         variants = {}
     else:
-        recipe = _read_recipe(path)
+        recipe = read_recipe(path)
         unknown = set(recipe) - {"base", "variants", "description"}
         if unknown:
             raise ValueError(f"{path}: top-level keys must be base, variants, description; got {sorted(unknown)}")
@@ -289,7 +289,7 @@ def builtin_recipes():
     return sorted(entry.name[:-len(".yaml")] for entry in folder.iterdir() if entry.name.endswith(".yaml"))
 
 
-def _read_recipe(path):
+def read_recipe(path):
     """The parsed YAML of a recipe file, or of the built-in recipe of that name."""
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
@@ -301,6 +301,3 @@ def _read_recipe(path):
     text = (importlib.resources.files("keras_bat.workflows") / "configs" / f"{name}.yaml").read_text("utf-8")
     return yaml.safe_load(text) or {}
 
-
-def recipe_variants(path):
-    return sorted(_read_recipe(path).get("variants") or {})

@@ -18,7 +18,7 @@ import numpy as np
 from keras_bat.data.audio import SAMPLE_RATE, AudioDecodeError, audio_info, load_window
 from keras_bat.data.datasets import audio_files
 from keras_bat.layers.patching import whole_patch_frames
-from keras_bat.models.encoder_graph import encode_chunk
+from keras_bat.models.backbone import encode_chunk
 from keras_bat.workflows.builders import build_backbone
 from keras_bat.workflows.run_folder import RunFolder, digest, file_fingerprint, write_json_atomically
 

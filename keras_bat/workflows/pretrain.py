@@ -12,7 +12,7 @@ import yaml
 from keras_bat.data.pipeline import SkippedFiles, StreamPosition, make_pipeline
 from keras_bat.training.distribution import setup_distribution
 from keras_bat.training.resume import fit_resumable
-from keras_bat.workflows.builders import build_splits, split
+from keras_bat.workflows.builders import build_splits, require_split
 from keras_bat.workflows.probe import backup_options, run_callbacks, write_skipped
 
 
@@ -30,7 +30,7 @@ def run_pretrain(config):
     keras.utils.set_random_seed(config["seed"])
     data, model, settings = config["data"], config["model"], config["pretrain"]
     setup_distribution(config["distribution"], {"pretrain.batch_size": settings["batch_size"]})
-    dataset = split(build_splits(data, output_dir), data["train_split"], "training")
+    dataset = require_split(build_splits(data, output_dir), data["train_split"], "training")
     spec = model["backbone"]
     encoder = dict(spec) if isinstance(spec, dict) else BATBackbone.preset_config(spec)
     encoder = {k: v for k, v in encoder.items() if k not in ("name", "trainable", "dtype")}

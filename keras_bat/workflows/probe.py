@@ -20,16 +20,16 @@ import numpy as np
 import yaml
 
 from keras_bat.data.datasets import CharTokenizer, balanced_sampling_weights
-from keras_bat.data.feature_cache import FeatureCache, estimate_bytes
 from keras_bat.data.pipeline import (ClipLoader, SkippedFiles, SkippedFilesLogger, StreamPosition, make_pipeline,
                                      ordered_batches)
 from keras_bat.training.metrics import (cross_validation_summary, error_rates, event_based_f1, frames_to_events,
                                         mean_average_precision, multilabel_scores)
 from keras_bat.training.distribution import setup_distribution
 from keras_bat.training.resume import fit_resumable
-from keras_bat.workflows.builders import (augmentation_active, build_classifier, build_run_backbone, build_splits,
-                                          cache_tokens, run_frontend, save_task_preset, split)
+from keras_bat.workflows.builders import build_classifier, save_task_preset
 from keras_bat.workflows.config import DEFAULTS
+from keras_bat.workflows.feature_cache import FeatureCache
+from keras_bat.workflows.probe_plan import feature_cache_mode, plan_probe
 
 
 def run_probe(config):
@@ -69,17 +69,14 @@ def train_and_evaluate(config, run_dir, fold=None):
     keras.utils.set_random_seed(config["seed"])
     data, train = config["data"], config["train"]
     setup_distribution(config["distribution"], {"train.batch_size": train["batch_size"]})
-    splits = build_splits(data, config["output_dir"], fold)
-    train_set = split(splits, data["train_split"], "training")
-    eval_set = split(splits, data["eval_split"], "evaluation")
+    plan = plan_probe(config, run_dir, fold)
+    train_set, eval_set, backbone = plan.train_set, plan.eval_set, plan.backbone
     skipped = SkippedFiles()
     epochs = max(1, -(-train["steps"] // train["steps_per_epoch"]))
     eval_batch_size = train["eval_batch_size"] or train["batch_size"]
-    backbone = build_run_backbone(config)
-    caches = feature_caches(config, run_dir, train_set, eval_set, skipped, backbone)
-    if caches is not None:  # the encoder ran once per clip; train the head alone
-        train_cache, eval_cache = caches
-        model = build_classifier(config, train_set, backbone=backbone, cached=True)
+    if plan.uses_feature_cache:  # the encoder runs once per clip; train the head alone
+        train_cache, eval_cache = feature_caches(plan, config, skipped)
+        model = build_classifier(config, train_set, backbone, plan.frontend, cache_tokens=plan.cache_tokens)
 
         def train_data(position):  # the cache's stream counts batches
             return (train_cache.dataset(train["batch_size"], steps_per_epoch=train["steps_per_epoch"],
@@ -94,7 +91,9 @@ def train_and_evaluate(config, run_dir, fold=None):
         metrics = task_metrics(eval_set.task, clips, np.asarray(outputs), list(eval_cache.targets),
                                config["evaluate"])
     else:
-        model = build_classifier(config, train_set, backbone=backbone)
+        if feature_cache_mode(train) == "auto":
+            print(f"feature cache off: {'; '.join(plan.no_cache_reasons)}.")
+        model = build_classifier(config, train_set, backbone, plan.frontend)
         weights = (balanced_sampling_weights(train_set, data["balanced_sampling"])
                    if data["balanced_sampling"] else None)
         pipeline_args = dict(clip_seconds=data["clip_seconds"], engine=data["engine"],
@@ -116,58 +115,25 @@ def train_and_evaluate(config, run_dir, fold=None):
                            data["num_workers"], skipped, data["max_label_length"])
     plot = save_layer_gate_plot(model.head, run_dir / "layer_weights.png")
     write_skipped(skipped, run_dir / "skipped_files.txt")
-    preset = save_task_preset(config, model, backbone, train_set, run_dir / "preset")
+    preset = save_task_preset(model, backbone, plan.frontend, train_set, run_dir / "preset")
     return {"metrics": metrics, "train_clips": len(train_set), "eval_clips": len(eval_set), "preset": preset,
-            "feature_cache": caches is not None,
+            "feature_cache": plan.uses_feature_cache, "feature_cache_off_because": list(plan.no_cache_reasons),
             "skipped_files": skipped.counts(), "layer_weights_plot": plot,
             "layer_weights": _layer_weights(model.head),
             "history": history}
 
 
-def feature_caches(config, run_dir, train_set, eval_set, skipped, backbone):
-    """`(train_cache, eval_cache)` of the frozen `backbone`'s features when the
-    run can use them (`train.feature_cache`: auto | on | off), else `None`.
-
-    A probe can use the cache when the encoder is frozen and nothing random
-    happens before it (no augmentation, training noise or class-balanced
-    sampling), the head is not VQT and the task not CTC; `auto` also needs the
-    estimated size within `train.cache_budget_gb`.
-    """
-    train, data, head = config["train"], config["data"], config["head"]
-    mode = {True: "on", False: "off"}.get(train["feature_cache"], train["feature_cache"])  # YAML reads on/off as bools
-    if mode not in ("auto", "on", "off"):
-        raise ValueError(f"train.feature_cache must be auto, on or off. Received: {mode!r}")
-    if mode == "off":
-        return None
-    obstacles = [why for why, present in (
-        ("finetuning trains the encoder", train["finetune"]),
-        ("augmentations run before the encoder", augmentation_active(config["augment"])),
-        ("training noise is added to the waveforms", data["noise_std"] > 0),
-        ("class-balanced sampling", bool(data["balanced_sampling"])),
-        (f"{head['type']} heads run inside the encoder", cache_tokens(head, train_set.task) is None),
-        ("CTC targets", train_set.task == "ctc")) if present]
-    if obstacles:
-        if mode == "on":
-            raise ValueError(f"train.feature_cache=on, but the cache cannot serve this run: {'; '.join(obstacles)}.")
-        return None
-    time_frames = config["model"]["time_frames"]
-    tokens = cache_tokens(head, train_set.task)
-    size = estimate_bytes(len(train_set) + len(eval_set), backbone, time_frames, tokens)
-    if size > train["cache_budget_gb"] * 1e9:
-        message = (f"feature cache of {size / 1e9:.1f} GB exceeds train.cache_budget_gb="
-                   f"{train['cache_budget_gb']}")
-        if mode == "on":
-            raise ValueError(message + "; raise the budget or set train.feature_cache=off.")
-        print(message + ": probing through the encoder instead.")
-        return None
-    folder = Path(train["cache_dir"] or run_dir / "feature_cache")
-    frontend = run_frontend(config, backbone)
-    print(f"feature cache: {size / 1e9:.2f} GB of {tokens} tokens in {folder} "
+def feature_caches(plan, config, skipped):
+    """`(train_cache, eval_cache)`: the frozen backbone's features of the plan's data sets,
+    opened, or built on the first run."""
+    train, data = config["train"], config["data"]
+    print(f"feature cache: {plan.cache_bytes / 1e9:.2f} GB of {plan.cache_tokens} tokens in {plan.cache_folder} "
           f"(one fixed crop per clip: the evaluation clip handling)")
     options = dict(budget_gb=train["cache_budget_gb"], batch_size=train["eval_batch_size"] or train["batch_size"],
                    num_workers=data["num_workers"], skipped=skipped)
-    return tuple(FeatureCache.open_or_build(folder / name, backbone, frontend, dataset, data["clip_seconds"], tokens,
-                                            **options) for name, dataset in (("train", train_set), ("eval", eval_set)))
+    return tuple(FeatureCache.open_or_build(plan.cache_folder / name, plan.backbone, plan.frontend, dataset,
+                                            data["clip_seconds"], plan.cache_tokens, **options)
+                 for name, dataset in (("train", plan.train_set), ("eval", plan.eval_set)))
 
 
 def run_callbacks(run_dir, skipped):

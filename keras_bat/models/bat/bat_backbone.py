@@ -3,14 +3,11 @@
 import keras
 from keras import ops
 
-from keras_bat.convert.official import backbone_parameters, checkpoint_time_patches, load_official_weights
-from keras_bat.layers.frontend import KaldiFbank, LogMelSpectrogram
+from keras_bat.convert.bat import backbone_parameters, checkpoint_time_patches, load_official_weights
+from keras_bat.layers.frontend import FRONTENDS
 from keras_bat.layers.patching import ChunkTokens, MergeChunks, PatchEmbedding
 from keras_bat.layers.transformer import TransformerBlock
-from keras_bat.models.encoder_graph import EncoderModel, encoder_inputs, run_blocks
-from keras_bat.models.presets import BACKBONE_PRESETS
-
-FRONTENDS = ("log_mel", "eat", "sslam")
+from keras_bat.models.backbone import EncoderModel, encoder_inputs, run_blocks
 
 
 @keras.saving.register_keras_serializable(package="keras_bat")
@@ -53,8 +50,9 @@ class BATBackbone(EncoderModel):
             excluded from the attention keys. Defaults to `False`.
         use_kernels: `None`, `True` or `False`: the fused attention kernel
             switch, see `keras_bat.ops.gated_attention`. Defaults to `None`.
-        frontend: str, the frontend the encoder was trained with: `"log_mel"`
-            (BAT, `LogMelSpectrogram`), or `"eat"` / `"sslam"` (the legacy
+        frontend: str, the registered frontend the encoder was trained with
+            (`keras_bat.layers.FRONTENDS`): `"log_mel"` (BAT,
+            `LogMelSpectrogram`), or `"eat"` / `"sslam"` (the legacy
             `KaldiFbank` of those checkpoints); see `make_frontend`.
             Defaults to `"log_mel"`.
         dtype: dtype policy of the layers, e.g. `"mixed_bfloat16"`.
@@ -85,7 +83,7 @@ class BATBackbone(EncoderModel):
         if depth < 1:
             raise ValueError(f"`depth` must be at least 1. Received: {depth}")
         if frontend not in FRONTENDS:
-            raise ValueError(f"`frontend` must be one of {FRONTENDS}. Received: {frontend!r}")
+            raise ValueError(f"`frontend` must be one of {sorted(FRONTENDS)}. Received: {frontend!r}")
         # === Layers ===
         freq_patches = num_mels // patch_size
         patch_embed = PatchEmbedding(dim, patch_size, num_mels, dtype=dtype, name="patch_embed")
@@ -143,20 +141,6 @@ class BATBackbone(EncoderModel):
         self.use_kernels = use_kernels
         self.frontend = frontend
 
-    def make_frontend(self, time_frames=None, dataset="audioset"):
-        """The frontend this encoder reads: waveforms -> its spectrogram.
-
-        Args:
-            time_frames: int or `None`, pad or crop to this many frames.
-            dataset: str, whose normalisation statistics a legacy Kaldi-fbank
-                frontend uses (see `KaldiFbank.for_encoder`); BAT's log-mel
-                frontend normalises each clip and ignores it. Defaults to
-                `"audioset"`.
-        """
-        if self.frontend == "log_mel":
-            return LogMelSpectrogram(num_mels=self.num_mels, time_frames=time_frames, use_kernels=self.use_kernels)
-        return KaldiFbank.for_encoder(self.frontend, dataset, time_frames=time_frames, num_mels=self.num_mels)
-
     def get_config(self):
         return {
             "name": self.name, "trainable": self.trainable,
@@ -173,12 +157,10 @@ class BATBackbone(EncoderModel):
         }
 
     def official_parameters(self):
-        """`official name -> _Param` of every variable (see `keras_bat.convert`)."""
+        """`official name -> Param` of every variable (see `keras_bat.convert`)."""
         return backbone_parameters(self)
 
     # --- Presets (see EncoderModel.from_preset) ------------------------------------
-
-    builtin_presets = BACKBONE_PRESETS
 
     @staticmethod
     def load_preset_weights(model, directory):

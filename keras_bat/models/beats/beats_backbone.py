@@ -6,12 +6,10 @@ import keras
 from keras import ops
 
 from keras_bat.convert.beats import beats_parameters, load_beats_weights
-from keras_bat.convert.official import WEIGHTS_FILE
-from keras_bat.layers.beats import BEATsBlock, ConvPositionEmbedding, RelativePositionBias
-from keras_bat.layers.frontend import KaldiFbank
+from keras_bat.convert.checkpoints import WEIGHTS_FILE
 from keras_bat.layers.patching import ChunkTokens, MergeChunks, PatchEmbedding
-from keras_bat.models.encoder_graph import EncoderModel, encoder_inputs, run_blocks
-from keras_bat.models.presets import BEATS_PRESETS
+from keras_bat.models.backbone import EncoderModel, encoder_inputs, run_blocks
+from keras_bat.models.beats.beats_layers import BEATsBlock, ConvPositionEmbedding, RelativePositionBias
 
 
 @keras.saving.register_keras_serializable(package="keras_bat")
@@ -153,7 +151,7 @@ class BEATsBackbone(EncoderModel):
         self.layer_norm_epsilon = layer_norm_epsilon
         self.use_kernels = use_kernels
 
-    builtin_presets = BEATS_PRESETS
+    frontend = "beats"  # the registered frontend it reads (see `make_frontend`)
 
     @staticmethod
     def load_preset_weights(model, directory):
@@ -163,10 +161,6 @@ class BEATsBackbone(EncoderModel):
     def arguments_for_checkpoint(cls, state, config):
         """Constructor arguments a checkpoint dictates beyond `config`: none for BEATs."""
         return {}
-
-    def make_frontend(self, time_frames=None, dataset="audioset"):
-        """BEATs' Kaldi-fbank frontend with `dataset`'s statistics (see `KaldiFbank.for_encoder`)."""
-        return KaldiFbank.for_encoder("beats", dataset, time_frames=time_frames, num_mels=self.num_mels)
 
     def get_config(self):
         return {
@@ -181,5 +175,5 @@ class BEATsBackbone(EncoderModel):
         }
 
     def official_parameters(self):
-        """`official name -> _Param` of every variable (see `keras_bat.convert`)."""
+        """`official name -> Param` of every variable (see `keras_bat.convert`)."""
         return beats_parameters(self)

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 
 from keras_bat.data.pipeline import ClipLoader, ordered_batches
-from keras_bat.models.encoder_graph import encode_whole_clips
+from keras_bat.models.backbone import encode_whole_clips
 
 META_FILE = "cache.json"
 

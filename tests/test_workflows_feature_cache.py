@@ -10,7 +10,7 @@ import pytest
 from helpers import to_numpy
 from keras_bat import AudioClassifier, BATBackbone, LogMelSpectrogram
 from keras_bat.data import AudioDataset, Clip, SOUND_CLASSES, csv_dataset, write_synthetic_dataset
-from keras_bat.data.feature_cache import (FeatureCache, estimate_bytes, from_bfloat16_bits, to_bfloat16_bits)
+from keras_bat.workflows.feature_cache import (FeatureCache, estimate_bytes, from_bfloat16_bits, to_bfloat16_bits)
 from keras_bat.data.pipeline import ClipLoader
 from keras_bat.heads import CGP, LinearHead
 

@@ -1,17 +1,17 @@
 """What every encoder model shares: its inputs, the blocks run over time chunks
-with optional query tokens, config round trips and preset directories."""
+with optional query tokens, chunked encoding of long inputs, its frontend, config
+round trips and preset directories."""
 
 import json
 import os
 import warnings
 
 import keras
-from keras import ops
-
-from keras_bat.convert.official import CONFIG_FILE, WEIGHTS_FILE, save_official_weights
-from keras_bat.ops import no_gradients
-
+from keras_bat.convert.checkpoints import CONFIG_FILE, WEIGHTS_FILE, save_official_weights
+from keras_bat.layers.chunk_merge import WHOLE_CLIP_MERGES, ChunkSummaries
+from keras_bat.layers.frontend import build_frontend
 from keras_bat.layers.patching import PrependQueries
+from keras_bat.ops import no_gradients
 
 
 def encoder_inputs(num_mels, depth, dim, use_padding_mask=False, num_query_tokens=0):
@@ -84,10 +84,6 @@ def encode_chunk(backbone, inputs, full_chunk):
         return backbone(inputs, training=False)
 
 
-# How each backbone output merges over time chunks, as the backbone merges a long input's chunks.
-WHOLE_CLIP_MERGES = {"cls_tokens": "chunk_mean", "patch_tokens": 2, "query_tokens": "chunk_mean"}
-
-
 def encode_whole_clips(backbone, spectrograms, names=("cls_tokens", "patch_tokens")):
     """The backbone's outputs `names` on whole clips, encoded a chunk at a time
     (`encode_in_chunks`): class tokens averaged over chunks, patch tokens
@@ -97,53 +93,6 @@ def encode_whole_clips(backbone, spectrograms, names=("cls_tokens", "patch_token
     for time_patches, features in encode_in_chunks(backbone, keras.ops.convert_to_numpy(spectrograms)):
         summaries.add({name: (features[name], WHOLE_CLIP_MERGES[name]) for name in names}, time_patches)
     return {name: keras.ops.convert_to_numpy(value) for name, value in summaries.result().items()}
-
-
-class ChunkSummaries:
-    """Merges a clip's chunk summaries (`HeadContract.chunk_summary`) chunk by
-    chunk: running sums, minima and maxima, and the time-patch parts that are
-    concatenated."""
-
-    def __init__(self):
-        self.values, self.merges, self.chunks, self.time_patches = {}, {}, 0, 0
-
-    def add(self, summary, time_patches):
-        """Adds the summary of a chunk of `time_patches` time patches."""
-        for name, (value, merge) in summary.items():
-            value = ops.cast(value, "float32")
-            if merge == "token_mean":
-                value = value * time_patches
-            previous = self.values.get(name)
-            self.merges[name] = merge
-            if isinstance(merge, int):
-                self.values[name] = (previous or []) + [value]
-            elif previous is None:
-                self.values[name] = value
-            elif merge == "min":
-                self.values[name] = ops.minimum(previous, value)
-            elif merge == "max":
-                self.values[name] = ops.maximum(previous, value)
-            elif merge in ("chunk_mean", "token_mean"):
-                self.values[name] = previous + value
-            else:
-                raise ValueError(f"Unknown chunk merge {merge!r} for {name!r}: expected chunk_mean, token_mean, "
-                                 "min, max or a time axis.")
-        self.chunks += 1
-        self.time_patches += time_patches
-
-    def result(self):
-        """The merged summary, `name -> tensor`."""
-        merged = {}
-        for name, value in self.values.items():
-            merge = self.merges[name]
-            if isinstance(merge, int):
-                value = ops.concatenate(value, axis=merge)
-            elif merge == "chunk_mean":
-                value = value / self.chunks
-            elif merge == "token_mean":
-                value = value / self.time_patches
-            merged[name] = value
-        return merged
 
 
 class RandomWeightsWarning(UserWarning):
@@ -166,10 +115,12 @@ class EncoderModel(keras.Model):
     `model.safetensors` under the official parameter names that
     `official_parameters()` gives.
 
-    Each encoder sets `builtin_presets` (`name -> {"description", "config",
-    "weights_loader"}`) and `load_preset_weights`."""
+    Each encoder sets `frontend` (the registered frontend it reads) and
+    `load_preset_weights`; `keras_bat.models.encoders.register_encoder` adds its
+    `builtin_presets` (`name -> {"description", "config", "weights_loader"}`)."""
 
     builtin_presets = {}
+    frontend = "log_mel"
     # Whether the outputs on real patches are the same when masked patches follow them (with
     # `use_padding_mask`): true where tokens meet only through masked attention.
     padding_is_exact = False
@@ -229,10 +180,10 @@ class EncoderModel(keras.Model):
         raise NotImplementedError
 
     @property
-    def _default_save_signature(self):
+    def _default_save_signature(self):  # a private hook: see keras_bat.ops.keras_internals
         # Under TensorFlow, writing a SavedModel traces every nested Keras model's default
         # signature, here `(batch, None, mels)`; the encoders need a known number of frames,
-        # which the exporting model's frontend gives (see keras_bat.export). Checked with Keras 3.15.
+        # which the exporting model's frontend gives (see keras_bat.export).
         return None
 
     @classmethod
@@ -244,6 +195,19 @@ class EncoderModel(keras.Model):
 
     def official_parameters(self):
         raise NotImplementedError
+
+    def make_frontend(self, time_frames=None, dataset="audioset"):
+        """The frontend this encoder reads: waveforms -> its spectrogram.
+
+        Args:
+            time_frames: int or `None`, pad or crop to this many frames.
+            dataset: str, whose normalisation statistics a legacy Kaldi-fbank
+                frontend uses (see `KaldiFbank.for_encoder`); BAT's log-mel
+                frontend normalises each clip and ignores it. Defaults to
+                `"audioset"`.
+        """
+        return build_frontend(self.frontend, time_frames, dataset, num_mels=self.num_mels,
+                              use_kernels=self.use_kernels)
 
     def save_to_preset(self, directory):
         """Writes `config.json` and `model.safetensors` (official names) to `directory`."""

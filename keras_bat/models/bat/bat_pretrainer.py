@@ -5,7 +5,8 @@ from keras import ops
 
 from keras_bat.layers.decoder import MaskedDecoder
 from keras_bat.layers.masking import inverse_block_mask
-from keras_bat.models.bat_backbone import BATBackbone
+from keras_bat.models.bat.bat_backbone import BATBackbone
+from keras_bat.ops.keras_internals import own_variables
 from keras_bat.training.losses import add_layer_losses
 
 
@@ -199,6 +200,7 @@ class BATPretrainer(keras.Model):
         return ops.where(updated, self.ema_decay(ops.cast(iterations_after, "int32") - 1), 1.0)
 
     def train_step(self, *args):
+        # A backend branch outside ops/: Keras' JAX trainer hands train_step the state explicitly.
         if keras.backend.backend() == "jax":
             return self._jax_train_step(*args)
         before = ops.copy(self.optimizer.iterations)
@@ -211,7 +213,7 @@ class BATPretrainer(keras.Model):
     def _jax_train_step(self, state, data):
         # The optimizer's step counter in the state (`iterations` counts updates:
         # with gradient accumulation it is this counter // accumulation steps).
-        counter = next(i for i, v in enumerate(self.optimizer.variables) if v is self.optimizer._iterations)
+        counter = next(i for i, v in enumerate(self.optimizer.variables) if v is self.optimizer.iterations)
         accumulation = self.optimizer.gradient_accumulation_steps or 1
         before = state[2][counter] // accumulation
         logs, state = super().train_step(state, data)
@@ -239,8 +241,7 @@ class BATPretrainer(keras.Model):
         store[self._SEED_KEY] = ops.convert_to_numpy(self.seed_generator.state)
 
     def load_own_variables(self, store):
-        own = self._trainable_variables + self._non_trainable_variables
-        for i, variable in enumerate(own):
+        for i, variable in enumerate(own_variables(self)):
             variable.assign(store[f"{i}"])
         if self._SEED_KEY in store.keys():
             self.seed_generator.state.assign(store[self._SEED_KEY])

@@ -1,0 +1,103 @@
+"""Reading and writing state dicts: official PyTorch checkpoints, safetensors files and
+preset folders, as flat `{name: float32 NumPy array}` dicts."""
+
+import os
+
+import numpy as np
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+# Nested entries of official checkpoints that hold an encoder state dict.
+ENCODER_ENTRIES = ("encoder", "model", "state_dict")
+
+
+def _to_numpy(value):
+    if isinstance(value, np.ndarray):
+        return value
+    if hasattr(value, "detach"):  # torch.Tensor, possibly bfloat16
+        return value.detach().cpu().float().numpy()
+    return np.asarray(value)
+
+
+def load_torch_checkpoint(path):
+    try:
+        import torch
+    except ImportError as error:
+        raise ImportError(
+            f"Reading the PyTorch checkpoint {path!r} needs torch: `pip install torch`, or "
+            "convert it to safetensors first.") from error
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        # torch's own messages say little here ("101", "pop from empty list"): name the file and what it is not.
+        detail = " ".join(str(error).split())[:200]
+        raise ValueError(f"Could not read {path!r} as a PyTorch checkpoint: it is not a file written by torch.save "
+                         f"(or it is damaged); expected an official .pt / .safetensors checkpoint "
+                         f"[{type(error).__name__}: {detail}]") from error
+
+
+def read_state_dict(source, checkpoint_key=None):
+    """Reads a flat `{name: array}` state dict from a file, folder or dict.
+
+    Args:
+        source: a dict of arrays or tensors; a `.safetensors` file; a PyTorch
+            checkpoint (`.pt`, `.pth`, `.ckpt`, `.bin`); or a folder holding
+            `model.safetensors`.
+        checkpoint_key: str or `None`, the entry of a nested checkpoint to
+            read, e.g. `"ema_encoder"` (the EMA teacher of the official
+            pretraining checkpoint). `None` picks the first of `encoder`,
+            `model`, `state_dict` that exists, else the top level.
+
+    Returns:
+        Dict `name -> float32 NumPy array`.
+    """
+    if isinstance(source, dict):
+        state = source
+    else:
+        path = os.fspath(source)
+        if os.path.isdir(path):
+            path = os.path.join(path, WEIGHTS_FILE)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"No checkpoint file at {path!r}.")
+        if path.endswith(".safetensors"):
+            from safetensors.numpy import load_file
+
+            try:
+                state = load_file(path)
+            except Exception as error:
+                raise ValueError(f"Could not read the safetensors file {path!r}: {error}") from error
+        else:
+            state = load_torch_checkpoint(path)
+    if not isinstance(state, dict):
+        raise ValueError(f"Expected a state dict (a mapping of names to arrays); got {type(state).__name__}.")
+    if checkpoint_key is not None:
+        if checkpoint_key not in state:
+            raise KeyError(
+                f"The checkpoint has no entry {checkpoint_key!r}; its entries are {sorted(state)}.")
+        state = state[checkpoint_key]
+    else:
+        for entry in ENCODER_ENTRIES:
+            if isinstance(state.get(entry), dict):
+                state = state[entry]
+                break
+    return {name: _to_numpy(value) for name, value in state.items() if not isinstance(value, dict)
+            and hasattr(value, "shape")}
+
+
+def save_official_weights(model, path, parameters=None):
+    """Writes a model's weights to `path` as safetensors with official names.
+
+    Args:
+        model: an encoder (or any model with `official_parameters()`).
+        path: the `.safetensors` file to write.
+        parameters: optional dict `official name -> Param` (default:
+            `model.official_parameters()`).
+    """
+    from safetensors.numpy import save_file
+
+    tensors = {}
+    for name, param in (parameters or model.official_parameters()).items():
+        value = np.asarray(param.variable.numpy(), dtype="float32")
+        # C order matters: save_file writes the raw buffer and ignores strides.
+        tensors[name] = np.array(param.to_official(value), order="C")
+    save_file(tensors, os.fspath(path))

@@ -1,0 +1,186 @@
+"""The README's "Adding a head, an encoder, a dataset or a frontend": a toy of each, written
+here and added through the registries alone, runs a whole probe (`keras-bat probe`) from a
+folder of recordings to results and a task preset that loads again."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from audio_files import tone, write
+from keras_bat.cli import main
+from keras_bat.convert.mapping import Param, assign_parameters
+from keras_bat.data.datasets import READERS, AudioDataset, Clip, register_dataset
+from keras_bat.heads import HEADS, register_head
+from keras_bat.heads.base import HeadContract
+from keras_bat.layers import FRONTENDS, Frontend, build_frontend, register_frontend
+from keras_bat.layers.frontend import fit_frames
+from keras_bat.layers.patching import PatchEmbedding
+from keras_bat.models import AudioClassifier
+from keras_bat.models.backbone import EncoderModel
+from keras_bat.models.encoders import ENCODERS, build_encoder, get_encoder, register_encoder
+
+TONES = {"low": 300.0, "high": 1200.0}  # spectrum bins 3 and 12: bands 0 and 2
+
+
+@keras.saving.register_keras_serializable(package="keras_bat_tests")
+class BandEnergies(Frontend):
+    """A toy frontend: `log(1 + magnitude)` of `num_mels` equal slices of each 10 ms frame's spectrum."""
+
+    def __init__(self, num_mels=16, time_frames=None, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.num_mels, self.time_frames = num_mels, time_frames
+        self.sample_rate, self.hop_length, self.window_length, self.first_frame_center = 16000, 160, 160, 80
+
+    def num_frames(self, num_samples):
+        return num_samples // self.hop_length
+
+    def call(self, waveforms):
+        frames = self.num_frames(waveforms.shape[1])
+        framed = ops.reshape(waveforms[:, :frames * self.hop_length], (-1, frames, self.hop_length))
+        real, imaginary = ops.rfft(framed)
+        spectrum = ops.sqrt(ops.square(real) + ops.square(imaginary))[..., :self.hop_length // 2]  # B, frames, 80
+        bands = ops.mean(ops.reshape(spectrum, (-1, frames, self.num_mels, spectrum.shape[-1] // self.num_mels)), -1)
+        return fit_frames(ops.log1p(bands), self.time_frames)
+
+    def get_config(self):
+        return {**super().get_config(), "num_mels": self.num_mels, "time_frames": self.time_frames}
+
+
+@keras.saving.register_keras_serializable(package="keras_bat_tests")
+class PatchMeanEncoder(EncoderModel):
+    """A toy encoder: a linear patch embedding, its tokens the only block's output."""
+
+    frontend = "band_energies"
+
+    def __init__(self, dim=8, patch_size=4, num_mels=16, chunk_time_patches=4, num_query_tokens=0, use_kernels=None,
+                 dtype=None, **kwargs):
+        spectrogram = keras.Input((None, num_mels), name="spectrogram")
+        embed = PatchEmbedding(dim, patch_size, num_mels, dtype=dtype, name="patch_embed")
+        tokens = embed(spectrogram)  # B, T, F, D
+        outputs = {"cls_tokens": ops.mean(tokens, axis=(1, 2))[:, None], "patch_tokens": tokens[:, None]}
+        super().__init__(inputs=spectrogram, outputs=outputs, dtype=dtype, **kwargs)
+        self.embed = embed
+        self.dim, self.depth, self.patch_size, self.num_mels = dim, 1, patch_size, num_mels
+        self.chunk_time_patches, self.num_query_tokens = chunk_time_patches, num_query_tokens
+        self.use_kernels = use_kernels
+
+    def get_config(self):
+        return {"name": self.name, "trainable": self.trainable, "dim": self.dim, "patch_size": self.patch_size,
+                "num_mels": self.num_mels, "chunk_time_patches": self.chunk_time_patches,
+                "num_query_tokens": self.num_query_tokens, "use_kernels": self.use_kernels,
+                "dtype": keras.dtype_policies.serialize(self.dtype_policy)}
+
+    def official_parameters(self):
+        return {"embed.weight": Param(self.embed.proj.kernel, np.transpose, np.transpose),
+                "embed.bias": Param(self.embed.proj.bias)}
+
+    @staticmethod
+    def load_preset_weights(model, directory):
+        load_patch_mean_weights(model, directory)
+
+    @classmethod
+    def arguments_for_checkpoint(cls, state, config):
+        return {}
+
+
+def load_patch_mean_weights(backbone, source):
+    from keras_bat.convert.checkpoints import read_state_dict
+
+    assign_parameters(backbone.official_parameters(), read_state_dict(source), "", False, "PatchMeanEncoder")
+    return backbone
+
+
+@keras.saving.register_keras_serializable(package="keras_bat_tests")
+class MeanTokenHead(HeadContract, keras.layers.Layer):
+    """A toy head: a linear classifier on the class tokens averaged over the layers."""
+
+    @classmethod
+    def cache_tokens(cls, pooling, task):
+        return "cls"
+
+    @classmethod
+    def from_settings(cls, num_classes, task, backbone, **settings):
+        return cls(num_classes)
+
+    def __init__(self, num_classes, **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+        self.fc = keras.layers.Dense(num_classes, name="fc")
+
+    def call(self, features, training=None):
+        return self.fc(ops.mean(features["cls_tokens"], axis=1))
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes}
+
+
+def read_tones(root, split_names, fold=None):
+    """A toy dataset reader: `<root>/<split>/<class>/*.wav`, classes in `TONES`."""
+    from pathlib import Path
+
+    names = sorted(TONES)
+    return {split: AudioDataset([Clip(str(path), names.index(path.parent.name))
+                                 for path in sorted((Path(root) / split).glob("*/*.wav"))], "multiclass", names,
+                                name=f"tones/{split}")
+            for split in split_names if (Path(root) / split).is_dir()}
+
+
+@pytest.fixture
+def registered():
+    """The toys in every registry, taken out again afterwards."""
+    register_frontend("band_energies", lambda num_mels, time_frames, dataset, use_kernels:
+                      BandEnergies(num_mels, time_frames))
+    register_encoder("patch_mean", PatchMeanEncoder, load_patch_mean_weights,
+                     presets={"patch_mean_tiny": {"description": "toy", "config": {"dim": 8}}})
+    register_head("mean_token", MeanTokenHead)
+    register_dataset("tones")(read_tones)
+    yield
+    FRONTENDS.pop("band_energies"), ENCODERS.pop("patch_mean"), HEADS.pop("mean_token"), READERS.pop("tones")
+
+
+def write_tones(root, clips_per_class):
+    for split, count in clips_per_class.items():
+        for name, frequency in TONES.items():
+            (root / split / name).mkdir(parents=True)
+            for i in range(count):
+                write(root / split / name / f"{i}.wav", tone(0.64, frequency=frequency, amplitude=0.1 + 0.05 * i))
+
+
+def test_a_toy_of_each_kind_runs_a_probe_through_the_registries(tmp_path, registered):
+    write_tones(tmp_path / "data", {"train": 6, "test": 3})
+    assert type(build_frontend("band_energies", time_frames=64)) is BandEnergies
+    backbone = build_encoder("patch_mean", "patch_mean_tiny")
+    assert type(backbone.make_frontend(64)) is BandEnergies
+    assert get_encoder("patch_mean").backbone_class is PatchMeanEncoder
+    out = tmp_path / "run"
+    settings = ["data.dataset=tones", "data.options={}", f"data.root={tmp_path / 'data'}", "data.clip_seconds=0.64",
+                "data.num_workers=0",
+                "model.encoder=patch_mean", "model.backbone=patch_mean_tiny", "model.time_frames=64",
+                "head.type=mean_token", "train.batch_size=4", "train.steps=30", "train.steps_per_epoch=10",
+                "train.warmup_steps=1", "train.lr=0.05", "train.verbose=0", f"output_dir={out}"]
+    assert main(["probe", "--set", *settings]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["feature_cache"] and results["eval_clips"] == 6
+    assert results["metrics"]["accuracy"] == 1.0, results["history"]  # the two tones fill different bands
+    # The task preset holds the toys and classifies a new recording.
+    model = AudioClassifier.from_preset(results["preset"])
+    assert (type(model.backbone), type(model.frontend), type(model.head)) == (PatchMeanEncoder, BandEnergies,
+                                                                              MeanTokenHead)
+    logits = keras.ops.convert_to_numpy(model(np.stack([tone(0.64, frequency=f, amplitude=0.3)
+                                                         for f in (TONES["high"], TONES["low"])])))
+    assert [model.label_names[i] for i in logits.argmax(-1)] == ["high", "low"]
+
+
+def test_registries_refuse_a_second_entry_of_a_name(registered):
+    with pytest.raises(ValueError, match="registered already"):
+        register_frontend("band_energies", BandEnergies)
+    with pytest.raises(ValueError, match="registered already"):
+        register_encoder("patch_mean", PatchMeanEncoder, load_patch_mean_weights)
+    with pytest.raises(ValueError, match="registered already"):
+        register_head("mean_token", MeanTokenHead)
+    with pytest.raises(ValueError, match="registered already"):
+        register_dataset("tones")(read_tones)
