@@ -352,7 +352,8 @@ class KaldiFbank(Frontend):
         """The official frontend of a legacy encoder for a dataset.
 
         Args:
-            encoder: str, `"eat"`, `"sslam"` or `"beats"`.
+            encoder: str, a registered Kaldi-fbank frontend: `"eat"`, `"sslam"`
+                or `"beats"`.
             dataset: str, whose statistics normalise the fbank: `"audioset"`,
                 `"speech_commands"`, `"esc50"`, `"librispeech"`, `"birdset"`
                 or `"dcase"`. Defaults to `"audioset"`.

@@ -18,6 +18,12 @@ OVERRIDDEN_HOOKS = (
 )
 
 
+def step_counter(optimizer):
+    """The variable that counts the optimizer's steps. `optimizer.iterations` is that variable
+    only without gradient accumulation; with it, a tensor: the counter // accumulation steps."""
+    return optimizer._iterations
+
+
 def variable_index(optimizer, variable):
     """The index under which the optimizer keeps `variable`'s slot variables."""
     return optimizer._get_variable_index(variable)
@@ -49,6 +55,8 @@ def check_internals():
     optimizer = keras.optimizers.AdamW()
     optimizer.build([variable])
     try:
+        counter = step_counter(optimizer)
+        assert counter is optimizer.iterations and any(v is counter for v in optimizer.variables)
         assert variable_index(optimizer, variable) == 0
         assert [tuple(m.shape) for m in adam_moments(optimizer, variable)] == [(1, 2), (1, 2)]
         assert uses_weight_decay(optimizer, variable) is True

@@ -6,7 +6,7 @@ from keras import ops
 from keras_bat.layers.decoder import MaskedDecoder
 from keras_bat.layers.masking import inverse_block_mask
 from keras_bat.models.bat.bat_backbone import BATBackbone
-from keras_bat.ops.keras_internals import own_variables
+from keras_bat.ops.keras_internals import own_variables, step_counter
 from keras_bat.training.losses import add_layer_losses
 
 
@@ -213,7 +213,7 @@ class BATPretrainer(keras.Model):
     def _jax_train_step(self, state, data):
         # The optimizer's step counter in the state (`iterations` counts updates:
         # with gradient accumulation it is this counter // accumulation steps).
-        counter = next(i for i, v in enumerate(self.optimizer.variables) if v is self.optimizer.iterations)
+        counter = next(i for i, v in enumerate(self.optimizer.variables) if v is step_counter(self.optimizer))
         accumulation = self.optimizer.gradient_accumulation_steps or 1
         before = state[2][counter] // accumulation
         logs, state = super().train_step(state, data)
