@@ -151,6 +151,16 @@ MUTATIONS = [
     Mutation("converter: the LSTM's second bias dropped", "keras_bat/convert/mapping.py",
              "to_keras=lambda ih, hh: ih + hh", "to_keras=lambda ih, hh: ih",
              ["tests/test_convert_mapping.py"]),
+    # --- The package's shape ---
+    Mutation("an import back up the rooms (heads read the merge table from models)", "keras_bat/heads/base.py",
+             "from keras_bat.layers.chunk_merge import WHOLE_CLIP_MERGES",
+             "from keras_bat.models.backbone import WHOLE_CLIP_MERGES",
+             ["tests/test_package_imports.py"]),
+    Mutation("BATBackbone registered under another package name (saved models orphaned)",
+             "keras_bat/models/bat/bat_backbone.py",
+             '@keras.saving.register_keras_serializable(package="keras_bat")\nclass BATBackbone',
+             '@keras.saving.register_keras_serializable(package="keras_bat.models")\nclass BATBackbone',
+             ["tests/test_saved_models.py"]),
     # --- Earlier bugs (tests/README.md) ---
     Mutation("decoding: no context before a seek in a compressed stream", "keras_bat/data/audio.py",
              "SEEK_CONTEXT_FRAMES = 4096", "SEEK_CONTEXT_FRAMES = 0",
