@@ -126,7 +126,7 @@ def make_parser():
     embed.add_argument("folder", help="folder of audio files (searched recursively)")
     embed.add_argument("--output", default="embeddings", help="output folder")
     embed.add_argument("--encoder", default="bat", choices=["bat", "eat", "sslam", "beats"], help="encoder family")
-    embed.add_argument("--backbone", default="bat_base", help="preset name or preset folder")
+    embed.add_argument("--backbone", default="bat_base", help="preset name, preset folder or hf://owner/repo")
     embed.add_argument("--weights", default=None, help="official checkpoint (.pt / .safetensors / folder)")
     embed.add_argument("--checkpoint-key", default=None, help="e.g. ema_encoder for the pretraining's teacher")
     embed.add_argument("--clip-seconds", type=positive(float), default=None,

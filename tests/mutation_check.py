@@ -161,6 +161,9 @@ MUTATIONS = [
              '@keras.saving.register_keras_serializable(package="keras_bat")\nclass BATBackbone',
              '@keras.saving.register_keras_serializable(package="keras_bat.models")\nclass BATBackbone',
              ["tests/test_saved_models.py"]),
+    Mutation("a Hub URI's subfolder dropped", "keras_bat/convert/hub.py",
+             "path = os.path.join(folder, subfolder) if subfolder else folder", "path = folder",
+             ["tests/test_convert_hub.py"]),
     # --- Earlier bugs (tests/README.md) ---
     Mutation("decoding: no context before a seek in a compressed stream", "keras_bat/data/audio.py",
              "SEEK_CONTEXT_FRAMES = 4096", "SEEK_CONTEXT_FRAMES = 0",

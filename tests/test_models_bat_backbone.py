@@ -162,7 +162,7 @@ def test_mixed_bfloat16_stays_close_to_float32(backbone, tiny_config, spectrogra
 
 def test_presets_build_paper_architectures():
     presets = BATBackbone.presets  # a class property, as in keras-hub
-    assert set(presets) == {"bat_small", "bat_base", "bat_large", "eat_base", "sslam_base"}
+    assert set(presets) == {"bat_small", "bat_base", "bat_large", "eat_base", "sslam_base", "bat_base_as2m"}
     assert "ViT-B/16" in presets["bat_base"]["description"] and presets["bat_base"]["weights"] is None
     assert presets["bat_base"]["config"] == {"dim": 768, "depth": 12, "num_heads": 12}
     with pytest.warns(RandomWeightsWarning, match="RANDOM weights.*load_official_weights"):

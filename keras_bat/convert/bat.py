@@ -12,8 +12,8 @@ import os
 import numpy as np
 
 from keras_bat.convert.checkpoints import CONFIG_FILE, load_torch_checkpoint, read_state_dict
-from keras_bat.convert.mapping import (KNOWN_PREFIXES, Param, assign_parameters, choose_prefix, layer_norm, linear,
-                                       position_table)
+from keras_bat.convert.mapping import (KNOWN_PREFIXES, Param, assign_parameters, choose_prefix, count_blocks,
+                                       find_prefix, layer_norm, linear, position_table)
 
 _ARCHITECTURE_KEYS = ("dim", "depth", "num_heads", "mlp_ratio", "patch_size", "num_mels",
                       "chunk_time_patches", "use_gate", "qkv_bias", "pre_norm", "norm_first")
@@ -178,3 +178,21 @@ def load_official_pretrainer_weights(pretrainer, source):
     teacher = parts.get("ema_encoder") or parts["encoder"]
     assign_parameters(backbone_parameters(pretrainer.teacher), teacher, "", False, "teacher encoder")
     return steps
+
+
+def bat_checkpoint_config(state):
+    """`(constructor arguments, prefix)` of a BAT-layout encoder (gated or not) in an official
+    state dict, read off its weights, or `None` when it holds none."""
+    prefix = find_prefix(state, "blocks.0.attn.qkv.weight")
+    if prefix is None or prefix + "patch_embed.proj.weight" not in state:
+        return None
+    dim = state[prefix + "blocks.0.attn.qkv.weight"].shape[1]
+    config = {"dim": dim, "depth": count_blocks(state, prefix, "blocks.{}"), "num_heads": max(dim // 64, 1),
+              "mlp_ratio": state[prefix + "blocks.0.mlp.fc1.weight"].shape[0] / dim,
+              "use_gate": prefix + "blocks.0.attn.gate.weight" in state,
+              "qkv_bias": prefix + "blocks.0.attn.qkv.bias" in state,
+              "pre_norm": prefix + "pre_norm.weight" in state}
+    time_patches = checkpoint_time_patches(state, 8, prefix)
+    if time_patches:
+        config["chunk_time_patches"] = time_patches
+    return config, prefix

@@ -3,7 +3,8 @@
 import numpy as np
 
 from keras_bat.convert.checkpoints import read_state_dict
-from keras_bat.convert.mapping import Param, assign_parameters, choose_prefix, layer_norm, linear
+from keras_bat.convert.mapping import (Param, assign_parameters, choose_prefix, count_blocks, find_prefix, layer_norm,
+                                       linear)
 
 # BEATs keeps one relative-bias table, layer 0's; the state dict repeats it under every layer.
 _BIAS_TABLE = "encoder.layers.{}.self_attn.relative_attention_bias.weight"
@@ -65,3 +66,19 @@ def load_beats_weights(backbone, source, prefix=None):
               if table is not None and prefix + _BIAS_TABLE.format(i) in state}
     assign_parameters(expected, state, prefix, True, "BEATsBackbone", constants=copies)
     return backbone
+
+
+def beats_checkpoint_config(state):
+    """`(constructor arguments, prefix)` of a BEATs encoder in an official state dict, read off
+    its weights, or `None` when it holds none."""
+    prefix = find_prefix(state, "encoder.layers.0.self_attn.grep_a")
+    if prefix is None or prefix + "patch_embedding.weight" not in state:
+        return None
+    dim = state[prefix + "post_extract_proj.weight"].shape[0]
+    conv = state[prefix + "encoder.pos_conv.0.weight_v"]  # dim, dim / groups, kernel
+    config = {"dim": dim, "depth": count_blocks(state, prefix, "encoder.layers.{}"), "num_heads": max(dim // 64, 1),
+              "ffn_dim": state[prefix + "encoder.layers.0.fc1.weight"].shape[0],
+              "embed_dim": state[prefix + "patch_embedding.weight"].shape[0],
+              "conv_pos": conv.shape[2], "conv_pos_groups": dim // conv.shape[1],
+              "num_buckets": state[prefix + _BIAS_TABLE.format(0)].shape[0]}
+    return config, prefix

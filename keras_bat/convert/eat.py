@@ -9,7 +9,7 @@ the pretraining (decoder, EMA state) that the encoder does not use.
 
 from keras_bat.convert.bat import backbone_parameters
 from keras_bat.convert.checkpoints import read_state_dict
-from keras_bat.convert.mapping import assign_parameters, choose_prefix
+from keras_bat.convert.mapping import assign_parameters, choose_prefix, count_blocks, find_prefix
 
 _IMAGE = "modality_encoders.IMAGE."
 # BAT name -> fairseq name, for the parameters outside the blocks.
@@ -54,3 +54,19 @@ def load_eat_weights(backbone, source, prefix=None):
         prefix = choose_prefix(state, expected)
     assign_parameters(expected, state, prefix, True, "EAT / SSLAM encoder (BATBackbone with use_gate=False)")
     return backbone
+
+
+def eat_checkpoint_config(state):
+    """`(constructor arguments, prefix)` of an EAT / SSLAM encoder in a fairseq state dict, read
+    off its weights (SSLAM's layout is EAT's: both load as EAT), or `None` when it holds none."""
+    prefix = find_prefix(state, EAT_NAMES["patch_embed.proj.weight"])
+    if prefix is None or prefix + "blocks.0.attn.qkv.weight" not in state:
+        return None
+    dim = state[prefix + "blocks.0.attn.qkv.weight"].shape[1]
+    config = {"dim": dim, "depth": count_blocks(state, prefix, "blocks.{}"), "num_heads": max(dim // 64, 1),
+              "mlp_ratio": state[prefix + "blocks.0.mlp.fc1.weight"].shape[0] / dim, "use_gate": False,
+              "frontend": "eat"}
+    positions = state.get(prefix + EAT_NAMES["pos_embed"])
+    if positions is not None and positions.ndim == 3 and positions.shape[1] % 8 == 0:
+        config["chunk_time_patches"] = positions.shape[1] // 8
+    return config, prefix

@@ -128,3 +128,19 @@ def assign_parameters(expected, state, prefix, skip_unexpected, model_name, cons
         arrays = [state[prefix + source] for source in (name,) + param.extra_sources]
         value = np.asarray(param.to_keras(*arrays))
         param.variable.assign(value.astype(param.variable.dtype))
+
+
+def find_prefix(state, marker):
+    """The prefix under which `state` holds the key `marker` (e.g. `"blocks.0.attn.qkv.weight"`),
+    whatever wraps it (`model.encoder.`, ...), or `None`. The shortest prefix wins."""
+    prefixes = [key[:-len(marker)] for key in state if key.endswith(marker) and
+                (len(key) == len(marker) or key[-len(marker) - 1] == ".")]
+    return min(prefixes, key=len) if prefixes else None
+
+
+def count_blocks(state, prefix, pattern):
+    """How many blocks `state` holds: the indices `i` of keys `prefix + pattern.format(i) + "..."`."""
+    depth = 0
+    while any(key.startswith(prefix + pattern.format(depth) + ".") for key in state):
+        depth += 1
+    return depth

@@ -2,12 +2,15 @@
 with optional query tokens, chunked encoding of long inputs, its frontend, config
 round trips and preset directories."""
 
+import inspect
 import json
 import os
 import warnings
 
 import keras
-from keras_bat.convert.checkpoints import CONFIG_FILE, WEIGHTS_FILE, save_official_weights
+
+from keras_bat.convert.checkpoints import CONFIG_FILE, WEIGHTS_FILE, read_state_dict, save_official_weights
+from keras_bat.convert.hub import download_preset, is_hub_uri
 from keras_bat.layers.chunk_merge import WHOLE_CLIP_MERGES, ChunkSummaries
 from keras_bat.layers.frontend import build_frontend
 from keras_bat.layers.patching import PrependQueries
@@ -128,26 +131,34 @@ class EncoderModel(keras.Model):
     @classproperty
     def presets(cls):
         """The built-in presets: `name -> {"description", "config", "weights"}`.
-        They are architectures: keras-bat downloads no weights, so `weights` is
-        `None` and the text says how to load a checkpoint."""
-        return {name: {"description": preset["description"], "config": dict(preset["config"]), "weights": None}
-                for name, preset in cls.builtin_presets.items()}
+        `weights` is the URI of a published release that `from_preset` downloads,
+        or `None` for an architecture (randomly initialised; the text says how to
+        load a checkpoint)."""
+        return {name: {"description": preset["description"], "config": dict(preset["config"]),
+                       "weights": preset.get("uri")} for name, preset in cls.builtin_presets.items()}
 
     @classmethod
     def from_preset(cls, preset, load_weights=True, **overrides):
-        """Builds the encoder from a preset name or a preset directory.
+        """Builds the encoder from a preset name, a preset directory or a Hub URI.
 
         Args:
-            preset: str, a name from `presets` (the architecture, randomly
-                initialised: it warns with `RandomWeightsWarning` unless
-                `load_weights=False`), or a directory holding `config.json`
-                and optionally `model.safetensors` (see `save_to_preset`).
+            preset: str, a name from `presets` (a published release, downloaded,
+                or an architecture, randomly initialised: it warns with
+                `RandomWeightsWarning` unless `load_weights=False`); a directory
+                holding `config.json` and optionally `model.safetensors` (see
+                `save_to_preset`); a directory of an official release (its
+                `model.safetensors` without keras-bat's config: the architecture
+                is read off the weights); or `hf://owner/repo[/subfolder]` of
+                either kind of directory (see `keras_bat.convert.hub`).
             load_weights: bool, load the directory's `model.safetensors` when
                 present. `False` also says that random weights are meant.
                 Defaults to `True`.
             **overrides: constructor arguments that replace the preset's
                 (e.g. `dropout`, `dtype`, `use_padding_mask`).
         """
+        preset = cls._local_preset(preset, load_weights)
+        if (os.path.isfile(os.path.join(preset, WEIGHTS_FILE)) and not cls.holds_own_config(preset)):
+            return cls.from_checkpoint(read_state_dict(preset), load_weights, source=preset, **overrides)
         model = cls(**{**cls.preset_config(preset), **overrides})
         if preset in cls.builtin_presets:
             if load_weights:
@@ -160,6 +171,47 @@ class EncoderModel(keras.Model):
                     RandomWeightsWarning, stacklevel=2)
         elif load_weights and os.path.isfile(os.path.join(preset, WEIGHTS_FILE)):
             cls.load_preset_weights(model, preset)
+        return model
+
+    @classmethod
+    def _local_preset(cls, preset, load_weights):
+        """A Hub URI, or the name of a preset published with weights, as the local folder."""
+        preset = os.fspath(preset)
+        uri = cls.builtin_presets.get(preset, {}).get("uri")
+        if uri and load_weights:
+            preset = uri
+        return download_preset(preset) if is_hub_uri(preset) else preset
+
+    @classmethod
+    def holds_own_config(cls, directory):
+        """Whether a folder's `config.json` is keras-bat's (every key a constructor argument): an
+        official release may hold another library's config there, or none."""
+        path = os.path.join(directory, CONFIG_FILE)
+        if not os.path.isfile(path):
+            return False
+        with open(path) as f:
+            config = json.load(f)
+        return isinstance(config, dict) and set(config) <= set(inspect.signature(cls.__init__).parameters)
+
+    @classmethod
+    def recognise_checkpoint(cls, state):
+        """`(constructor arguments, load)` of the official encoder in a state dict, read off its
+        weights (`load(model, state)` assigns them), or `None` when it holds none of this class."""
+        return None
+
+    @classmethod
+    def from_checkpoint(cls, state, load_weights=True, source="the checkpoint", **overrides):
+        """The encoder of an official state dict (`{name: array}`), its architecture read off the
+        weights (`recognise_checkpoint`), whatever prefix wraps its keys."""
+        found = cls.recognise_checkpoint(state)
+        if found is None:
+            keys = sorted(state)[:3]
+            raise ValueError(f"{source} holds no {cls.__name__} weights (keys such as {keys}); "
+                             "keras_bat.models.encoders.backbone_from_source recognises every registered encoder.")
+        config, load = found
+        model = cls(**{**config, **overrides})
+        if load_weights:
+            load(model, state)
         return model
 
     @classmethod

@@ -6,7 +6,8 @@ import inspect
 import os
 from typing import Callable, NamedTuple
 
-from keras_bat.convert.checkpoints import CONFIG_FILE, read_state_dict
+from keras_bat.convert.checkpoints import CONFIG_FILE, WEIGHTS_FILE, read_state_dict
+from keras_bat.convert.hub import download_preset, is_hub_uri
 from keras_bat.models.backbone import EncoderModel
 
 
@@ -29,8 +30,9 @@ def register_encoder(name, backbone_class, load_weights, fixed_arguments=None, p
             official checkpoints.
         fixed_arguments: dict, constructor arguments that make the class this
             encoder (e.g. `{"use_gate": False, "frontend": "eat"}`).
-        presets: dict `preset name -> {"description", "config"}`; the class's
-            `from_preset` builds them with the fixed arguments added.
+        presets: dict `preset name -> {"description", "config"}` (and `"uri"`
+            for a release published with weights); the class's `from_preset`
+            builds them with the fixed arguments added.
     """
     if name in ENCODERS:
         raise ValueError(f"An encoder called {name!r} is registered already.")
@@ -41,7 +43,8 @@ def register_encoder(name, backbone_class, load_weights, fixed_arguments=None, p
     for preset, entry in (presets or {}).items():
         backbone_class.builtin_presets[preset] = {
             "description": entry["description"], "config": {**entry["config"], **fixed_arguments},
-            "encoder": name, "weights_loader": load_weights.__name__}
+            "encoder": name, "weights_loader": load_weights.__name__,
+            **({"uri": entry["uri"]} if "uri" in entry else {})}
 
 
 def get_encoder(name):
@@ -102,9 +105,12 @@ def backbone_from_source(source, encoder=None, checkpoint_key=None, architecture
     checkpoint file of `encoder` loaded into the `architecture` preset.
 
     Args:
-        source: str, a built-in preset name (random weights: it warns), a
-            directory written by `save_to_preset`, or a checkpoint file
-            (`.pt`, `.safetensors`, ...).
+        source: str, a built-in preset name (an architecture, random weights:
+            it warns; or a published release, downloaded), a directory written
+            by `save_to_preset`, a directory of an official release
+            (`model.safetensors`; the encoder and its architecture are read off
+            the weights), `hf://owner/repo[/subfolder]` of either kind, or a
+            checkpoint file (`.pt`, `.safetensors`, ...).
         encoder: str or `None`, the checkpoint's encoder (`bat`, `eat`,
             `sslam`, `beats`); `None` takes the architecture's.
         checkpoint_key: str or `None`, the nested entry of the checkpoint.
@@ -115,6 +121,14 @@ def backbone_from_source(source, encoder=None, checkpoint_key=None, architecture
     for candidate in ENCODERS.values():
         if source in candidate.backbone_class.builtin_presets:
             return candidate.backbone_class.from_preset(source)
+    if is_hub_uri(source):
+        source = download_preset(source)
+    if os.path.isdir(source):
+        owner = next((e.backbone_class for e in ENCODERS.values() if e.backbone_class.holds_own_config(source)), None)
+        if owner is not None:
+            return owner.from_preset(source)
+        if os.path.isfile(os.path.join(source, WEIGHTS_FILE)):
+            return backbone_of_checkpoint(read_state_dict(source), source)
     if os.path.isdir(source) and os.path.isfile(os.path.join(source, CONFIG_FILE)):
         return preset_directory_class(source).from_preset(source)
     if not os.path.isfile(source):
@@ -129,6 +143,17 @@ def backbone_from_source(source, encoder=None, checkpoint_key=None, architecture
         raise ValueError(f"Unknown architecture {architecture!r}: expected a preset name or a preset directory.")
     name = encoder or encoder_name(backbone_class, backbone_class.preset_config(architecture))
     return build_encoder(name, architecture, read_state_dict(source, checkpoint_key))
+
+
+def backbone_of_checkpoint(state, source="the checkpoint"):
+    """The backbone of an official state dict whose family and architecture are read off its weights
+    (each registered class's `recognise_checkpoint`), whatever prefix wraps its keys."""
+    classes = list(dict.fromkeys(encoder.backbone_class for encoder in ENCODERS.values()))
+    for backbone_class in classes:
+        if backbone_class.recognise_checkpoint(state) is not None:
+            return backbone_class.from_checkpoint(state, source=source)
+    raise ValueError(f"{source} holds no encoder keras-bat knows ({', '.join(c.__name__ for c in classes)}): "
+                     f"no key marks one of their layouts (keys such as {sorted(state)[:3]}).")
 
 
 def load_model_source(source, **backbone_options):

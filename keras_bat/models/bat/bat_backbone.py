@@ -1,9 +1,13 @@
 """BATBackbone: the BAT ViT encoder as a functional Keras model."""
 
+import functools
+
 import keras
 from keras import ops
 
-from keras_bat.convert.bat import backbone_parameters, checkpoint_time_patches, load_official_weights
+from keras_bat.convert.bat import (backbone_parameters, bat_checkpoint_config, checkpoint_time_patches,
+                                   load_official_weights)
+from keras_bat.convert.eat import eat_checkpoint_config, load_eat_weights
 from keras_bat.layers.frontend import FRONTENDS
 from keras_bat.layers.patching import ChunkTokens, MergeChunks, PatchEmbedding
 from keras_bat.layers.transformer import TransformerBlock
@@ -165,6 +169,17 @@ class BATBackbone(EncoderModel):
     @staticmethod
     def load_preset_weights(model, directory):
         load_official_weights(model, directory)
+
+    @classmethod
+    def recognise_checkpoint(cls, state):
+        """A BAT encoder (official names) or an EAT / SSLAM one (fairseq names), read off the weights."""
+        for read_config, load in ((bat_checkpoint_config, load_official_weights),
+                                  (eat_checkpoint_config, load_eat_weights)):
+            found = read_config(state)
+            if found is not None:
+                config, prefix = found
+                return config, functools.partial(load, prefix=prefix)
+        return None
 
     @classmethod
     def arguments_for_checkpoint(cls, state, config):

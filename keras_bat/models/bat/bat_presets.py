@@ -17,6 +17,12 @@ BAT_PRESETS = {
                        "parameters with the gates); the paper's released model.",
         "config": {"dim": 768, "depth": 12, "num_heads": 12},
     },
+    "bat_base_as2m": {
+        "description": "BAT ViT-B/16 pretrained on AudioSet-2M: the authors' release on the Hugging Face Hub "
+                       "(downloaded into the Hugging Face cache on first use).",
+        "config": {"dim": 768, "depth": 12, "num_heads": 12},
+        "uri": "hf://lrauch/BAT-vit-b16-pretrainedAS2M",
+    },
     "bat_large": {
         "description": "BAT ViT-L/16: 1024 wide, 24 blocks, 16 heads (327.8M trainable parameters with the gates).",
         "config": {"dim": 1024, "depth": 24, "num_heads": 16},

@@ -1,11 +1,12 @@
 """BEATsBackbone: the BEATs encoder as a functional Keras model, with BATBackbone's outputs."""
 
+import functools
 import os
 
 import keras
 from keras import ops
 
-from keras_bat.convert.beats import beats_parameters, load_beats_weights
+from keras_bat.convert.beats import beats_checkpoint_config, beats_parameters, load_beats_weights
 from keras_bat.convert.checkpoints import WEIGHTS_FILE
 from keras_bat.layers.patching import ChunkTokens, MergeChunks, PatchEmbedding
 from keras_bat.models.backbone import EncoderModel, encoder_inputs, run_blocks
@@ -156,6 +157,15 @@ class BEATsBackbone(EncoderModel):
     @staticmethod
     def load_preset_weights(model, directory):
         load_beats_weights(model, os.path.join(directory, WEIGHTS_FILE))
+
+    @classmethod
+    def recognise_checkpoint(cls, state):
+        """A BEATs encoder (official names), read off the weights."""
+        found = beats_checkpoint_config(state)
+        if found is None:
+            return None
+        config, prefix = found
+        return config, functools.partial(load_beats_weights, prefix=prefix)
 
     @classmethod
     def arguments_for_checkpoint(cls, state, config):

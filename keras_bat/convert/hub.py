@@ -1,0 +1,43 @@
+"""Presets and checkpoints by URI: `hf://owner/repo` or `hf://owner/repo/subfolder`, downloaded
+with `huggingface_hub` (its cache, `HF_HUB_OFFLINE`, `HF_ENDPOINT` and token handling)."""
+
+import os
+
+HF_SCHEME = "hf://"
+
+
+def is_hub_uri(source):
+    """Whether `source` names a Hugging Face Hub repository (`hf://...`)."""
+    return isinstance(source, str) and source.startswith(HF_SCHEME)
+
+
+def parse_hub_uri(uri):
+    """`(repo_id, subfolder or None)` of `hf://owner/repo[/subfolder]`."""
+    parts = uri[len(HF_SCHEME):].strip("/").split("/")
+    if len(parts) < 2 or not all(parts):
+        raise ValueError(f"{uri!r} is not a Hub URI: expected hf://owner/repo or hf://owner/repo/subfolder.")
+    return "/".join(parts[:2]), "/".join(parts[2:]) or None
+
+
+def download_preset(uri):
+    """The local folder of `uri` (`hf://owner/repo[/subfolder]`), downloaded into the Hugging
+    Face cache unless it is there already; offline (`HF_HUB_OFFLINE=1`) it is read from the cache."""
+    try:
+        import huggingface_hub
+        from huggingface_hub import constants, errors
+    except ImportError as error:
+        raise ImportError(f"Loading {uri} needs huggingface_hub: pip install 'keras-bat[hub]'.") from error
+    repo_id, subfolder = parse_hub_uri(uri)
+    try:
+        folder = huggingface_hub.snapshot_download(repo_id, allow_patterns=[f"{subfolder}/*"] if subfolder else None)
+    except errors.RepositoryNotFoundError as error:
+        raise ValueError(f"{uri}: the Hub at {constants.ENDPOINT} has no repository {repo_id!r} (or it is "
+                         "private: log in with `hf auth login` or set HF_TOKEN).") from error
+    except errors.LocalEntryNotFoundError as error:
+        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else f"no connection to {constants.ENDPOINT}"
+        raise ValueError(f"{uri} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}), and the Hub cannot be "
+                         f"reached ({why}). Download it once online, or copy the folder and pass its path.") from error
+    path = os.path.join(folder, subfolder) if subfolder else folder
+    if not os.path.isdir(path):
+        raise ValueError(f"{uri}: the repository {repo_id!r} has no folder {subfolder!r}.")
+    return path

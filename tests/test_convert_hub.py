@@ -1,0 +1,130 @@
+"""Presets and official releases by Hub URI (`hf://`), through the real `huggingface_hub` client
+against a Hub stand-in on 127.0.0.1 (tests/hub_server.py): download, the cache reused offline with
+the server stopped, a wrong repository, a truncated file, a release of another encoder family."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from safetensors.numpy import save
+
+from helpers import require_module
+from hub_server import HubServer
+from keras_bat.models import BATBackbone, BEATsBackbone
+from keras_bat.models.encoders import backbone_from_source
+
+# Official releases name parameters under a prefix of their own wrapper (trust_remote_code models).
+PREFIX = "audio_model.encoder."
+BAT = {"dim": 128, "depth": 2, "num_heads": 2, "chunk_time_patches": 16}  # heads: the width // 64, as ViTs
+BEATS = {"dim": 128, "depth": 2, "num_heads": 2, "ffn_dim": 256, "embed_dim": 48, "conv_pos": 16, "conv_pos_groups": 4}
+
+
+def official_file(model, prefix=PREFIX):
+    """The model's weights under their official names and a prefix, as a safetensors file's bytes."""
+    arrays = {prefix + name: np.array(param.to_official(keras.ops.convert_to_numpy(param.variable)), "float32",
+                                      order="C") for name, param in model.official_parameters().items()}
+    return save(arrays)
+
+
+@pytest.fixture(scope="module")
+def releases():
+    require_module("huggingface_hub")
+    keras.utils.set_random_seed(3)
+    bat, beats = BATBackbone(**BAT), BEATsBackbone(**BEATS)
+    transformers_config = json.dumps({"architectures": ["BATModel"], "model_type": "bat", "auto_map": {}}).encode()
+    bat_file = official_file(bat)
+    return {"models": {"bat": bat, "beats": beats}, "repositories": {
+        "lab/bat-release": {"model.safetensors": bat_file, "config.json": transformers_config},
+        "lab/beats-release": {"model.safetensors": official_file(beats, "beats.")},
+        "lab/truncated": {"model.safetensors": bat_file[:len(bat_file) // 2]},
+    }}
+
+
+@pytest.fixture
+def hub(releases, tmp_path, monkeypatch):
+    """The stand-in Hub, and huggingface_hub pointed at it with an empty cache: the constants that
+    HF_ENDPOINT and HF_HUB_CACHE set when huggingface_hub is imported (another test of this process
+    may have imported it already; the offline test sets the real variables in new processes)."""
+    from huggingface_hub import constants
+
+    with HubServer(releases["repositories"]) as server:
+        monkeypatch.setattr(constants, "ENDPOINT", server.url)
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                            server.url + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf_cache"))
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        yield server
+
+
+def features(model, seed=0):
+    spectrogram = np.random.default_rng(seed).normal(size=(2, 256, 128)).astype("float32")
+    return {k: keras.ops.convert_to_numpy(v) for k, v in model(spectrogram).items()}
+
+
+def assert_same_features(loaded, original):
+    for name, value in features(original).items():
+        np.testing.assert_allclose(features(loaded)[name], value, rtol=1e-5, atol=1e-5)
+
+
+def test_an_official_release_loads_by_uri_with_its_architecture_read_off_the_weights(hub, releases):
+    bat = BATBackbone.from_preset("hf://lab/bat-release")
+    assert {key: bat.get_config()[key] for key in BAT} == BAT and bat.use_gate
+    assert_same_features(bat, releases["models"]["bat"])
+    # Every caller that takes a model: the encoder is found among the registered ones.
+    beats = backbone_from_source("hf://lab/beats-release")
+    assert type(beats) is BEATsBackbone and {key: beats.get_config()[key] for key in BEATS} == BEATS
+    assert_same_features(beats, releases["models"]["beats"])
+
+
+def test_a_keras_bat_preset_in_a_subfolder_loads_by_uri(hub, releases, tmp_path):
+    folder = tmp_path / "preset"
+    releases["models"]["bat"].save_to_preset(str(folder))
+    hub.repositories["lab/presets"] = {f"tiny/{p.name}": p.read_bytes() for p in folder.iterdir()}
+    assert_same_features(BATBackbone.from_preset("hf://lab/presets/tiny"), releases["models"]["bat"])
+
+
+def test_the_cache_serves_offline_once_the_hub_is_gone(releases, tmp_path):
+    """Real environment variables, in a new process: download once, then offline with the server stopped."""
+    script = ("import sys, numpy as np; from keras_bat.models import BATBackbone; "
+              "m = BATBackbone.from_preset('hf://lab/bat-release'); "
+              "print(float(np.abs(m.get_weights()[0]).sum()))")
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_DISABLE_TELEMETRY": "1"}
+    with HubServer(releases["repositories"]) as server:
+        online = subprocess.run([sys.executable, "-c", script], env={**env, "HF_ENDPOINT": server.url},
+                                capture_output=True, text=True, timeout=300)
+    assert online.returncode == 0, online.stderr[-2000:]
+    offline = subprocess.run([sys.executable, "-c", script], env={**env, "HF_ENDPOINT": server.url,
+                                                                  "HF_HUB_OFFLINE": "1"},
+                             capture_output=True, text=True, timeout=300)
+    assert offline.returncode == 0, offline.stderr[-2000:]
+    assert offline.stdout.split()[-1] == online.stdout.split()[-1]
+    # Offline with nothing cached: one error naming the URI and the cache folder.
+    empty = subprocess.run([sys.executable, "-c", script], env={**env, "HF_HOME": str(tmp_path / "empty"),
+                                                                "HF_HUB_OFFLINE": "1"},
+                           capture_output=True, text=True, timeout=300)
+    assert empty.returncode != 0
+    assert "hf://lab/bat-release is not in the Hugging Face cache" in empty.stderr
+    assert str(tmp_path / "empty") in empty.stderr and "HF_HUB_OFFLINE is set" in empty.stderr
+
+
+def test_bad_sources_name_the_problem(hub):
+    with pytest.raises(ValueError, match="has no repository 'lab/nothing-here'"):
+        BATBackbone.from_preset("hf://lab/nothing-here")
+    with pytest.raises(ValueError, match="Could not read the safetensors file"):
+        BATBackbone.from_preset("hf://lab/truncated")
+    with pytest.raises(ValueError, match="holds no BATBackbone weights"):
+        BATBackbone.from_preset("hf://lab/beats-release")
+    with pytest.raises(ValueError, match="not a Hub URI"):
+        BATBackbone.from_preset("hf://just-a-name")
+
+
+def test_the_published_release_is_a_preset_that_carries_weights():
+    preset = BATBackbone.presets["bat_base_as2m"]
+    assert preset["weights"] == "hf://lrauch/BAT-vit-b16-pretrainedAS2M"
+    assert BATBackbone.presets["bat_base"]["weights"] is None
+    # Without weights it is the architecture, built offline.
+    assert BATBackbone.from_preset("bat_base_as2m", load_weights=False).dim == 768
