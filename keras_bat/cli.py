@@ -94,7 +94,7 @@ def execute(args):
 
 def _run_config(args):
     """The run's config, every setting checked, and what it names checked to exist, before any work."""
-    from keras_bat.data.datasets import READERS
+    from keras_bat.data.datasets import dataset_reader
     from keras_bat.heads import get_head
     from keras_bat.models.encoders import get_encoder
     from keras_bat.workflows.config import load_config
@@ -111,9 +111,8 @@ def _run_config(args):
     get_encoder(config["model"]["encoder"])  # the registries name what they hold
     if args.command != "pretrain":
         get_head(config["head"]["type"])
-    dataset = config["data"]["dataset"]
-    if dataset is not None and dataset not in READERS:
-        raise ValueError(f"Setting data.dataset={dataset!r}: unknown dataset; expected one of {sorted(READERS)}.")
+    if config["data"]["dataset"] is not None:
+        dataset_reader(config["data"]["dataset"])
     root = config["data"]["root"]
     if root is not None and not os.path.exists(root):
         raise FileNotFoundError(f"Setting data.root={root!r}: no such file or folder.")

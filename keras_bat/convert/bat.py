@@ -128,7 +128,11 @@ def checkpoint_time_patches(state, freq_patches=8, prefix=None):
     """
     if prefix is None:
         prefix = next((p for p in KNOWN_PREFIXES if p + "pos_embed" in state and p + "cls_token" in state), "")
-    table = state.get(prefix + "pos_embed")
+    return table_time_patches(state.get(prefix + "pos_embed"), freq_patches)
+
+
+def table_time_patches(table, freq_patches=8):
+    """Time patches of an official position table `(1, time * freq, dim)`; `None` for no such table."""
     if table is None or table.ndim != 3 or table.shape[1] % freq_patches:
         return None
     return table.shape[1] // freq_patches
@@ -180,15 +184,21 @@ def load_official_pretrainer_weights(pretrainer, source):
     return steps
 
 
+def block_settings(state, prefix):
+    """Width, depth, heads (width / 64, the ViT convention: weights do not tell) and MLP ratio of
+    the blocks `blocks.{i}.*` under `prefix` (BAT's names, which EAT and SSLAM share)."""
+    dim = state[prefix + "blocks.0.attn.qkv.weight"].shape[1]
+    return {"dim": dim, "depth": count_blocks(state, prefix, "blocks.{}"), "num_heads": max(dim // 64, 1),
+            "mlp_ratio": state[prefix + "blocks.0.mlp.fc1.weight"].shape[0] / dim}
+
+
 def bat_checkpoint_config(state):
     """`(constructor arguments, prefix)` of a BAT-layout encoder (gated or not) in an official
     state dict, read off its weights, or `None` when it holds none."""
     prefix = find_prefix(state, "blocks.0.attn.qkv.weight")
     if prefix is None or prefix + "patch_embed.proj.weight" not in state:
         return None
-    dim = state[prefix + "blocks.0.attn.qkv.weight"].shape[1]
-    config = {"dim": dim, "depth": count_blocks(state, prefix, "blocks.{}"), "num_heads": max(dim // 64, 1),
-              "mlp_ratio": state[prefix + "blocks.0.mlp.fc1.weight"].shape[0] / dim,
+    config = {**block_settings(state, prefix),
               "use_gate": prefix + "blocks.0.attn.gate.weight" in state,
               "qkv_bias": prefix + "blocks.0.attn.qkv.bias" in state,
               "pre_norm": prefix + "pre_norm.weight" in state}

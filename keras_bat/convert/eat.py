@@ -7,9 +7,9 @@ under BAT's own names (`blocks.{i}.attn.qkv.weight`, ...), beside keys of
 the pretraining (decoder, EMA state) that the encoder does not use.
 """
 
-from keras_bat.convert.bat import backbone_parameters
+from keras_bat.convert.bat import backbone_parameters, block_settings, table_time_patches
 from keras_bat.convert.checkpoints import read_state_dict
-from keras_bat.convert.mapping import assign_parameters, choose_prefix, count_blocks, find_prefix
+from keras_bat.convert.mapping import assign_parameters, choose_prefix, find_prefix
 
 _IMAGE = "modality_encoders.IMAGE."
 # BAT name -> fairseq name, for the parameters outside the blocks.
@@ -62,11 +62,8 @@ def eat_checkpoint_config(state):
     prefix = find_prefix(state, EAT_NAMES["patch_embed.proj.weight"])
     if prefix is None or prefix + "blocks.0.attn.qkv.weight" not in state:
         return None
-    dim = state[prefix + "blocks.0.attn.qkv.weight"].shape[1]
-    config = {"dim": dim, "depth": count_blocks(state, prefix, "blocks.{}"), "num_heads": max(dim // 64, 1),
-              "mlp_ratio": state[prefix + "blocks.0.mlp.fc1.weight"].shape[0] / dim, "use_gate": False,
-              "frontend": "eat"}
-    positions = state.get(prefix + EAT_NAMES["pos_embed"])
-    if positions is not None and positions.ndim == 3 and positions.shape[1] % 8 == 0:
-        config["chunk_time_patches"] = positions.shape[1] // 8
+    config = {**block_settings(state, prefix), "use_gate": False, "frontend": "eat"}
+    time_patches = table_time_patches(state.get(prefix + EAT_NAMES["pos_embed"]))
+    if time_patches:
+        config["chunk_time_patches"] = time_patches
     return config, prefix

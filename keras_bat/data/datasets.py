@@ -442,12 +442,17 @@ def register_dataset(name, default_root=None):
     return register
 
 
+def dataset_reader(name):
+    """The `DatasetReader` registered as `name`."""
+    if name not in READERS:
+        raise ValueError(f"Unknown dataset {name!r}; expected one of {sorted(READERS)}.")
+    return READERS[name]
+
+
 def read_dataset(name, root, split_names, fold=None, output_dir=None, **options):
     """`{split: AudioDataset}` of the registered dataset `name` (see `register_dataset`);
     `output_dir` is the run's folder, where a dataset with a `default_root` goes without `root`."""
-    if name not in READERS:
-        raise ValueError(f"Unknown dataset {name!r}; expected one of {sorted(READERS)}.")
-    reader = READERS[name]
+    reader = dataset_reader(name)
     if root is None and reader.default_root and output_dir is not None:
         root = str(Path(output_dir) / reader.default_root)
     if root is None:

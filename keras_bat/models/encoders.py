@@ -91,13 +91,19 @@ def encoder_name(backbone_class, config):
     return max(fitting)[1]
 
 
+def own_config_class(directory):
+    """The backbone class whose constructor takes every entry of a preset directory's config
+    (`EncoderModel.holds_own_config`), or `None`."""
+    return next((e.backbone_class for e in ENCODERS.values() if e.backbone_class.holds_own_config(directory)), None)
+
+
 def preset_directory_class(directory):
-    """The backbone class whose constructor takes every entry of a preset directory's config."""
-    config = EncoderModel.preset_config(directory)
-    for encoder in ENCODERS.values():
-        if set(config) <= set(inspect.signature(encoder.backbone_class.__init__).parameters):
-            return encoder.backbone_class
-    raise ValueError(f"{directory}/{CONFIG_FILE} fits no encoder's constructor: {sorted(config)}.")
+    """The backbone class of a preset directory written by `save_to_preset`."""
+    config = EncoderModel.preset_config(directory)  # raises for a folder without config.json
+    backbone_class = own_config_class(directory)
+    if backbone_class is None:
+        raise ValueError(f"{directory}/{CONFIG_FILE} fits no encoder's constructor: {sorted(config)}.")
+    return backbone_class
 
 
 def backbone_from_source(source, encoder=None, checkpoint_key=None, architecture="bat_base"):
@@ -124,7 +130,7 @@ def backbone_from_source(source, encoder=None, checkpoint_key=None, architecture
     if is_hub_uri(source):
         source = download_preset(source)
     if os.path.isdir(source):
-        owner = next((e.backbone_class for e in ENCODERS.values() if e.backbone_class.holds_own_config(source)), None)
+        owner = own_config_class(source)
         if owner is not None:
             return owner.from_preset(source)
         if os.path.isfile(os.path.join(source, WEIGHTS_FILE)):
