@@ -11,6 +11,7 @@ name, sets `KERAS_BACKEND`, and only then hands the parsed command to
     keras-bat finetune as20k --set data.root=/data/AudioSet model.weights=bat.pt
     keras-bat pretrain ssl --set data.root=/data/AudioSet
     keras-bat embed my_audio/ --output embeddings/ --weights bat.pt --frames
+    keras-bat tag my_audio/ --model runs/my_sounds/task_preset --output labels.csv
     keras-bat export runs/demo/probe_cgp_pretrained/preset probe.onnx --format onnx
     keras-bat hear-validate -m my_preset/
     keras-bat --backend jax info
@@ -81,17 +82,23 @@ RUN_COMMANDS = {
                  "keras-bat pretrain ssl --set data.root=/data/AudioSet train.batch_size=24"),
     "probe": ("train a probe on a frozen encoder and evaluate it",
               "Trains a head (CGP, linear, layer-mixed linear, Head2Toe, ProtoBin, VQT, ASR) on a frozen\n"
-              "encoder, evaluates it, and writes results.json and the task preset (label names included).",
-              "keras-bat probe esc50 --variant cgp --set data.root=/data/ESC-50 model.weights=bat.pt"),
+              "encoder, evaluates it, and writes results.json and the task preset (label names included)\n"
+              "that keras-bat tag labels new recordings with.",
+              "keras-bat probe my_sounds/ --model hf://lrauch/BAT-vit-b16-pretrainedAS2M\n"
+              "  keras-bat probe esc50 --variant cgp --set data.root=/data/ESC-50 model.weights=bat.pt"),
     "finetune": ("finetune the whole encoder with a head",
                  "Trains the encoder and a head together (the recipe's finetune variant by default).",
-                 "keras-bat finetune as20k --set data.root=/data/AudioSet model.weights=bat.pt"),
+                 "keras-bat finetune my_sounds/ --model bat_base_as2m\n"
+                 "  keras-bat finetune as20k --set data.root=/data/AudioSet model.weights=bat.pt"),
     "demo": ("the laptop demo on generated sound events",
              "Generates a procedural sound-event dataset, pretrains a small BAT on it, probes it and its\n"
              "random initialisation with CGP and a linear probe, prints both rows and writes the probes\n"
              "as task presets (runs/demo/ by default).",
              "keras-bat demo --set pretrain.steps=480"),
 }
+
+
+OWN_DATA_COMMANDS = ("probe", "finetune")
 
 
 def make_parser():
@@ -107,7 +114,13 @@ def make_parser():
                                       formatter_class=HelpFormatter)
         command.add_argument("config", nargs="?", default=None,
                              help=f"a built-in recipe ({recipes}) or a YAML recipe file; "
-                                  "the demo's embedded config when omitted")
+                                  "the demo's embedded config when omitted"
+                                  + ("; or your own labelled recordings: a folder of class sub-folders or a CSV "
+                                     "of path,label (the own_data recipe)" if name in OWN_DATA_COMMANDS else ""))
+        if name in OWN_DATA_COMMANDS:
+            command.add_argument("--model", default=None,
+                                 help="the encoder: a preset name (bat_base_as2m), a preset or release folder, or "
+                                      "hf://owner/repo[/subfolder] (sets model.backbone, encoder read off it)")
         command.add_argument("--variant", default=None,
                              help="a variant of the recipe (its head or finetuning settings, e.g. cgp, lp, h2t; "
                                   "finetune takes the recipe's finetune variant by default)")
@@ -140,6 +153,30 @@ def make_parser():
                        help="continue a partial run in --output (also the default when it holds one)")
     state.add_argument("--overwrite", action="store_true",
                        help="replace whatever run --output holds and start again")
+    tag = commands.add_parser(
+        "tag", help="label recordings (top-k labels, sound events) with a task preset", formatter_class=HelpFormatter,
+        description="Labels every audio file given (files, and folders searched recursively), each at its own\n"
+                    "length, streamed in constant memory: the top-k labels with their scores and, with a frame-level\n"
+                    "head and --events, the sound events (onset, offset, label, score) after per-class thresholds\n"
+                    "and median filtering. A file that cannot be read gets a 'failed' row with the reason and the\n"
+                    "run goes on; each file's rows are on disk before the next starts, and an interrupted run\n"
+                    "continues from its last finished file when run again.",
+        epilog="examples:\n  keras-bat tag recordings/ --model runs/my_sounds/task_preset --output labels.csv\n"
+               "  keras-bat tag night.flac --model hf://me/bird-events --events --threshold 0.3 --output events.json")
+    tag.add_argument("inputs", nargs="+", help="audio files and folders")
+    tag.add_argument("--model", required=True,
+                     help="task preset: a folder written by probe / finetune (<run>/preset), a .keras file or "
+                          "hf://owner/repo[/subfolder]")
+    tag.add_argument("--output", required=True, help="results file, .csv or .json")
+    tag.add_argument("--top-k", type=positive(int), default=5, help="labels per recording")
+    tag.add_argument("--events", action="store_true", help="also write sound events (frame-level heads)")
+    tag.add_argument("--threshold", default="0.5",
+                     help="event threshold: one probability, or per class as label=value pairs separated by "
+                          "commas (others 0.5)")
+    tag.add_argument("--median-filter", type=float, default=0.5,
+                     help="seconds of the median filter over each class's frame probabilities (0: none)")
+    tag.add_argument("--batch-size", type=positive(int), default=8, help="time chunks per forward pass")
+    tag.add_argument("--overwrite", action="store_true", help="replace an existing results file")
     export = commands.add_parser(
         "export", help="write a SavedModel or ONNX file for serving (frontend inside)", formatter_class=HelpFormatter,
         description="Exports an AudioClassifier preset (logits and label names) or a backbone (clip and frame\n"

@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import traceback
+from pathlib import Path
 
 from keras_bat.runtime import filtered_stderr, import_tensorflow
 from keras_bat.workflows.run_folder import check_writable_folder
@@ -71,6 +72,8 @@ def execute(args):
         return 0
     if args.command == "embed":
         return _embed(args)
+    if args.command == "tag":
+        return _tag(args)
     config = _run_config(args)
     _import_tensorflow_if_installed()
     if args.command == "demo":
@@ -89,6 +92,9 @@ def execute(args):
     summary = result.get("summary") or result.get("metrics") or {"backbone": result.get("backbone")}
     print(json.dumps(summary, indent=2))
     print(f"results: {config['output_dir']}/results.json")
+    if result.get("preset"):
+        print(f"task preset: {result['preset']} (label new recordings with: keras-bat tag FILES_OR_FOLDER "
+              f"--model {result['preset']} --output labels.csv)")
     return 0
 
 
@@ -100,15 +106,26 @@ def _run_config(args):
     from keras_bat.workflows.config import load_config
 
     overrides = list(args.set)
+    recipe = args.config
+    if recipe is not None and (os.path.isdir(recipe) or recipe.lower().endswith(".csv")):
+        if not os.path.exists(recipe):
+            raise FileNotFoundError(f"{recipe}: no such CSV file of labelled recordings.")
+        # Your own recordings: the own_data recipe on them, the run named after them.
+        overrides = [f"data.root={json.dumps(recipe)}", f"name={json.dumps(Path(recipe).stem or 'own_data')}"] \
+            + overrides
+        recipe = "own_data"
+    if getattr(args, "model", None):
+        overrides += [f"model.backbone={json.dumps(args.model)}", "model.encoder=auto", "model.weights=null"]
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
     if args.command == "finetune":
         overrides.append("train.finetune=true")
     variant = args.variant
-    if args.command == "finetune" and variant is None and args.config is not None:
+    if args.command == "finetune" and variant is None and recipe is not None:
         variant = "finetune"  # the recipe's finetuning settings; the demo config has no variants
-    config = load_config(args.config, variant, overrides)
-    get_encoder(config["model"]["encoder"])  # the registries name what they hold
+    config = load_config(recipe, variant, overrides)
+    if config["model"]["encoder"] != "auto":
+        get_encoder(config["model"]["encoder"])  # the registries name what they hold
     if args.command != "pretrain":
         get_head(config["head"]["type"])
     if config["data"]["dataset"] is not None:
@@ -137,6 +154,21 @@ def _embed(args):
     if result["skipped"]:
         print(skipped_text(result["skipped"], args.output), file=sys.stderr)
     print(json.dumps({key: value for key, value in result.items() if key != "skipped"}, indent=2))
+    return 0
+
+
+def _tag(args):
+    from keras_bat.workflows.tag import parse_thresholds, run_tag
+
+    thresholds = parse_thresholds(args.threshold)
+    for item in args.inputs:
+        if not os.path.exists(item):
+            raise FileNotFoundError(f"{item}: no such audio file or folder.")
+    check_writable_folder(os.path.dirname(os.path.abspath(args.output)), "folder of the results file")
+    _import_tensorflow_if_installed()
+    summary = run_tag(args.inputs, args.model, args.output, args.top_k, args.events, thresholds,
+                      args.median_filter, args.batch_size, args.overwrite)
+    print(json.dumps(summary, indent=2))
     return 0
 
 

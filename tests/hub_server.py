@@ -1,6 +1,8 @@
 """A Hugging Face Hub stand-in on 127.0.0.1 for tests: the model repositories' API and file
-endpoints that `huggingface_hub` downloads through (`HF_ENDPOINT` points at it)."""
+endpoints that `huggingface_hub` downloads and uploads through (`HF_ENDPOINT` points at it).
+Uploads take every file as a regular (non-LFS) blob in the commit's body."""
 
+import base64
 import hashlib
 import http.server
 import json
@@ -8,6 +10,18 @@ import threading
 import urllib.parse
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def official_file(model, prefix="audio_model.encoder."):
+    """An encoder's weights under their official names and a prefix (as a release's wrapper
+    names them), as the bytes of a safetensors file."""
+    import keras
+    import numpy as np
+    from safetensors.numpy import save
+
+    arrays = {prefix + name: np.array(param.to_official(keras.ops.convert_to_numpy(param.variable)), "float32",
+                                      order="C") for name, param in model.official_parameters().items()}
+    return save(arrays)
 
 
 class HubServer:
@@ -27,6 +41,18 @@ class HubServer:
 
             def do_GET(self):
                 self.answer(send_body=True)
+
+            def do_POST(self):
+                path = urllib.parse.unquote(urllib.parse.urlparse(self.path).path)
+                server.requests.append(f"POST {path}")
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                status, answer = server.receive(path, body)
+                data = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
 
             def answer(self, send_body):
                 path = urllib.parse.unquote(urllib.parse.urlparse(self.path).path)
@@ -68,6 +94,28 @@ class HubServer:
         data = self.repositories[repo][filename]
         etag = hashlib.sha256(data).hexdigest()
         return 200, {"X-Repo-Commit": COMMIT, "ETag": f'"{etag}"', "Content-Type": "application/octet-stream"}, data
+
+    def receive(self, path, body):
+        """Repository creation, the pre-upload query and commits."""
+        if path == "/api/repos/create":
+            request = json.loads(body)
+            repo = f"{request['organization']}/{request['name']}" if request.get("organization") else request["name"]
+            self.repositories.setdefault(repo, {})
+            return 200, {"url": f"{self.url}/{repo}"}
+        repo, _, action = path[len("/api/models/"):].rpartition("/")[0].rpartition("/")
+        if repo not in self.repositories:
+            return 404, {"error": "Repository not found"}
+        if action == "preupload":
+            files = [{"path": entry["path"], "uploadMode": "regular", "shouldIgnore": False}
+                     for entry in json.loads(body)["files"]]
+            return 200, {"files": files}
+        if action == "commit":
+            for line in body.splitlines():
+                item = json.loads(line)
+                if item["key"] == "file":
+                    self.repositories[repo][item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+            return 200, {"commitUrl": f"{self.url}/{repo}/commit/{COMMIT}", "commitOid": COMMIT}
+        return 404, {"error": f"no endpoint {path}"}
 
     def __enter__(self):
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()

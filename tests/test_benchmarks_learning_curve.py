@@ -21,6 +21,11 @@ def load_script():
 
 
 def test_learning_curve_on_tiny_settings(tmp_path):
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("run in the TensorFlow pass: the script's bookkeeping does not depend on the backend, and the "
+                    "pretraining and probing it drives are tested on every backend (test_workflows.py)")
     learning_curve = load_script()
     args = ["--seeds", "0", "1", "--steps", "0", "2", "4", "--every", "2", "--probes", "CGP", "finetuning",
             "--output", str(tmp_path), "--set", *TINY]

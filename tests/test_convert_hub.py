@@ -10,10 +10,9 @@ import sys
 import keras
 import numpy as np
 import pytest
-from safetensors.numpy import save
 
 from helpers import require_module
-from hub_server import HubServer
+from hub_server import HubServer, official_file
 from keras_bat.models import BATBackbone, BEATsBackbone
 from keras_bat.models.encoders import backbone_from_source
 
@@ -23,24 +22,18 @@ BAT = {"dim": 128, "depth": 2, "num_heads": 2, "chunk_time_patches": 16}  # head
 BEATS = {"dim": 128, "depth": 2, "num_heads": 2, "ffn_dim": 256, "embed_dim": 48, "conv_pos": 16, "conv_pos_groups": 4}
 
 
-def official_file(model, prefix=PREFIX):
-    """The model's weights under their official names and a prefix, as a safetensors file's bytes."""
-    arrays = {prefix + name: np.array(param.to_official(keras.ops.convert_to_numpy(param.variable)), "float32",
-                                      order="C") for name, param in model.official_parameters().items()}
-    return save(arrays)
-
-
 @pytest.fixture(scope="module")
 def releases():
     require_module("huggingface_hub")
     keras.utils.set_random_seed(3)
     bat, beats = BATBackbone(**BAT), BEATsBackbone(**BEATS)
     transformers_config = json.dumps({"architectures": ["BATModel"], "model_type": "bat", "auto_map": {}}).encode()
-    bat_file = official_file(bat)
+    bat_file = official_file(bat, PREFIX)
     return {"models": {"bat": bat, "beats": beats}, "repositories": {
         "lab/bat-release": {"model.safetensors": bat_file, "config.json": transformers_config},
         "lab/beats-release": {"model.safetensors": official_file(beats, "beats.")},
         "lab/truncated": {"model.safetensors": bat_file[:len(bat_file) // 2]},
+        "lab/empty": {},
     }}
 
 
@@ -120,6 +113,8 @@ def test_bad_sources_name_the_problem(hub):
         BATBackbone.from_preset("hf://lab/beats-release")
     with pytest.raises(ValueError, match="not a Hub URI"):
         BATBackbone.from_preset("hf://just-a-name")
+    with pytest.raises(ValueError, match="hf://lab/empty: the repository 'lab/empty' holds no files"):
+        BATBackbone.from_preset("hf://lab/empty")
 
 
 def test_the_published_release_is_a_preset_that_carries_weights():
@@ -128,3 +123,32 @@ def test_the_published_release_is_a_preset_that_carries_weights():
     assert BATBackbone.presets["bat_base"]["weights"] is None
     # Without weights it is the architecture, built offline.
     assert BATBackbone.from_preset("bat_base_as2m", load_weights=False).dim == 768
+
+
+def test_a_task_preset_uploaded_to_the_hub_loads_back_by_uri(hub, tmp_path, monkeypatch):
+    from keras_bat import upload_preset
+    from keras_bat.heads import CGP
+    from keras_bat.layers import LogMelSpectrogram
+    from keras_bat.models import AudioClassifier
+
+    monkeypatch.setenv("HF_TOKEN", "hf_stand_in_token")
+    model = AudioClassifier(BATBackbone(**BAT), CGP(2, 4), frontend=LogMelSpectrogram(time_frames=64),
+                            label_names=["bird", "frog"])
+    waveforms = np.random.default_rng(4).normal(size=(2, 8000)).astype("float32") * 0.1
+    model.save_to_preset(tmp_path / "frogs")
+    url = upload_preset("hf://me/frog-probe/v1", tmp_path / "frogs")
+    assert url.startswith(hub.url) and "POST /api/models/me/frog-probe/commit/main" in hub.requests
+    assert sorted(hub.repositories["me/frog-probe"]) == sorted(f"v1/{name}" for name in os.listdir(tmp_path / "frogs"))
+    restored = AudioClassifier.from_preset("hf://me/frog-probe/v1")
+    assert restored.label_names == ["bird", "frog"]
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(restored(waveforms)),
+                               keras.ops.convert_to_numpy(model(waveforms)), rtol=1e-5, atol=1e-5)
+    assert_same_features(BATBackbone.from_preset("hf://me/frog-probe/v1"), model.backbone)
+    with pytest.raises(ValueError, match="is not a preset folder"):
+        upload_preset("hf://me/frog-probe", tmp_path)
+    # A preset whose weights are of another size than its config: one error naming the shapes.
+    files = dict(hub.repositories["me/frog-probe"])
+    hub.repositories["me/mismatch"] = {**{name[len("v1/"):]: data for name, data in files.items()},
+                                       "model.safetensors": official_file(BATBackbone(**{**BAT, "dim": 64}))}
+    with pytest.raises(ValueError, match=r"shape.*\(128,\).*\(64,\)|\(64,\).*\(128,\)"):
+        AudioClassifier.from_preset("hf://me/mismatch")

@@ -88,7 +88,8 @@ def test_folder_checkpoint_and_config_check(tiny_config, tmp_path):
     for name, value in load_parity("encoder_weights.safetensors").items():
         np.testing.assert_array_equal(official_arrays(backbone)[name], value, err_msg=name)
     config = json.loads((tmp_path / "config.json").read_text())
-    (tmp_path / "config.json").write_text(json.dumps({**config, "num_heads": 8}))
+    config["config"]["num_heads"] = 8
+    (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="num_heads: checkpoint 8 vs model 4"):
         load_official_weights(BATBackbone(**tiny_config), tmp_path)
 

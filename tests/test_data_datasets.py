@@ -144,3 +144,55 @@ def test_balanced_sampling_weights_inverse_frequency(tmp_path):
     np.testing.assert_allclose(balanced_sampling_weights(dataset, "mean"), expected / expected.sum())
     first = np.array([1 / 3, 1 / 3, 1 / 3, 1 / 2])
     np.testing.assert_allclose(balanced_sampling_weights(dataset, "first"), first / first.sum())
+
+
+def test_labelled_recordings_of_ones_own(tmp_path):
+    from keras_bat.data.datasets import labelled_dataset, read_dataset
+
+    for name, count in (("dog", 10), ("rain", 5), ("siren", 2)):
+        (tmp_path / "sounds" / name / "day1").mkdir(parents=True)
+        for i in range(count):  # searched recursively inside each class folder
+            write(tmp_path / "sounds" / name / ("day1" if i % 2 else "") / f"{name}{i}.wav", tone(0.1))
+    splits = read_dataset("labelled", str(tmp_path / "sounds"), ("train", "test"))
+    assert splits["train"].class_names == ["dog", "rain", "siren"] and splits["train"].task == "multiclass"
+    tested = [np.bincount([c.label for c in splits[s].clips], minlength=3).tolist() for s in ("train", "test")]
+    assert tested == [[8, 4, 1], [2, 1, 1]]  # a fifth of each class, at least one of each
+    assert not {c.path for c in splits["train"].clips} & {c.path for c in splits["test"].clips}
+    # The same files go to the same split wherever the folder lies, and another seed draws others.
+    (tmp_path / "sounds").rename(tmp_path / "moved")
+    moved = labelled_dataset(tmp_path / "moved")
+    assert [c.path.replace("/moved/", "/sounds/") for c in moved["test"].clips] == \
+        [c.path for c in splits["test"].clips]
+    assert {c.path for c in labelled_dataset(tmp_path / "moved", seed=1)["test"].clips} != \
+        {c.path for c in moved["test"].clips}
+    # A folder with train/ and test/ keeps them.
+    for split in ("train", "test"):
+        for name in ("a", "b"):
+            (tmp_path / "given" / split / name).mkdir(parents=True)
+            write(tmp_path / "given" / split / name / "x.wav", tone(0.1))
+    given = labelled_dataset(tmp_path / "given")
+    assert [len(given[s]) for s in ("train", "test")] == [2, 2] and given["test"].class_names == ["a", "b"]
+    # A CSV, with a split column or split by class.
+    rows = "path,label,split\n" + "".join(f"moved/dog/dog{i}.wav,{'dog' if i % 2 else 'dog;rain'},"
+                                          f"{'test' if i < 2 else 'train'}\n" for i in range(0, 10, 2))
+    (tmp_path / "labels.csv").write_text(rows)
+    from_csv = labelled_dataset(tmp_path / "labels.csv")
+    assert from_csv["train"].task == "multilabel" and [len(from_csv[s]) for s in ("train", "test")] == [4, 1]
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda root: (root / "labels.csv").write_text("path,label\na.wav,dog\nb.wav,cat\na.wav,cat\n"),
+     "listed more than once: \\['a.wav'\\]"),
+    (lambda root: (root / "labels.csv").write_text("path,label,split\na.wav,dog,train\nb.wav,cat,valid\n"),
+     "split column takes train or test"),
+    (lambda root: (root / "labels.csv").write_text("file,tag\na.wav,dog\n"), "missing columns"),
+    (lambda root: (root / "sounds" / "dog").mkdir(parents=True), "hold no audio files"),
+    (lambda root: (root / "sounds").mkdir(), "one sub-folder of audio files per class"),
+])
+def test_labelled_recordings_with_mistakes(tmp_path, make, message):
+    from keras_bat.data.datasets import labelled_dataset
+
+    make(tmp_path)
+    source = tmp_path / "labels.csv" if (tmp_path / "labels.csv").exists() else tmp_path / "sounds"
+    with pytest.raises(ValueError, match=message):
+        labelled_dataset(source)

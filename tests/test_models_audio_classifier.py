@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -174,7 +175,7 @@ def test_classifier_preset_restores_frontend_backbone_and_head(tmp_path):
     spectrogram = to_numpy(model.frontend(waveforms))
     np.testing.assert_allclose(to_numpy(encoder(spectrogram)["cls_tokens"]),
                                to_numpy(model.backbone(spectrogram)["cls_tokens"]), atol=1e-6)
-    with pytest.raises(ValueError, match="holds no task.keras"):
+    with pytest.raises(ValueError, match="holds no task.json"):
         AudioClassifier.from_preset(tmp_path)
 
 
@@ -186,10 +187,11 @@ from keras_bat import AudioClassifier, BATBackbone, LogMelSpectrogram
 from keras_bat.heads import CGP
 keras.utils.set_random_seed(0)
 model = AudioClassifier(BATBackbone(dim=32, depth=2, num_heads=4), CGP(3, 8),
-                        frontend=LogMelSpectrogram(time_frames=64))
+                        frontend=LogMelSpectrogram(time_frames=64), label_names=["dog", "rain", "siren"])
 waveforms = np.random.default_rng(3).normal(size=(2, 10080)).astype("float32") * 0.1
 np.savez(sys.argv[1] + ".npz", waveforms=waveforms, logits=keras.ops.convert_to_numpy(model(waveforms)))
 model.save(sys.argv[1] + ".keras")
+model.save_to_preset(sys.argv[1] + "_preset")
 """
 
 
@@ -202,6 +204,19 @@ def test_keras_file_saved_under_another_backend_loads_with_equal_outputs(tmp_pat
     saved = np.load(tmp_path / "model.npz")
     restored = keras.saving.load_model(tmp_path / "model.keras")
     np.testing.assert_allclose(to_numpy(restored(saved["waveforms"])), saved["logits"], atol=1e-5)
+    # The task preset too, in keras-hub's layout, with what wrote it.
+    preset = tmp_path / "model_preset"
+    assert sorted(os.listdir(preset)) == ["config.json", "frontend.json", "metadata.json", "model.safetensors",
+                                          "task.json", "task.weights.h5"]
+    metadata = json.loads((preset / "metadata.json").read_text())
+    assert metadata["backend"] == source and metadata["keras_version"] == keras.__version__
+    assert metadata["keras_bat_version"] and metadata["class_name"] == "AudioClassifier"
+    assert metadata["task"] == "multiclass" and metadata["num_classes"] == 3 and metadata["parameter_count"] > 0
+    restored = AudioClassifier.from_preset(preset)
+    assert restored.label_names == ["dog", "rain", "siren"]
+    np.testing.assert_allclose(to_numpy(restored(saved["waveforms"])), saved["logits"], atol=1e-5)
+    frontend = keras.saving.deserialize_keras_object(json.loads((preset / "frontend.json").read_text()))
+    assert isinstance(frontend, LogMelSpectrogram) and frontend.time_frames == 64
 
 
 # Every head and pooling; 11 time patches in chunks of 2 make 6 chunks, the last one patch long.

@@ -44,7 +44,7 @@ def test_config_merging_and_errors(tmp_path):
 
 
 def test_builtin_recipes_ship_with_the_package():
-    assert builtin_recipes() == ["as20k", "dcase2016_task2", "esc50", "hsn", "librispeech", "scv2", "ssl"]
+    assert builtin_recipes() == ["as20k", "dcase2016_task2", "esc50", "hsn", "librispeech", "own_data", "scv2", "ssl"]
     with pytest.raises(FileNotFoundError, match="no built-in recipe of that name; built-in recipes: as20k"):
         load_config("esc_50", "cgp")
 

@@ -57,13 +57,18 @@ def test_streamed_chunks_equal_the_whole_clip(encoder, batch_size, seconds, tmp_
 
     streamer = RecordingEncoder(backbone, batch_size)
     outputs = list(streamer.encode(path, len(waveform)))
-    cls_tokens = np.concatenate([cls for cls, _ in outputs])
-    frames = np.concatenate([patches.mean(axis=3).transpose(0, 2, 1, 3).reshape(-1, 2, 32)
-                             for _, patches in outputs])
+    cls_tokens = np.concatenate([features["cls_tokens"] for features in outputs])
+    frames = np.concatenate([features["patch_tokens"].mean(axis=3).transpose(0, 2, 1, 3).reshape(-1, 2, 32)
+                             for features in outputs])
     chunks = -(-streamer.layout(len(waveform))[1] // 4)
     assert len(cls_tokens) == chunks > 3  # several chunks, the last one shorter
     np.testing.assert_allclose(cls_tokens.mean(axis=0), expected_cls, atol=1e-5)
     np.testing.assert_allclose(frames, expected_frames.transpose(1, 0, 2), atol=1e-5)
+    # The same recording in memory streams to the same features.
+    in_memory = list(streamer.encode(waveform, len(waveform)))
+    for features, expected in zip(in_memory, outputs):
+        for name, value in expected.items():
+            np.testing.assert_allclose(features[name], value, atol=1e-6)
 
 
 def test_windows_reflect_and_pad_like_the_frontend(tmp_path):

@@ -6,12 +6,11 @@ The official parameter names (`patch_embed.proj.weight`, `blocks.3.attn.qkv.bias
 matrix over flattened `(time, freq)` patches.
 """
 
-import json
 import os
 
 import numpy as np
 
-from keras_bat.convert.checkpoints import CONFIG_FILE, load_torch_checkpoint, read_state_dict
+from keras_bat.convert.checkpoints import load_torch_checkpoint, read_preset_config, read_state_dict
 from keras_bat.convert.mapping import (KNOWN_PREFIXES, Param, assign_parameters, choose_prefix, count_blocks,
                                        find_prefix, layer_norm, linear, position_table)
 
@@ -60,11 +59,10 @@ def block_parameters(name, block):
 
 
 def check_preset_config(backbone, directory):
-    config_path = os.path.join(directory, CONFIG_FILE)
-    if not os.path.isfile(config_path):
+    found = read_preset_config(directory)
+    if found is None:
         return
-    with open(config_path) as f:
-        config = json.load(f)
+    config = found[1]
     mine = backbone.get_config()
     differences = [f"{key}: checkpoint {config[key]!r} vs model {mine[key]!r}"
                    for key in _ARCHITECTURE_KEYS if key in config and config[key] != mine[key]]

@@ -7,8 +7,26 @@ import numpy as np
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+METADATA_FILE = "metadata.json"
 # Nested entries of official checkpoints that hold an encoder state dict.
 ENCODER_ENTRIES = ("encoder", "model", "state_dict")
+
+
+def read_preset_config(directory):
+    """`(class name or None, constructor arguments)` of a preset folder's `config.json`, or `None`
+    without one. Reads keras-hub's layout (`{"class_name", "config", ...}`, as `save_to_preset`
+    writes) and the flat constructor arguments of earlier keras-bat presets; another library's
+    config (e.g. a transformers `config.json` beside an official release) comes back as it is."""
+    import json
+
+    path = os.path.join(directory, CONFIG_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        config = json.load(f)
+    if isinstance(config, dict) and isinstance(config.get("config"), dict) and "class_name" in config:
+        return config["class_name"], config["config"]
+    return None, config
 
 
 def _to_numpy(value):

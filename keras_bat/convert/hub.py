@@ -19,14 +19,42 @@ def parse_hub_uri(uri):
     return "/".join(parts[:2]), "/".join(parts[2:]) or None
 
 
+def _huggingface_hub(uri):
+    try:
+        import huggingface_hub
+    except ImportError as error:
+        raise ImportError(f"{uri} needs huggingface_hub: pip install 'keras-bat[hub]'.") from error
+    return huggingface_hub
+
+
+def upload_preset(uri, preset, commit_message=None):
+    """Pushes the preset folder `preset` (written by `save_to_preset`) to `uri`
+    (`hf://owner/repo[/subfolder]`) with `huggingface_hub`, creating the repository when it does
+    not exist; the token is huggingface_hub's (`hf auth login` or `HF_TOKEN`).
+
+    Returns:
+        The URL of the commit.
+    """
+    from keras_bat.convert.checkpoints import CONFIG_FILE
+
+    huggingface_hub = _huggingface_hub(uri)
+    repo_id, subfolder = parse_hub_uri(uri)
+    preset = os.fspath(preset)
+    if not os.path.isfile(os.path.join(preset, CONFIG_FILE)):
+        raise ValueError(f"{preset!r} is not a preset folder (no {CONFIG_FILE}): write one with save_to_preset.")
+    api = huggingface_hub.HfApi()
+    api.create_repo(repo_id, exist_ok=True)
+    info = api.upload_folder(repo_id=repo_id, folder_path=preset, path_in_repo=subfolder,
+                             commit_message=commit_message or f"Upload keras-bat preset {os.path.basename(preset)}")
+    return info.commit_url
+
+
 def download_preset(uri):
     """The local folder of `uri` (`hf://owner/repo[/subfolder]`), downloaded into the Hugging
     Face cache unless it is there already; offline (`HF_HUB_OFFLINE=1`) it is read from the cache."""
-    try:
-        import huggingface_hub
-        from huggingface_hub import constants, errors
-    except ImportError as error:
-        raise ImportError(f"Loading {uri} needs huggingface_hub: pip install 'keras-bat[hub]'.") from error
+    huggingface_hub = _huggingface_hub(uri)
+    from huggingface_hub import constants, errors
+
     repo_id, subfolder = parse_hub_uri(uri)
     try:
         folder = huggingface_hub.snapshot_download(repo_id, allow_patterns=[f"{subfolder}/*"] if subfolder else None)
@@ -38,6 +66,7 @@ def download_preset(uri):
         raise ValueError(f"{uri} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}), and the Hub cannot be "
                          f"reached ({why}). Download it once online, or copy the folder and pass its path.") from error
     path = os.path.join(folder, subfolder) if subfolder else folder
-    if not os.path.isdir(path):
-        raise ValueError(f"{uri}: the repository {repo_id!r} has no folder {subfolder!r}.")
+    if not os.path.isdir(path) or not any(name != ".gitattributes" for name in os.listdir(path)):
+        where = f"no folder {subfolder!r}" if subfolder else "no files"
+        raise ValueError(f"{uri}: the repository {repo_id!r} holds {where}.")
     return path

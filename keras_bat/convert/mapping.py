@@ -66,15 +66,15 @@ def lstm(name, layer, bidirectional):
 
 
 def choose_prefix(state, expected):
-    """The prefix of `KNOWN_PREFIXES` under which `state` holds the most `expected` names."""
-    best, best_hits = None, -1
-    for prefix in KNOWN_PREFIXES:
-        hits = sum(prefix + name in state for name in expected)
-        if hits == len(expected):
-            return prefix
-        if hits > best_hits:
-            best, best_hits = prefix, hits
-    return best
+    """The prefix under which `state` holds the most `expected` names: one of `KNOWN_PREFIXES`
+    (first on a tie), or whatever wrapper's prefix the keys carry (e.g. a release's
+    `audio_model.encoder.`)."""
+    candidates = list(KNOWN_PREFIXES)
+    for name in list(expected)[:8]:
+        found = find_prefix(state, name)
+        if found is not None and found not in candidates:
+            candidates.append(found)
+    return max(candidates, key=lambda prefix: sum(prefix + name in state for name in expected))
 
 
 def assign_parameters(expected, state, prefix, skip_unexpected, model_name, constants=None):

@@ -183,13 +183,7 @@ def load_window(path, start, stop, clip_samples, sample_rate=SAMPLE_RATE, info=N
     resampled with a quarter second of context on each side), so that a long
     recording can be framed a window at a time in constant memory.
     """
-    if clip_samples < 2:
-        raise AudioDecodeError(path, "too short", f"{clip_samples} samples")
-    index = np.abs(np.arange(start, stop))  # reflected at the clip's start ...
-    index = np.where(index >= clip_samples, 2 * (clip_samples - 1) - index, index)  # ... and end
-    if index.min() < 0:
-        raise AudioDecodeError(path, "too short", f"{clip_samples} samples cannot be framed by a "
-                                                  f"{stop - start}-sample window")
+    index = _window_index(path, start, stop, clip_samples)
     low, high = int(index.min()), int(index.max()) + 1
     segment = np.zeros(high - low, "float32")
     info = info or audio_info(path)
@@ -204,6 +198,42 @@ def load_window(path, start, stop, clip_samples, sample_rate=SAMPLE_RATE, info=N
                              keep_truncated=True)[low - first:readable - first]
         segment[:len(samples)] = samples
     return segment[index - low]
+
+
+def waveform_window(waveform, start, stop, name="the waveform"):
+    """Samples `[start, stop)` of a mono waveform in memory, reflected beyond its ends as
+    `load_window` reflects a file's clip."""
+    return np.asarray(waveform, "float32")[_window_index(name, start, stop, len(waveform))]
+
+
+def _window_index(source, start, stop, clip_samples):
+    """The clip's sample index of each sample of the window `[start, stop)`: reflected at the clip's
+    start and end, as a centred STFT pads it."""
+    if clip_samples < 2:
+        raise AudioDecodeError(source, "too short", f"{clip_samples} samples")
+    index = np.abs(np.arange(start, stop))
+    index = np.where(index >= clip_samples, 2 * (clip_samples - 1) - index, index)
+    if index.min() < 0:
+        raise AudioDecodeError(source, "too short", f"{clip_samples} samples cannot be framed by a "
+                                                    f"{stop - start}-sample window")
+    return index
+
+
+def mono_waveform(waveform, sample_rate, target_rate=SAMPLE_RATE, name="the waveform"):
+    """A waveform of any channel count and rate as a mono float32 waveform at `target_rate`:
+    `(samples,)`, or 2-D with channels on the shorter axis (`(channels, samples)` as torchaudio
+    gives them, `(samples, channels)` as soundfile does), channels averaged, resampled with soxr."""
+    waveform = np.asarray(waveform, "float32")
+    if waveform.ndim == 2:
+        waveform = waveform.mean(axis=int(np.argmin(waveform.shape)))
+    if waveform.ndim != 1 or waveform.size == 0:
+        raise ValueError(f"{name}: expected a waveform (samples,) or (channels, samples); received shape "
+                         f"{waveform.shape}.")
+    if not np.all(np.isfinite(waveform)):
+        raise ValueError(f"{name}: the waveform holds NaN or infinite samples.")
+    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+        raise ValueError(f"{name}: sample_rate {sample_rate!r} is outside {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz.")
+    return resample(waveform, int(sample_rate), target_rate)
 
 
 def resample(waveform, rate_in, rate_out=SAMPLE_RATE, resampler="soxr"):

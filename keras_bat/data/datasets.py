@@ -356,6 +356,84 @@ def csv_dataset(csv_path, path_column="path", label_column="label", separator=";
                         name or csv_path.stem)
 
 
+def labelled_dataset(root, test_fraction=0.2, seed=0, name=None):
+    """`{"train", "test"}` of your own labelled recordings: a folder with one sub-folder of audio
+    files per class (searched recursively), or a CSV file of `path` and `label` columns (paths
+    relative to the CSV's folder; several labels separated by `;` make it multilabel).
+
+    The split: a folder holding `train/` and `test/` (each with class sub-folders) keeps them;
+    a CSV with a `split` column (`train` / `test`) keeps it; otherwise each class's files are
+    split `1 - test_fraction` / `test_fraction`, at least one of each for a class of two or more
+    files, ranked by a hash of each file's name, its folder's name and `seed` (the same files go
+    to the same split on every run and machine)."""
+    root = Path(root)
+    if root.is_file():
+        rows = _read_csv(root, ("path", "label"))
+        paths = [r["path"] for r in rows]
+        repeated = sorted({p for p in paths if paths.count(p) > 1})
+        if repeated:
+            raise ValueError(f"{root}: these paths are listed more than once: {repeated[:5]} (give one row per file, "
+                             "its labels separated by ';').")
+        dataset = csv_dataset(root, name=name or root.stem)
+        if "split" in rows[0]:
+            splits = {r["split"].strip() for r in rows}
+            if not splits <= {"train", "test"}:
+                raise ValueError(f"{root}: the split column takes train or test; found {sorted(splits)}.")
+            return {split: _subset(dataset, [c for c, r in zip(dataset.clips, rows) if r["split"].strip() == split])
+                    for split in ("train", "test")}
+        return _split_by_class(dataset, test_fraction, seed)
+    if not root.is_dir():
+        raise ValueError(f"{root}: no such folder or CSV file of labelled recordings.")
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        train, test = (_class_folders(root / split, name or root.name) for split in ("train", "test"))
+        if train.class_names != test.class_names:
+            raise ValueError(f"{root}: train/ and test/ hold different classes: {train.class_names} and "
+                             f"{test.class_names}.")
+        return {"train": train, "test": test}
+    return _split_by_class(_class_folders(root, name or root.name), test_fraction, seed)
+
+
+def _class_folders(root, name):
+    class_names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_names:
+        raise ValueError(f"{root}: expected one sub-folder of audio files per class (e.g. {root}/dog/*.wav).")
+    clips, empty = [], []
+    for index, class_name in enumerate(class_names):
+        files = sorted(p for p in (root / class_name).rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+        if not files:
+            empty.append(class_name)
+        clips += [Clip(str(path), index) for path in files]
+    if empty:
+        raise ValueError(f"{root}: the class folders {empty} hold no audio files ({', '.join(AUDIO_EXTENSIONS)}).")
+    return AudioDataset(clips, "multiclass", class_names, name)
+
+
+def _split_by_class(dataset, test_fraction, seed):
+    import hashlib
+
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be between 0 and 1. Received: {test_fraction!r}")
+
+    def rank(clip):
+        where = Path(clip.path)  # its folder's and its own name: the same wherever the data set lies
+        return hashlib.sha1(f"{seed}:{where.parent.name}/{where.name}".encode()).hexdigest()
+
+    by_class = {}
+    for clip in dataset.clips:
+        first = clip.label if isinstance(clip.label, (int, np.integer)) else clip.label[0]
+        by_class.setdefault(int(first), []).append(clip)
+    test = set()
+    for clips in by_class.values():
+        count = min(max(round(len(clips) * test_fraction), 1), len(clips) - 1)
+        test.update(clip.path for clip in sorted(clips, key=rank)[:count])
+    return {"train": _subset(dataset, [c for c in dataset.clips if c.path not in test]),
+            "test": _subset(dataset, [c for c in dataset.clips if c.path in test])}
+
+
+def _subset(dataset, clips):
+    return AudioDataset(clips, dataset.task, dataset.class_names, dataset.name)
+
+
 def audio_files(root, extensions=AUDIO_EXTENSIONS, name=None):
     """Every audio file under `root` (recursively), without labels: for
     self-supervised pretraining."""
@@ -502,6 +580,11 @@ def _read_folder(root, split_names, fold=None):
 def _read_csv_splits(root, split_names, fold=None, **options):
     return {split: csv_dataset(Path(root) / f"{split}.csv", **options) for split in split_names
             if (Path(root) / f"{split}.csv").is_file()}
+
+
+@register_dataset("labelled")
+def _read_labelled(root, split_names, fold=None, **options):
+    return labelled_dataset(root, **options)
 
 
 @register_dataset("audio_files")

@@ -1,21 +1,31 @@
 """AudioClassifier: optional frontend + BATBackbone + head, for probing and finetuning."""
 
+import json
 import os
 
 import keras
 import numpy as np
 from keras import ops
 
+from keras_bat.convert.hub import download_preset, is_hub_uri
 from keras_bat.heads.base import CLASSIFICATION_TASKS
 from keras_bat.layers.chunk_merge import ChunkSummaries
-from keras_bat.models.backbone import encode_in_chunks
+from keras_bat.models.backbone import encode_in_chunks, write_json, write_preset_metadata
 from keras_bat.ops import no_gradients
+from keras_bat.ops.keras_internals import load_weights_skipping, save_weights_skipping
 from keras_bat.training.losses import AsymmetricLoss, SoftmaxCrossEntropy, add_layer_losses, ctc_loss
 from keras_bat.training.metrics import ClassAccuracy, LogitF1Score, MeanAveragePrecision
 from keras_bat.training.optimizers import paper_adamw
 
 TASKS = ("multiclass", "multilabel", "frame", "ctc")
-TASK_FILE = "task.keras"
+TASK_CONFIG_FILE = "task.json"
+TASK_WEIGHTS_FILE = "task.weights.h5"
+LEGACY_TASK_FILE = "task.keras"  # the whole model in one file, as keras-bat 0.1 wrote task presets
+
+
+def is_task_preset(folder):
+    """Whether `folder` holds a task preset (`AudioClassifier.save_to_preset`)."""
+    return any(os.path.isfile(os.path.join(folder, name)) for name in (TASK_CONFIG_FILE, LEGACY_TASK_FILE))
 
 
 @keras.saving.register_keras_serializable(package="keras_bat")
@@ -249,39 +259,63 @@ class AudioClassifier(keras.Model):
     # --- Presets -------------------------------------------------------------------
 
     def save_to_preset(self, directory):
-        """Writes the whole model (frontend, backbone, head, task) to
-        `directory/task.keras`, and the backbone as a backbone preset beside
-        it (`config.json`, `model.safetensors`), so that
-        `BATBackbone.from_preset(directory)` reads the encoder alone."""
+        """Writes the model as a task preset in keras-hub's layout: the backbone's preset files
+        (`config.json`, `model.safetensors`, see `EncoderModel.save_to_preset`), the frontend's
+        config (`frontend.json`), `task.json` (the whole model's config: task, head, label
+        names) and `task.weights.h5` (every weight but the backbone's), and `metadata.json`.
+        A preset written under one backend loads under the others."""
+        if self.backbone is None:
+            raise ValueError("A task preset carries its backbone: put the head back on one first "
+                             "(AudioClassifier(backbone, model.head, frontend=...)).")
         os.makedirs(directory, exist_ok=True)
         if not self.built:  # heads create their weights on the first call: make them before saving
             self(self.example_input())
-        if self.backbone is not None:
-            self.backbone.save_to_preset(directory)
-        self.save(os.path.join(directory, TASK_FILE))
+        self.backbone.save_to_preset(directory, frontend=self.frontend)
+        write_json(os.path.join(directory, TASK_CONFIG_FILE), keras.saving.serialize_keras_object(self))
+        save_weights_skipping(self, os.path.join(directory, TASK_WEIGHTS_FILE), [self.backbone])
+        write_preset_metadata(directory, self, task=self.task,
+                              num_classes=getattr(self.head, "num_classes", None))
+        legacy = os.path.join(directory, LEGACY_TASK_FILE)
+        if os.path.exists(legacy):  # an earlier preset in the same folder
+            os.remove(legacy)
 
     def example_input(self):
-        """A zero input the model takes: one second of waveform with a frontend, else one
-        patch-high spectrogram."""
+        """A zero input the model takes: with a frontend, a waveform of about a second (of
+        whole patches' frames where the frontend keeps every frame), else one patch-high
+        spectrogram."""
         if self.frontend is not None:
-            return ops.zeros((1, self.frontend.sample_rate), "float32")
+            samples = self.frontend.sample_rate
+            if self.frontend.time_frames is None and self.backbone is not None:
+                frames = -(-self.frontend.num_frames(samples) // self.backbone.patch_size) * self.backbone.patch_size
+                samples = next(n for n in range(samples, samples + frames * self.frontend.hop_length)
+                               if self.frontend.num_frames(n) == frames)
+            return ops.zeros((1, samples), "float32")
         if self.backbone is None:
             raise ValueError("A head on precomputed features has no example input; call it on features first.")
         return ops.zeros((1, self.backbone.patch_size, self.backbone.num_mels), "float32")
 
     @classmethod
     def from_preset(cls, preset):
-        """The model `save_to_preset` wrote to the directory `preset`, with its
-        weights (not compiled: call `compile()` before training on)."""
-        path = os.path.join(os.fspath(preset), TASK_FILE)
-        if not os.path.isfile(path):
+        """The model `save_to_preset` wrote, with its weights (not compiled: call `compile()`
+        before training on), from its folder or a Hub URI (`hf://owner/repo[/subfolder]`)."""
+        preset = os.fspath(preset)
+        folder = download_preset(preset) if is_hub_uri(preset) else preset
+        if not is_task_preset(folder):
             raise ValueError(
-                f"{preset!r} holds no {TASK_FILE}: AudioClassifier.from_preset reads directories written by "
+                f"{preset!r} holds no {TASK_CONFIG_FILE}: AudioClassifier.from_preset reads folders written by "
                 "AudioClassifier.save_to_preset. For a backbone preset, build "
                 "AudioClassifier(BATBackbone.from_preset(preset), head, ...).")
-        model = keras.saving.load_model(path, compile=False)
+        if not os.path.isfile(os.path.join(folder, TASK_CONFIG_FILE)):  # written by keras-bat 0.1 as one file
+            model = keras.saving.load_model(os.path.join(folder, LEGACY_TASK_FILE), compile=False)
+        else:
+            with open(os.path.join(folder, TASK_CONFIG_FILE)) as f:
+                model = keras.saving.deserialize_keras_object(json.load(f))
+            if isinstance(model, cls):
+                model(model.example_input())  # the heads' weights exist once called
+                type(model.backbone).load_preset_weights(model.backbone, folder)
+                load_weights_skipping(model, os.path.join(folder, TASK_WEIGHTS_FILE), [model.backbone])
         if not isinstance(model, cls):
-            raise ValueError(f"{path} holds a {type(model).__name__}, not an {cls.__name__}.")
+            raise ValueError(f"{preset} holds a {type(model).__name__}, not an {cls.__name__}.")
         return model
 
     @classmethod

@@ -9,7 +9,8 @@ import warnings
 
 import keras
 
-from keras_bat.convert.checkpoints import CONFIG_FILE, WEIGHTS_FILE, read_state_dict, save_official_weights
+from keras_bat.convert.checkpoints import (CONFIG_FILE, METADATA_FILE, WEIGHTS_FILE, read_preset_config,
+                                          read_state_dict, save_official_weights)
 from keras_bat.convert.hub import download_preset, is_hub_uri
 from keras_bat.layers.chunk_merge import WHOLE_CLIP_MERGES, ChunkSummaries
 from keras_bat.layers.frontend import build_frontend
@@ -98,6 +99,32 @@ def encode_whole_clips(backbone, spectrograms, names=("cls_tokens", "patch_token
     return {name: keras.ops.convert_to_numpy(value) for name, value in summaries.result().items()}
 
 
+FRONTEND_FILE = "frontend.json"
+
+
+def write_json(path, value):
+    with open(path, "w") as f:
+        json.dump(value, f, indent=2)
+        f.write("\n")
+
+
+def write_preset_metadata(directory, model, **extra):
+    """`metadata.json` of a preset folder: what wrote it (keras-bat, Keras, the backend), when, and
+    the model's parameter count, with `extra` entries."""
+    import datetime
+    import importlib.metadata
+
+    try:
+        keras_bat_version = importlib.metadata.version("keras-bat")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        keras_bat_version = None
+    write_json(os.path.join(directory, METADATA_FILE), {
+        "keras_bat_version": keras_bat_version, "keras_version": keras.__version__,
+        "backend": keras.backend.backend(), "class_name": type(model).__name__,
+        "parameter_count": int(model.count_params()) if model.built else None,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **extra})
+
+
 class RandomWeightsWarning(UserWarning):
     """A built-in preset name gave a randomly initialised model."""
 
@@ -184,13 +211,15 @@ class EncoderModel(keras.Model):
 
     @classmethod
     def holds_own_config(cls, directory):
-        """Whether a folder's `config.json` is keras-bat's (every key a constructor argument): an
-        official release may hold another library's config there, or none."""
-        path = os.path.join(directory, CONFIG_FILE)
-        if not os.path.isfile(path):
+        """Whether a folder's `config.json` is this class's: it names the class (keras-hub's
+        layout), or, in earlier presets, every key is a constructor argument. An official
+        release may hold another library's config there, or none."""
+        found = read_preset_config(directory)
+        if found is None:
             return False
-        with open(path) as f:
-            config = json.load(f)
+        class_name, config = found
+        if class_name is not None:
+            return class_name == cls.__name__
         return isinstance(config, dict) and set(config) <= set(inspect.signature(cls.__init__).parameters)
 
     @classmethod
@@ -220,12 +249,11 @@ class EncoderModel(keras.Model):
         without building the model."""
         if preset in cls.builtin_presets:
             return dict(cls.builtin_presets[preset]["config"])
-        config_path = os.path.join(os.fspath(preset), CONFIG_FILE)
-        if not os.path.isfile(config_path):
+        found = read_preset_config(os.fspath(preset))
+        if found is None:
             raise ValueError(f"Unknown preset {preset!r}: expected one of {sorted(cls.builtin_presets)} or a "
                              f"directory holding {CONFIG_FILE}.")
-        with open(config_path) as f:
-            return json.load(f)
+        return dict(found[1])
 
     @staticmethod
     def load_preset_weights(model, directory):
@@ -261,10 +289,18 @@ class EncoderModel(keras.Model):
         return build_frontend(self.frontend, time_frames, dataset, num_mels=self.num_mels,
                               use_kernels=self.use_kernels)
 
-    def save_to_preset(self, directory):
-        """Writes `config.json` and `model.safetensors` (official names) to `directory`."""
+    def save_to_preset(self, directory, frontend=None):
+        """Writes the encoder as a preset folder in keras-hub's layout: `config.json` (the class
+        and its constructor arguments), `model.safetensors` (the weights under their official
+        names, which the authors' PyTorch code reads too), `frontend.json` (the frontend it reads,
+        `frontend` or `make_frontend()`) and `metadata.json` (keras-bat and Keras versions, the
+        backend it was saved under, the parameter count)."""
         os.makedirs(directory, exist_ok=True)
-        config = {k: v for k, v in self.get_config().items() if k not in ("name", "trainable", "dtype")}
-        with open(os.path.join(directory, CONFIG_FILE), "w") as f:
-            json.dump(config, f, indent=2)
+        serialized = keras.saving.serialize_keras_object(self)
+        serialized["config"] = {k: v for k, v in self.get_config().items() if k not in ("name", "trainable", "dtype")}
+        serialized.pop("build_config", None)
+        write_json(os.path.join(directory, CONFIG_FILE), serialized)
         save_official_weights(self, os.path.join(directory, WEIGHTS_FILE), self.official_parameters())
+        write_json(os.path.join(directory, FRONTEND_FILE),
+                   keras.saving.serialize_keras_object(frontend or self.make_frontend()))
+        write_preset_metadata(directory, self)

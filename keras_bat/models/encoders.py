@@ -91,6 +91,33 @@ def encoder_name(backbone_class, config):
     return max(fitting)[1]
 
 
+def encoder_of_source(source):
+    """The registered encoder (`bat`, `eat`, `sslam`, `beats`, ...) that a preset name, a preset
+    folder, an official release folder or a Hub URI of either holds (a URI is downloaded)."""
+    source = os.fspath(source)
+    for encoder in ENCODERS.values():
+        if source in encoder.backbone_class.builtin_presets:
+            return encoder.backbone_class.builtin_presets[source]["encoder"]
+    folder = download_preset(source) if is_hub_uri(source) else source
+    if os.path.isdir(folder):
+        owner = own_config_class(folder)
+        if owner is not None:
+            return encoder_name(owner, owner.preset_config(folder))
+        if os.path.isfile(os.path.join(folder, WEIGHTS_FILE)):
+            state = read_state_dict(folder)
+            for backbone_class in dict.fromkeys(encoder.backbone_class for encoder in ENCODERS.values()):
+                found = backbone_class.recognise_checkpoint(state)
+                if found is not None:
+                    return encoder_name(backbone_class, found[0])
+            raise ValueError(f"{source} holds no encoder keras-bat knows (keys such as {sorted(state)[:3]}).")
+    raise ValueError(f"{source!r} is neither a preset name ({', '.join(_preset_names())}), a preset folder nor "
+                     "hf://owner/repo[/subfolder]: set model.encoder to name its encoder.")
+
+
+def _preset_names():
+    return sorted(name for encoder in ENCODERS.values() for name in encoder.backbone_class.builtin_presets)
+
+
 def own_config_class(directory):
     """The backbone class whose constructor takes every entry of a preset directory's config
     (`EncoderModel.holds_own_config`), or `None`."""
@@ -168,10 +195,12 @@ def load_model_source(source, **backbone_options):
     with `backbone_options` as in `backbone_from_source`)."""
     import keras
 
-    from keras_bat.models.audio_classifier import TASK_FILE, AudioClassifier
+    from keras_bat.models.audio_classifier import AudioClassifier, is_task_preset
 
     source = os.fspath(source)
-    if os.path.isdir(source) and os.path.isfile(os.path.join(source, TASK_FILE)):
+    if is_hub_uri(source):
+        source = download_preset(source)
+    if os.path.isdir(source) and is_task_preset(source):
         return AudioClassifier.from_preset(source)
     if source.endswith(".keras"):
         return keras.saving.load_model(source, compile=False)

@@ -45,6 +45,21 @@ def own_variables(layer):
     return layer._trainable_variables + layer._non_trainable_variables
 
 
+def save_weights_skipping(model, path, skipped):
+    """Writes `model`'s weights to the `.weights.h5` file `path`, without those of the layers in
+    `skipped` (a task preset's head and frontend, its backbone stored apart), as keras-hub does."""
+    from keras.src.saving import saving_lib
+
+    saving_lib.save_weights_only(model, path, objects_to_skip=list(skipped))
+
+
+def load_weights_skipping(model, path, skipped):
+    """Reads what `save_weights_skipping` wrote into `model` (built), skipping the same layers."""
+    from keras.src.saving import saving_lib
+
+    saving_lib.load_weights_only(model, path, objects_to_skip=list(skipped))
+
+
 def check_internals():
     """What of the private API above the installed Keras lacks, as a list of messages
     (empty when all is there)."""
@@ -68,4 +83,32 @@ def check_internals():
         assert [v.name for v in own_variables(layer)] == ["kernel", "bias"]
     except (AttributeError, AssertionError, TypeError) as error:
         problems.append(f"a layer's own variables are no longer found so ({type(error).__name__}: {error})")
+    problems += _check_weights_skipping()
     return problems
+
+
+def _check_weights_skipping():
+    import os
+    import tempfile
+
+    import numpy as np
+
+    def model():
+        inputs = keras.Input((2,))
+        first, second = keras.layers.Dense(2), keras.layers.Dense(1)
+        return keras.Model(inputs, second(first(inputs))), first, second
+
+    saved, first, second = model()
+    loaded, other_first, other_second = model()
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "task.weights.h5")
+            save_weights_skipping(saved, path, [first])
+            load_weights_skipping(loaded, path, [other_first])
+        assert np.array_equal(keras.ops.convert_to_numpy(other_second.kernel),
+                              keras.ops.convert_to_numpy(second.kernel))
+        assert not np.array_equal(keras.ops.convert_to_numpy(other_first.kernel),
+                                  keras.ops.convert_to_numpy(first.kernel))
+    except (AttributeError, AssertionError, TypeError, ImportError) as error:
+        return [f"weights are no longer saved without chosen layers so ({type(error).__name__}: {error})"]
+    return []

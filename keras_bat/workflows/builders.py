@@ -23,12 +23,17 @@ def require_split(splits, name, what):
 
 def build_backbone(model, num_query_tokens=0, use_padding_mask=False):
     """The backbone of the `model` section: the encoder `model.encoder` (bat,
-    eat, sslam, beats) from a preset name, preset directory or dict of
-    constructor arguments, with the checkpoint `model.weights` loaded by that
-    encoder's loader."""
-    from keras_bat.models.encoders import build_encoder, get_encoder
+    eat, sslam, beats; `auto`: the one `model.backbone` holds) from a preset
+    name, preset directory, Hub URI or dict of constructor arguments, with the
+    checkpoint `model.weights` loaded by that encoder's loader."""
+    from keras_bat.models.encoders import build_encoder, encoder_of_source, get_encoder
 
     name = model.get("encoder", "bat")
+    if name == "auto":
+        if isinstance(model["backbone"], dict):
+            raise ValueError("model.encoder=auto reads the encoder off a preset name, folder or Hub URI; "
+                             "with a dict of constructor arguments as model.backbone, name the encoder.")
+        name = encoder_of_source(model["backbone"])
     overrides = {"num_query_tokens": num_query_tokens}
     if use_padding_mask:
         overrides["use_padding_mask"] = True

@@ -34,8 +34,8 @@ DEFAULTS = {
         "max_label_length": 400,
     },
     "model": {
-        "encoder": "bat",         # bat | eat | sslam | beats (keras_bat.models.encoders)
-        "backbone": "bat_base",   # preset name, preset directory, or dict of the encoder's backbone arguments
+        "encoder": "bat",         # bat | eat | sslam | beats (keras_bat.models.encoders) | auto (model.backbone's)
+        "backbone": "bat_base",   # preset name, preset directory, hf:// URI, or dict of the encoder's arguments
         "fbank_statistics": "audioset",  # eat / sslam / beats: whose Kaldi-fbank statistics normalise inputs
         "weights": None,          # official checkpoint (.pt / .safetensors / folder)
         "checkpoint_key": None,   # e.g. ema_encoder
@@ -58,6 +58,7 @@ DEFAULTS = {
         "eval_batch_size": None,
         "steps": 20000,
         "steps_per_epoch": 1000,  # logs, validation and checkpoints happen every epoch
+        "passes": None,           # passes over the training split: sets steps, epochs and warmup by its size
         "validate": True,
         "lr": 1e-3,
         "min_lr": 1e-6,
@@ -124,7 +125,8 @@ SETTINGS = {
     "head.type": "str", "head.num_prototypes": "int>0", "head.pooling": "cls/mean/frame/max", "head.use_norm": "bool",
     "head.dropout": "float0..1", "head.lasso_weight": "float>=0", "head.num_query_tokens": "int>0",
     "train.finetune": "bool", "train.batch_size": "int>0", "train.eval_batch_size": "int>0|none",
-    "train.steps": "int>0", "train.steps_per_epoch": "int>0", "train.validate": "bool", "train.lr": "float>0",
+    "train.steps": "int>0", "train.steps_per_epoch": "int>0", "train.passes": "int>0|none", "train.validate": "bool",
+    "train.lr": "float>0",
     "train.min_lr": "float>=0", "train.warmup_steps": "int>=0", "train.weight_decay": "float>=0",
     "train.beta2": "float0..1", "train.layer_decay": "float>0|none", "train.asymmetric_loss": "bool",
     "train.label_smoothing": "float0..1", "train.feature_cache": "auto/on/off", "train.cache_budget_gb": "float>=0",

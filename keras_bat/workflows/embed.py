@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_bat.data.audio import SAMPLE_RATE, AudioDecodeError, audio_info, load_window
+from keras_bat.data.audio import SAMPLE_RATE, AudioDecodeError, audio_info, load_window, waveform_window
 from keras_bat.data.datasets import audio_files
 from keras_bat.layers.patching import whole_patch_frames
 from keras_bat.models.backbone import encode_chunk
@@ -98,12 +98,17 @@ class RecordingEncoder:
     Args:
         backbone: a `BATBackbone` or `BEATsBackbone`.
         batch_size: int, chunks per forward pass.
+        frontend: the frontend that makes its spectrograms; `None` takes the
+            backbone's (`make_frontend()`).
+        query_tokens: optional array `(1, depth, query tokens, dim)`, the query
+            tokens a VQT head reads inside the backbone.
     """
 
-    def __init__(self, backbone, batch_size=8):
+    def __init__(self, backbone, batch_size=8, frontend=None, query_tokens=None):
         self.backbone = backbone
-        self.frontend = backbone.make_frontend()
+        self.frontend = frontend or backbone.make_frontend()
         self.batch_size = batch_size
+        self.query_tokens = query_tokens
         self.chunk_frames = backbone.chunk_time_patches * backbone.patch_size
         # A backbone that takes a padding mask and whose outputs on real patches do not depend on
         # masked ones runs a shorter last chunk zero-padded to a power of two of patches: a few
@@ -117,31 +122,51 @@ class RecordingEncoder:
         padded = whole_patch_frames(frames, self.backbone.patch_size)
         return min(frames, padded), padded // self.backbone.patch_size
 
-    def _windows(self, path, info, clip_samples, frames, statistics=None):
-        """The clip's frames, a chunk at a time. Every window is zero-padded to a full chunk's
-        samples (the frames past the chunk's are dropped; each frame reads its own samples), so
-        that the frontend sees one shape."""
+    @property
+    def seconds_per_patch(self):
+        return self.backbone.patch_size * self.frontend.hop_length / self.frontend.sample_rate
+
+    def _windows(self, read, frames, statistics=None):
+        """The clip's frames, a chunk at a time; `read(start, stop)` gives the clip's samples
+        `[start, stop)`. Every window is zero-padded to a full chunk's samples (the frames past
+        the chunk's are dropped; each frame reads its own samples), so that the frontend sees
+        one shape."""
         full_window = np.subtract(*self.frontend.frame_span(0, self.chunk_frames)[::-1])
         for first in range(0, frames, self.chunk_frames):
             count = min(self.chunk_frames, frames - first)
-            window = load_window(path, *self.frontend.frame_span(first, count), clip_samples, info=info)
+            window = read(*self.frontend.frame_span(first, count))
             chunk = self.frontend.window_frames(np.pad(window, (0, full_window - len(window))))
             if statistics is not None:
                 chunk = self.frontend.normalise_frames(chunk, statistics)
             yield chunk[:count]
 
-    def encode(self, path, clip_samples, info=None):
-        """Yields the backbone's outputs `(cls_tokens (chunks, depth, dim), patch_tokens
-        (chunks, depth, time patches, freq patches, dim))` of one recording, a batch of
-        chunks at a time, as NumPy arrays; the last chunk comes alone when it is shorter."""
+    def encode(self, source, clip_samples, info=None):
+        """Yields the backbone's outputs on one recording, a batch of chunks at a time, as dicts
+        of NumPy arrays (`cls_tokens (chunks, depth, dim)`, `patch_tokens (chunks, depth, time
+        patches, freq patches, dim)`, and `query_tokens` with query tokens); the last chunk comes
+        alone when it is shorter.
+
+        Args:
+            source: an audio file's path, or a mono waveform at the frontend's sample rate.
+            clip_samples: int, the clip's length: the file's first samples, zero-padded past its end.
+            info: the file's `audio_info`, when the caller has it.
+        """
         import keras
 
-        info, statistics = info or audio_info(path), None
+        if isinstance(source, np.ndarray):
+            def read(start, stop):
+                return waveform_window(source, start, stop)
+        else:
+            info = info or audio_info(source)
+
+            def read(start, stop):
+                return load_window(source, start, stop, clip_samples, self.frontend.sample_rate, info)
+        statistics = None
         if self.frontend.normalises_per_clip:  # a first pass gathers the statistics of all the clip's frames
-            for chunk in self._windows(path, info, clip_samples, self.frontend.num_frames(clip_samples)):
+            for chunk in self._windows(read, self.frontend.num_frames(clip_samples)):
                 statistics = self.frontend.merge_statistics(statistics, self.frontend.frame_statistics(chunk))
         batch = []
-        for chunk in self._windows(path, info, clip_samples, self.layout(clip_samples)[0], statistics):
+        for chunk in self._windows(read, self.layout(clip_samples)[0], statistics):
             chunk = keras.ops.convert_to_numpy(chunk)
             pad = -len(chunk) % self.backbone.patch_size  # zero frames, as the frontend pads a clip
             if pad or len(chunk) < self.chunk_frames:
@@ -158,7 +183,7 @@ class RecordingEncoder:
             yield self._run(np.stack(batch))
 
     def _run(self, spectrograms):
-        """`(cls_tokens, patch_tokens)` as NumPy arrays. A batch of fewer full chunks than
+        """The backbone's outputs as NumPy arrays. A batch of fewer full chunks than
         `batch_size` (a file's last) is zero-padded to a power of two, so that the compiled
         call sees a handful of shapes, not one per count; so is a shorter last chunk's time,
         with those patches masked, where `pad_last_chunk`."""
@@ -171,13 +196,17 @@ class RecordingEncoder:
         patches = frames // self.backbone.patch_size
         if not full_chunk and self.pad_last_chunk:
             spectrograms = _pad_axis(spectrograms, 1, self.backbone.patch_size * _power_of_two(patches))
-        inputs = spectrograms
+        inputs = {"spectrogram": spectrograms}
         if self.backbone.use_padding_mask:
             real_frames = np.arange(spectrograms.shape[1]) < frames
-            inputs = {"spectrogram": spectrograms, "padding_mask": np.broadcast_to(real_frames, spectrograms.shape[:2])}
-        features = encode_chunk(self.backbone, inputs, full_chunk)
-        return (keras.ops.convert_to_numpy(features["cls_tokens"])[:count].astype("float32"),
-                keras.ops.convert_to_numpy(features["patch_tokens"])[:count, :, :patches].astype("float32"))
+            inputs["padding_mask"] = np.broadcast_to(real_frames, spectrograms.shape[:2])
+        if self.query_tokens is not None:
+            inputs["query_tokens"] = np.repeat(self.query_tokens, len(spectrograms), axis=0)
+        features = encode_chunk(self.backbone, inputs if len(inputs) > 1 else spectrograms, full_chunk)
+        outputs = {name: keras.ops.convert_to_numpy(value)[:count].astype("float32")
+                   for name, value in features.items()}
+        outputs["patch_tokens"] = outputs["patch_tokens"][:, :, :patches]
+        return outputs
 
 
 def _power_of_two(count):
@@ -308,7 +337,8 @@ def run_embed(folder, output, backbone="bat_base", weights=None, checkpoint_key=
                 cls_sum, chunks = 0.0, 0
                 patches = streamer.layout(samples)[1]
                 try:
-                    for cls_tokens, patch_tokens in streamer.encode(clip.path, samples, info):
+                    for features in streamer.encode(clip.path, samples, info):
+                        cls_tokens, patch_tokens = features["cls_tokens"], features["patch_tokens"]
                         cls_sum = cls_sum + cls_tokens[:, selected].sum(axis=0)
                         chunks += len(cls_tokens)
                         if frames:

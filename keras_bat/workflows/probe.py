@@ -12,6 +12,7 @@ import functools
 import importlib.util
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -53,6 +54,22 @@ def run_probe(config):
     return results
 
 
+def training_length(train, clips):
+    """The `train` settings for a training split of `clips` clips: a split smaller than a batch is
+    one batch; with `train.passes`, `steps` make that many passes over it (10 epochs of logs and
+    backups, warmup at most a tenth of the steps)."""
+    if clips < train["batch_size"]:  # a small data set of one's own: all of it in each batch
+        print(f"The training split holds {clips} clips, fewer than a batch of {train['batch_size']}: "
+              f"training on batches of {clips}.", file=sys.stderr)
+        train = {**train, "batch_size": clips}
+    if train["passes"] is None:
+        return train
+    per_pass = max(1, clips // train["batch_size"])  # whole batches, as a shuffled pass serves them
+    steps = train["passes"] * per_pass
+    return {**train, "steps": steps, "steps_per_epoch": per_pass * max(1, train["passes"] // 10),
+            "warmup_steps": min(train["warmup_steps"], steps // 10)}
+
+
 def _finished_or_run(config, run_dir, fold):
     """One fold's results; a fold finished by an earlier, interrupted run is not redone."""
     path = Path(run_dir) / "fold_results.json"
@@ -71,6 +88,8 @@ def train_and_evaluate(config, run_dir, fold=None):
     setup_distribution(config["distribution"], {"train.batch_size": train["batch_size"]})
     plan = plan_probe(config, run_dir, fold)
     train_set, eval_set, backbone = plan.train_set, plan.eval_set, plan.backbone
+    train = training_length(train, len(train_set))
+    config = {**config, "train": train}
     skipped = SkippedFiles()
     epochs = max(1, -(-train["steps"] // train["steps_per_epoch"]))
     eval_batch_size = train["eval_batch_size"] or train["batch_size"]
