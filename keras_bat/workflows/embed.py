@@ -203,7 +203,7 @@ class RecordingEncoder:
         if self.query_tokens is not None:
             inputs["query_tokens"] = np.repeat(self.query_tokens, len(spectrograms), axis=0)
         features = encode_chunk(self.backbone, inputs if len(inputs) > 1 else spectrograms, full_chunk)
-        outputs = {name: keras.ops.convert_to_numpy(value)[:count].astype("float32")
+        outputs = {name: keras.ops.convert_to_numpy(value)[:count].astype("float32", copy=False)
                    for name, value in features.items()}
         outputs["patch_tokens"] = outputs["patch_tokens"][:, :, :patches]
         return outputs
@@ -346,6 +346,8 @@ def run_embed(folder, output, backbone="bat_base", weights=None, checkpoint_key=
                             tokens = reduce(tokens.reshape(-1, len(selected), model.dim))
                             frame_embeddings.write(tokens[:first_frame + patches - frame_embeddings.rows])
                         step = min(len(cls_tokens) * chunk_seconds, left)
+                        # Every block's tokens of a batch are large: let them go before the next is encoded.
+                        features = cls_tokens = patch_tokens = tokens = None
                         progress.update(step)
                         left -= step
                 except AudioDecodeError as error:  # read while embedding: no rows

@@ -250,6 +250,7 @@ class AudioTagger:
         head = self.model.head
         decoder = EventDecoder(self.thresholds, self.median_window) if events else None
         summaries, frame_maximum, found = ChunkSummaries(), None, []
+        summary = chunk = None
         seconds_left = samples / self.sample_rate
         chunk_seconds = self.model.backbone.chunk_time_patches * self.seconds_per_patch
         for features in self.streamer.encode(audio, samples, info):
@@ -266,6 +267,8 @@ class AudioTagger:
                 for i in range(chunks):
                     chunk = {name: value[i:i + 1] for name, value in features.items()}
                     summaries.add(head.chunk_summary(chunk), chunk["patch_tokens"].shape[2])
+            # Every block's tokens of a batch are large: let them go before the next batch is encoded.
+            features = summary = chunk = None
             if progress is not None:
                 step = min(chunks * chunk_seconds, seconds_left)
                 progress(step)
