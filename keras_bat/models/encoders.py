@@ -104,12 +104,8 @@ def encoder_of_source(source):
         if owner is not None:
             return encoder_name(owner, owner.preset_config(folder))
         if os.path.isfile(os.path.join(folder, WEIGHTS_FILE)):
-            state = read_state_dict(folder)
-            for backbone_class in dict.fromkeys(encoder.backbone_class for encoder in ENCODERS.values()):
-                found = backbone_class.recognise_checkpoint(state)
-                if found is not None:
-                    return encoder_name(backbone_class, found[0])
-            raise ValueError(f"{source} holds no encoder keras-bat knows (keys such as {sorted(state)[:3]}).")
+            backbone_class, config = recognise_checkpoint(read_state_dict(folder), source)
+            return encoder_name(backbone_class, config)
     raise ValueError(f"{source!r} is neither a preset name ({', '.join(_preset_names())}), a preset folder nor "
                      "hf://owner/repo[/subfolder]: set model.encoder to name its encoder.")
 
@@ -178,15 +174,22 @@ def backbone_from_source(source, encoder=None, checkpoint_key=None, architecture
     return build_encoder(name, architecture, read_state_dict(source, checkpoint_key))
 
 
-def backbone_of_checkpoint(state, source="the checkpoint"):
-    """The backbone of an official state dict whose family and architecture are read off its weights
-    (each registered class's `recognise_checkpoint`), whatever prefix wraps its keys."""
+def recognise_checkpoint(state, source="the checkpoint"):
+    """`(backbone class, constructor arguments)` of the official encoder in a state dict, read off
+    its weights by each registered class's `recognise_checkpoint`, whatever prefix wraps its keys."""
     classes = list(dict.fromkeys(encoder.backbone_class for encoder in ENCODERS.values()))
     for backbone_class in classes:
-        if backbone_class.recognise_checkpoint(state) is not None:
-            return backbone_class.from_checkpoint(state, source=source)
+        found = backbone_class.recognise_checkpoint(state)
+        if found is not None:
+            return backbone_class, found[0]
     raise ValueError(f"{source} holds no encoder keras-bat knows ({', '.join(c.__name__ for c in classes)}): "
                      f"no key marks one of their layouts (keys such as {sorted(state)[:3]}).")
+
+
+def backbone_of_checkpoint(state, source="the checkpoint"):
+    """The backbone of an official state dict whose family and architecture are read off its weights
+    (`recognise_checkpoint`), whatever prefix wraps its keys."""
+    return recognise_checkpoint(state, source)[0].from_checkpoint(state, source=source)
 
 
 def load_model_source(source, **backbone_options):
