@@ -175,7 +175,9 @@ def make_parser():
                           "commas (others 0.5)")
     tag.add_argument("--median-filter", type=float, default=0.5,
                      help="seconds of the median filter over each class's frame probabilities (0: none)")
-    tag.add_argument("--batch-size", type=positive(int), default=8, help="time chunks per forward pass")
+    tag.add_argument("--batch-size", type=positive(int), default=4,
+                     help="time chunks of 10.24 s per forward pass (default 4: on a CPU as fast as 8, and its "
+                          "peak memory lower and steadier)")
     tag.add_argument("--overwrite", action="store_true", help="replace an existing results file")
     export = commands.add_parser(
         "export", help="write a SavedModel or ONNX file for serving (frontend inside)", formatter_class=HelpFormatter,

@@ -92,7 +92,7 @@ def main(argv=None):
     parser.add_argument("--backend", default="torch")
     parser.add_argument("--backbone", default="bat_small")
     parser.add_argument("--median-filter", type=float, default=0.5)
-    parser.add_argument("--batch-size", type=int, default=8,
+    parser.add_argument("--batch-size", type=int, default=4,
                         help="chunks of 10.24 s per forward pass: a recording shorter than a full batch of chunks "
                              "never runs one, so compare lengths that do")
     parser.add_argument("--workdir", default="benchmarks/results/tag_long_recording")

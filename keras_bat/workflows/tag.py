@@ -108,7 +108,7 @@ class AudioTagger:
             0.5): where a frame-level head's event starts. Defaults to 0.5.
         median_filter: float, seconds of the median filter over each class's frame
             probabilities (rounded to an odd number of time patches; 0: none). Defaults to 0.5.
-        batch_size: int, time chunks per forward pass. Defaults to 8.
+        batch_size: int, time chunks per forward pass. Defaults to 4.
 
     Scores are probabilities: softmax over classes for `multiclass`, sigmoid per class
     otherwise; a frame-level head's clip score of a class is its highest frame probability.
@@ -121,7 +121,7 @@ class AudioTagger:
     >>> tagger(waveform, sample_rate=44100)  # one input: one result
     """
 
-    def __init__(self, model, top_k=5, thresholds=DEFAULT_THRESHOLD, median_filter=0.5, batch_size=8):
+    def __init__(self, model, top_k=5, thresholds=DEFAULT_THRESHOLD, median_filter=0.5, batch_size=4):
         if model.backbone is None:
             raise ValueError("AudioTagger needs a model with its backbone (this one reads precomputed features).")
         if model.task not in ("multiclass", "multilabel", "frame"):
@@ -418,7 +418,7 @@ class ResultsFile:
 
 
 def run_tag(inputs, model, output, top_k=5, events=False, thresholds=DEFAULT_THRESHOLD, median_filter=0.5,
-            batch_size=8, overwrite=False):
+            batch_size=4, overwrite=False):
     """Tags the audio files `inputs` (files and folders) with the task model `model` (a task
     preset folder, `.keras` file or Hub URI) and writes `output` (`.csv` or `.json`).
 
