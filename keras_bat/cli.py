@@ -15,7 +15,8 @@ from keras_bat.runtime import filtered_stderr, import_tensorflow
 from keras_bat.workflows.run_folder import check_writable_folder
 
 # What a user's mistake raises from keras-bat's own checks: the message says it all.
-USER_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError, ValueError)
+USER_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError, ValueError,
+               ConnectionError)
 
 
 def run_parsed(args):
@@ -33,6 +34,12 @@ def run_parsed(args):
             print(f"keras-bat: error: {message} (--debug shows {'every detail and ' if rest else ''}the traceback)",
                   file=sys.stderr)
             return 2
+        except Exception as error:
+            from keras_bat.training.distribution import stop_after_lost_process
+
+            if not args.debug:
+                stop_after_lost_process(error)
+            raise
 
 
 def main(argv=None):
@@ -89,6 +96,10 @@ def execute(args):
         from keras_bat.workflows.probe import run_probe
 
         result = run_probe(config)
+    from keras_bat.training.distribution import is_writer
+
+    if not is_writer():  # a run over several processes reports once, from process 0
+        return 0
     summary = result.get("summary") or result.get("metrics") or {"backbone": result.get("backbone")}
     print(json.dumps(summary, indent=2))
     print(f"results: {config['output_dir']}/results.json")

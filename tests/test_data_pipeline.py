@@ -1,5 +1,7 @@
 """Pipelines: clip handling, sampling, bad files skipped and counted, `fit` on every backend."""
 
+import itertools
+
 import keras
 import numpy as np
 import pytest
@@ -8,6 +10,8 @@ from audio_files import bad_files, write
 from helpers import require_module
 from keras_bat.data import (AudioDataset, Clip, ClipLoader, Sampler, SkippedFiles, SkippedFilesLogger,
                             make_pipeline)
+from keras_bat.data.pipeline import StreamPosition
+from keras_bat.training.distribution import ProcessShard
 
 
 def _ramp_dataset(tmp_path, lengths, task="multiclass"):
@@ -120,3 +124,45 @@ def test_frame_and_ctc_targets_in_batches(tmp_path):
     unlabeled = AudioDataset([Clip(path, None)], "unlabeled", [])
     x = next(iter(make_pipeline(unlabeled, 1, 1.0, training=True, with_targets=False)))
     assert tuple(x.shape) == (1, 16000)
+
+
+@pytest.mark.parametrize("engine", ["tf", "grain"])
+def test_process_shards_make_up_the_single_process_batches(tmp_path, engine):
+    """Two processes' pipelines each read half of every batch; side by side they are the one-process
+    batches, clip for clip and with the same random clip handling, across epochs and from a resumed
+    position."""
+    if engine == "grain":
+        require_module("grain")  # the [data] extra, installed with [test]
+    dataset = _ramp_dataset(tmp_path, [8000, 16000, 20000, 12000, 24000] * 2)  # 10 clips: 2.5 batches an epoch
+
+    def batches(start, shard=None, count=7):
+        stream = StreamPosition(4 // (shard.count if shard else 1), start, shard)
+        data = make_pipeline(dataset, 4, 0.5, training=True, engine=engine, repeat=True, seed=3, stream=stream)
+        return [keras.ops.convert_to_numpy(x) for (x, _), _ in zip(data, range(count))]
+
+    single = batches(0)
+    parts = [batches(0, ProcessShard(index, 2)) for index in (0, 1)]
+    for k, whole in enumerate(single):
+        np.testing.assert_array_equal(np.concatenate([parts[0][k], parts[1][k]]), whole)
+    resumed = [batches(StreamPosition(2, 0, ProcessShard(index, 2)).after(3), ProcessShard(index, 2), 4)
+               for index in (0, 1)]
+    for k in range(4):
+        np.testing.assert_array_equal(np.concatenate([resumed[0][k], resumed[1][k]]), single[3 + k])
+
+
+def test_process_shards_are_disjoint_and_cover_the_stream():
+    for count, batch_size, start in ((2, 8, 0), (4, 8, 13), (3, 6, 7)):
+        streams = [StreamPosition(batch_size // count, start, ProcessShard(index, count)) for index in range(count)]
+        taken = [list(itertools.islice(stream.positions(), 50)) for stream in streams]
+        assert all(ProcessShard(i, count).takes(p, batch_size) for i, own in enumerate(taken) for p in own)
+        every = sorted(p for own in taken for p in own)
+        assert len(set(every)) == len(every)  # disjoint
+        end = min(own[-1] for own in taken)
+        assert set(range(start, end)) <= set(every) and min(every) == start  # together, every position
+    # Undecoded clips: a process's stream moves on to its own next position.
+    stream = StreamPosition(2, 0, ProcessShard(1, 2))
+    assert [stream.position(i) for i in range(5)] == [2, 3, 6, 7, 10]
+    stream.record_undecoded(3)
+    assert stream.after(1) == 7 and stream.after(2) == 11  # batches [2, 6], [7, 10]
+    with pytest.raises(ValueError, match="does not split over 3 processes"):
+        ProcessShard(0, 3).local_batch_size(8)

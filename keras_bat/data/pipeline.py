@@ -173,18 +173,40 @@ class StreamPosition:
     one after the other); a batch is made of the next `batch_size` clips that
     decode. The pipeline records the clips that did not, so that the position
     after any number of batches is known, and a run restarted there sees the
-    same batches as one that never stopped.
+    same batches as one that never stopped. With a `shard` (one process of
+    several), the process reads only its positions of the stream and its
+    batches are its part of each global batch of `global_batch_size`.
 
     Args:
-        batch_size: int.
+        batch_size: int, the batches this stream yields.
         start: int, the position of the stream's first clip. Defaults to `0`.
+        shard: optional `ProcessShard`.
     """
 
-    def __init__(self, batch_size, start=0):
+    def __init__(self, batch_size, start=0, shard=None):
         self.batch_size = batch_size
         self.start = int(start)
+        self.shard = shard
         self._lock = threading.Lock()
         self._undecoded = []  # positions, ascending
+
+    @property
+    def global_batch_size(self):
+        return self.batch_size * (self.shard.count if self.shard else 1)
+
+    def position(self, count):
+        """The stream position of this stream's `count`-th own clip (0: the first at or after `start`)."""
+        if self.shard is None or self.shard.count == 1:
+            return self.start + count
+        size, local, index = self.global_batch_size, self.batch_size, self.shard.index
+        base = self.start - self.start % size
+        before = min(max(self.start - base - index * local, 0), local)  # own clips of the first batch before start
+        batches, within = divmod(before + count, local)
+        return base + batches * size + index * local + within
+
+    def positions(self):
+        """This stream's own positions from `start` on, without end."""
+        return (self.position(count) for count in itertools.count())
 
     def record_undecoded(self, position):
         # Keras may read the first batches twice (a second iterator to build the model): record each clip once.
@@ -195,13 +217,13 @@ class StreamPosition:
 
     def after(self, batches):
         """The position of the clip that follows `batches` batches."""
-        position = self.start + batches * self.batch_size
+        count = batches * self.batch_size
         with self._lock:
             for undecoded in self._undecoded[bisect.bisect_left(self._undecoded, self.start):]:
-                if undecoded >= position:
+                if undecoded >= self.position(count):
                     break
-                position += 1
-        return position
+                count += 1
+        return self.position(count)
 
 
 def make_pipeline(dataset, batch_size, clip_seconds, training=True, engine="tf", repeat=False,
@@ -230,7 +252,9 @@ def make_pipeline(dataset, batch_size, clip_seconds, training=True, engine="tf",
             the `[tfio]` stack).
         stream: optional `StreamPosition`: the stream starts at its `start`
             and records the clips that do not decode (training resumption,
-            see `keras_bat.training.fit_resumable`).
+            see `keras_bat.training.fit_resumable`); with its `shard`, the
+            pipeline reads one process's part of each batch of `batch_size`
+            and yields batches of `batch_size / processes`.
 
     Returns:
         `tf.data.Dataset` or grain `IterDataset`, ready for `model.fit`.
@@ -241,6 +265,11 @@ def make_pipeline(dataset, batch_size, clip_seconds, training=True, engine="tf",
                       seed=seed)
     skipped = SkippedFiles() if skipped is None else skipped
     stream = StreamPosition(batch_size) if stream is None else stream
+    if stream.global_batch_size != batch_size:
+        raise ValueError(f"The stream's batches of {stream.batch_size} on each of "
+                         f"{stream.global_batch_size // stream.batch_size} processes do not make the batch of "
+                         f"{batch_size}.")
+    batch_size = stream.batch_size  # this process's part
     if engine == "tf":
         data = _tf_pipeline(loader, sampler, batch_size, training, repeat, num_workers, skipped, stream)
         return data if with_targets else data.map(_waveforms_only)
@@ -271,14 +300,17 @@ def ordered_batches(loader, batch_size, num_workers=4, skipped=None, desc=None):
                        [example[1] for _, example in batch])
 
 
-def _stream(sampler, repeat, start):
-    """`(position, clip index, clip seed)` from stream position `start` on."""
+def _stream(sampler, repeat, stream):
+    """`(position, clip index, clip seed)` of the stream's own positions from its start on."""
     per_epoch = len(sampler.order(0)[0])
-    first_epoch = start // per_epoch
-    for epoch in itertools.count(first_epoch) if repeat else range(first_epoch, 1):
-        indices, seeds = sampler.order(epoch)
-        for i in range(start - epoch * per_epoch if epoch == first_epoch else 0, per_epoch):
-            yield epoch * per_epoch + i, indices[i], seeds[i]
+    epoch, indices, seeds = None, None, None
+    for position in stream.positions():
+        if position // per_epoch != epoch:
+            epoch = position // per_epoch
+            if epoch and not repeat:
+                return
+            indices, seeds = sampler.order(epoch)
+        yield position, indices[position % per_epoch], seeds[position % per_epoch]
 
 
 def _safe_load(loader, skipped, index, seed, stream=None, position=None):
@@ -315,7 +347,7 @@ def _tf_pipeline(loader, sampler, batch_size, training, repeat, num_workers, ski
         targets = keras.tree.pack_sequence_as(template, values[1:-1])
         return values[0], targets, values[-1]
 
-    data = tf.data.Dataset.from_generator(lambda: _stream(sampler, repeat, stream.start), output_signature=(
+    data = tf.data.Dataset.from_generator(lambda: _stream(sampler, repeat, stream), output_signature=(
         tf.TensorSpec((), tf.int64), tf.TensorSpec((), tf.int64), tf.TensorSpec((), tf.int64)))
     data = data.map(tf_load, num_parallel_calls=num_workers, deterministic=True)
     data = data.filter(_is_loaded).map(_drop_flag)
@@ -340,13 +372,15 @@ def _grain_pipeline(loader, sampler, batch_size, training, repeat, num_workers, 
     per_epoch = len(sampler.order(0)[0])
     order = functools.lru_cache(maxsize=2)(sampler.order)  # decoding threads may straddle two epochs
 
-    def load(position):
+    def load(count):
+        position = stream.position(count)
         epoch, i = divmod(position, per_epoch)
         indices, seeds = order(epoch)
         return _safe_load(loader, skipped, indices[i], seeds[i], stream, position)
 
-    end = sys.maxsize if repeat else per_epoch
-    data = grain.MapDataset.range(stream.start, end).map(load)
+    own_positions = sys.maxsize if repeat else sum(1 for _ in itertools.takewhile(
+        lambda position: position < per_epoch, stream.positions()))
+    data = grain.MapDataset.range(0, own_positions).map(load)
     data = data.to_iter_dataset(grain.ReadOptions(num_threads=num_workers, prefetch_buffer_size=2 * batch_size))
     data = data.filter(lambda example: example is not None)
     return data.batch(batch_size, drop_remainder=training)

@@ -10,6 +10,10 @@ write leaves the previous backup usable. Run again, the same call restores
 the latest backup, finishes the interrupted epoch from the step where the
 backup was taken (with the input stream restarted at the same clip), then
 runs the remaining epochs.
+
+Over several processes (`keras_bat.training.distribution`) process 0 writes
+the backups, with every process's stream position, and every process
+restores from them (the backup folder must be shared).
 """
 
 import glob
@@ -19,6 +23,8 @@ import time
 
 import keras
 import numpy as np
+
+from keras_bat.training.distribution import is_writer, process_0_says, process_count, process_index
 
 INDEX_FILE = "latest.json"
 
@@ -56,10 +62,14 @@ class TrainingBackup:
 
     def save(self, model, step, position, history):
         """Writes the model's state after `step` steps; `position` is where
-        the input stream continues."""
-        os.makedirs(self.directory, exist_ok=True)
+        the input stream continues. Every process calls it; process 0 writes,
+        with each process's position."""
         if hasattr(model, "jax_state_sync"):  # JAX keeps the live values outside the variables during fit
             model.jax_state_sync()
+        positions = _gather_positions(position)
+        if not is_writer():
+            return
+        os.makedirs(self.directory, exist_ok=True)
         name = f"step-{step:010d}.npz"
         temporary = os.path.join(self.directory, f".{name}.partial")
         with open(temporary, "wb") as f:
@@ -67,7 +77,9 @@ class TrainingBackup:
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, os.path.join(self.directory, name))
-        index = {"step": int(step), "position": int(position), "history": history, "file": name}
+        index = {"step": int(step), "position": positions[0], "history": history, "file": name}
+        if len(positions) > 1:
+            index["positions"] = positions
         _write_atomically(os.path.join(self.directory, INDEX_FILE), json.dumps(index))
         for old in glob.glob(os.path.join(self.directory, "step-*.npz")):
             if os.path.basename(old) != name:
@@ -89,13 +101,30 @@ class TrainingBackup:
                              "to start the run afresh.")
         for variable, value in zip(variables, values):
             variable.assign(value)
+        if process_count() > 1:
+            if len(index.get("positions", ())) != process_count():
+                raise ValueError(f"The backup {path!r} was written by a run of {len(index.get('positions', [0]))} "
+                                 f"process(es), not {process_count()}; resume it with as many, or delete "
+                                 f"{self.directory!r}.")
+            index = {**index, "position": index["positions"][process_index()]}
         return index
 
     def clear(self):
+        if not is_writer():
+            return
         for path in glob.glob(os.path.join(self.directory, "*")) + glob.glob(os.path.join(self.directory, ".*")):
             os.remove(path)
         if os.path.isdir(self.directory):
             os.rmdir(self.directory)
+
+
+def _gather_positions(position):
+    """Every process's stream position (a list, process 0's first)."""
+    if process_count() == 1:
+        return [int(position)]
+    from jax.experimental import multihost_utils
+
+    return [int(p) for p in np.asarray(multihost_utils.process_allgather(np.int32(position))).ravel()]
 
 
 def _write_atomically(path, text):
@@ -123,7 +152,7 @@ class _BackupEvery(keras.callbacks.Callback):
         self.step += 1
         steps_since, since = self.step - self._last_save[0], time.monotonic() - self._last_save[1]
         if ((self.every_steps and steps_since >= self.every_steps)
-                or (not self.every_steps and since >= 60 * self.every_minutes)):
+                or (not self.every_steps and process_0_says(since >= 60 * self.every_minutes))):
             self._save()
 
     def on_epoch_end(self, epoch, logs=None):

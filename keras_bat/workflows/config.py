@@ -81,8 +81,11 @@ DEFAULTS = {
         "mask_repeats": 1,
     },
     "evaluate": {"event_threshold": 0.3, "median_filter": 3, "collar": 0.2},
-    # keras.distribution on JAX: kind data_parallel | model_parallel (batch sizes must divide the devices).
-    "distribution": {"kind": None, "model_parallel": 2},
+    # keras.distribution on JAX: kind data_parallel | model_parallel (batch sizes must divide the devices);
+    # a run over several processes: num_processes, this one's process_id and process 0's host:port as
+    # coordinator (or Keras' KERAS_DISTRIBUTION_* variables, or SLURM's), timeout in seconds.
+    "distribution": {"kind": None, "model_parallel": 2, "num_processes": None, "process_id": None,
+                     "coordinator": None, "timeout": 300},
     "pretrain": {
         "decoder_depth": 6, "decoder_heads": 12, "num_views": 16, "mask_ratio": 0.8,
         "ema_decay_start": 0.9998, "ema_decay_end": 0.99999, "ema_warmup_steps": 100000,
@@ -137,6 +140,8 @@ SETTINGS = {
     "augment.freq_mask_param": "int>=0", "augment.time_mask_param": "int>=0", "augment.mask_repeats": "int>0",
     "evaluate.event_threshold": "float0..1", "evaluate.median_filter": "int>0", "evaluate.collar": "float>=0",
     "distribution.kind": "data_parallel/model_parallel|none", "distribution.model_parallel": "int>0",
+    "distribution.num_processes": "int>0|none", "distribution.process_id": "int>=0|none",
+    "distribution.coordinator": "str|none", "distribution.timeout": "int>0",
     "pretrain.decoder_depth": "int>0", "pretrain.decoder_heads": "int>0", "pretrain.num_views": "int>0",
     "pretrain.mask_ratio": "float0..1", "pretrain.ema_decay_start": "float0..1", "pretrain.ema_decay_end": "float0..1",
     "pretrain.ema_warmup_steps": "int>=0", "pretrain.batch_size": "int>0", "pretrain.steps": "int>0",

@@ -10,7 +10,8 @@ import keras
 import yaml
 
 from keras_bat.data.pipeline import SkippedFiles, StreamPosition, make_pipeline
-from keras_bat.training.distribution import setup_distribution
+from keras_bat.training.distribution import (ProcessShard, is_writer, own_folder, process_0_says,
+                                             setup_distribution, writer_first)
 from keras_bat.training.resume import fit_resumable
 from keras_bat.workflows.builders import build_splits, require_split
 from keras_bat.workflows.probe import backup_options, run_callbacks, write_skipped
@@ -23,14 +24,15 @@ def run_pretrain(config):
     from keras_bat.models import BATPretrainer, BATBackbone
     from keras_bat.training import WarmupCosineDecay
 
-    output_dir = Path(config["output_dir"])
+    shared_dir = Path(config["output_dir"])  # the data it generates and the backups: read by every process
+    data, model, settings = config["data"], config["model"], config["pretrain"]
+    setup_distribution(config["distribution"], {"pretrain.batch_size": settings["batch_size"]}, config)
+    output_dir = own_folder(shared_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     with open(output_dir / "config.yaml", "w") as f:
         yaml.safe_dump(config, f, sort_keys=False)
     keras.utils.set_random_seed(config["seed"])
-    data, model, settings = config["data"], config["model"], config["pretrain"]
-    setup_distribution(config["distribution"], {"pretrain.batch_size": settings["batch_size"]})
-    dataset = require_split(build_splits(data, output_dir), data["train_split"], "training")
+    dataset = require_split(writer_first(build_splits, data, shared_dir), data["train_split"], "training")
     spec = model["backbone"]
     encoder = dict(spec) if isinstance(spec, dict) else BATBackbone.preset_config(spec)
     encoder = {k: v for k, v in encoder.items() if k not in ("name", "trainable", "dtype")}
@@ -48,9 +50,10 @@ def run_pretrain(config):
     pretrainer.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=settings["weight_decay"],
                                                         beta_2=settings["beta2"]))
     skipped = SkippedFiles()
+    shard = ProcessShard.of_this_process()
 
     def train_data(position):
-        stream = StreamPosition(settings["batch_size"], position)
+        stream = StreamPosition(shard.local_batch_size(settings["batch_size"]), position, shard)
         return make_pipeline(dataset, settings["batch_size"], data["clip_seconds"], training=True,
                              engine=data["engine"], repeat=True, num_workers=data["num_workers"], seed=config["seed"],
                              skipped=skipped, with_targets=False, stream=stream), stream
@@ -61,13 +64,13 @@ def run_pretrain(config):
         raise ValueError(f"pretrain.export must be teacher or student. Received: {export!r}")
     snapshots = Snapshots(pretrainer, output_dir / "snapshots", settings["snapshot_steps"], settings["steps_per_epoch"],
                           export)
-    history = fit_resumable(pretrainer, train_data, epochs, settings["steps_per_epoch"], output_dir / "backup",
+    history = fit_resumable(pretrainer, train_data, epochs, settings["steps_per_epoch"], shared_dir / "backup",
                             callbacks=[*run_callbacks(output_dir, skipped), snapshots], **backup_options(settings),
-                            verbose=settings["verbose"], shuffle=False)
+                            verbose=settings["verbose"] if is_writer() else 0, shuffle=False)
     backbone_dir = output_dir / "backbone"
     pretrainer.export_backbone(export).save_to_preset(str(backbone_dir))
     write_skipped(skipped, output_dir / "skipped_files.txt")
-    results = {"backbone": str(backbone_dir), "snapshots": snapshots.written(), "clips": len(dataset),
+    results = {"backbone": str(shared_dir / "backbone"), "snapshots": snapshots.written(), "clips": len(dataset),
                "skipped_files": skipped.counts(), "history": history,
                "wall_seconds": round(time.time() - start, 1)}
     with open(output_dir / "results.json", "w") as f:
@@ -89,7 +92,7 @@ class Snapshots(keras.callbacks.Callback):
                              f"({steps_per_epoch}); received {steps}.")
         self.pretrainer, self.folder, self.steps = pretrainer, Path(folder), steps
         self.steps_per_epoch, self.export = steps_per_epoch, export
-        if 0 in steps and not self._path(0).exists():
+        if 0 in steps and process_0_says(not self._path(0).exists()):  # process 0's folder is the run's
             self._export(0)
 
     def _path(self, step):

@@ -25,9 +25,10 @@ from keras_bat.data.pipeline import (ClipLoader, SkippedFiles, SkippedFilesLogge
                                      ordered_batches)
 from keras_bat.training.metrics import (cross_validation_summary, error_rates, event_based_f1, frames_to_events,
                                         mean_average_precision, multilabel_scores)
-from keras_bat.training.distribution import setup_distribution
+from keras_bat.training.distribution import (ProcessShard, is_writer, own_folder, setup_distribution,
+                                             start_processes, writer_first)
 from keras_bat.training.resume import fit_resumable
-from keras_bat.workflows.builders import build_classifier, save_task_preset
+from keras_bat.workflows.builders import build_classifier, build_splits, save_task_preset
 from keras_bat.workflows.config import DEFAULTS
 from keras_bat.workflows.feature_cache import FeatureCache
 from keras_bat.workflows.probe_plan import feature_cache_mode, plan_probe
@@ -36,18 +37,20 @@ from keras_bat.workflows.probe_plan import feature_cache_mode, plan_probe
 def run_probe(config):
     """Trains and evaluates as `config` says (all ESC-50 folds when
     `data.folds` is set); returns the results dict also written to
-    `<output_dir>/results.json`."""
-    output_dir = Path(config["output_dir"])
+    `<output_dir>/results.json` by process 0 of a run over several processes)."""
+    shared_dir = Path(config["output_dir"])
+    start_processes(config["distribution"], config, {"train.batch_size": config["train"]["batch_size"]})
+    output_dir = own_folder(shared_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     with open(output_dir / "config.yaml", "w") as f:
         yaml.safe_dump(config, f, sort_keys=False)
     folds = config["data"]["folds"]
     start = time.time()
     if folds:
-        runs = [_finished_or_run(config, output_dir / f"fold{fold}", fold) for fold in folds]
+        runs = [_finished_or_run(config, shared_dir / f"fold{fold}", fold) for fold in folds]
         results = {"folds": runs, "summary": cross_validation_summary([r["metrics"] for r in runs])}
     else:
-        results = train_and_evaluate(config, output_dir)
+        results = train_and_evaluate(config, shared_dir)
     results["wall_seconds"] = round(time.time() - start, 1)
     with open(output_dir / "results.json", "w") as f:
         json.dump(results, f, indent=2)
@@ -76,16 +79,20 @@ def _finished_or_run(config, run_dir, fold):
     if path.exists():
         return json.loads(path.read_text())
     results = train_and_evaluate(config, run_dir, fold)
-    path.write_text(json.dumps(results, indent=2))
+    if is_writer():
+        path.write_text(json.dumps(results, indent=2))
     return results
 
 
 def train_and_evaluate(config, run_dir, fold=None):
-    run_dir = Path(run_dir)
+    """Trains and evaluates one run in `run_dir` (written by process 0 of a run over several
+    processes; the others write to scratch folders and share its `backup/`)."""
+    data, train = config["data"], config["train"]
+    setup_distribution(config["distribution"], {"train.batch_size": train["batch_size"]}, config)
+    shared_dir, run_dir = Path(run_dir), own_folder(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config["seed"])
-    data, train = config["data"], config["train"]
-    setup_distribution(config["distribution"], {"train.batch_size": train["batch_size"]})
+    writer_first(build_splits, data, config["output_dir"], fold)  # a data set generated on first use: once
     plan = plan_probe(config, run_dir, fold)
     train_set, eval_set, backbone = plan.train_set, plan.eval_set, plan.backbone
     train = training_length(train, len(train_set))
@@ -102,7 +109,7 @@ def train_and_evaluate(config, run_dir, fold=None):
                                         seed=config["seed"], start_batch=position), StreamPosition(1, position))
 
         validation = eval_cache.dataset(eval_batch_size, shuffle=False) if train["validate"] else None
-        history = fit_resumable(model, train_data, epochs, train["steps_per_epoch"], run_dir / "backup",
+        history = fit_resumable(model, train_data, epochs, train["steps_per_epoch"], shared_dir / "backup",
                                 callbacks=run_callbacks(run_dir, skipped), validation_data=validation,
                                 **backup_options(train), verbose=train["verbose"], shuffle=False)
         outputs = model.predict(eval_cache.dataset(eval_batch_size, shuffle=False), verbose=0)
@@ -119,17 +126,22 @@ def train_and_evaluate(config, run_dir, fold=None):
                              num_workers=data["num_workers"], seed=config["seed"], skipped=skipped,
                              max_label_length=data["max_label_length"])
 
+        shard = ProcessShard.of_this_process()
+
         def train_data(position):
-            stream = StreamPosition(train["batch_size"], position)
+            stream = StreamPosition(shard.local_batch_size(train["batch_size"]), position, shard)
             return make_pipeline(train_set, train["batch_size"], training=True, repeat=True, weights=weights,
                                  samples_per_epoch=data["samples_per_epoch"], noise_std=data["noise_std"],
                                  stream=stream, **pipeline_args), stream
 
         validation = (make_pipeline(eval_set, eval_batch_size, training=False, **pipeline_args)
                       if train["validate"] else None)
-        history = fit_resumable(model, train_data, epochs, train["steps_per_epoch"], run_dir / "backup",
+        history = fit_resumable(model, train_data, epochs, train["steps_per_epoch"], shared_dir / "backup",
                                 callbacks=run_callbacks(run_dir, skipped), validation_data=validation,
-                                **backup_options(train), verbose=train["verbose"], shuffle=False)
+                                **backup_options(train), verbose=train["verbose"] if is_writer() else 0,
+                                shuffle=False)
+        # Every process evaluates every clip (the same computation on each, as JAX's processes run one
+        # program); process 0 writes.
         metrics = evaluate(model, eval_set, data["clip_seconds"], eval_batch_size, config["evaluate"],
                            data["num_workers"], skipped, data["max_label_length"])
     plot = save_layer_gate_plot(model.head, run_dir / "layer_weights.png")

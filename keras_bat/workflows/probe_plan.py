@@ -7,6 +7,7 @@ from pathlib import Path
 
 from keras_bat.data.datasets import AudioDataset
 from keras_bat.heads import get_head
+from keras_bat.training.distribution import process_count
 from keras_bat.workflows.builders import augmentation_active, build_run_backbone, build_splits, require_split
 from keras_bat.workflows.feature_cache import estimate_bytes
 
@@ -89,7 +90,8 @@ def plan_feature_cache(config, head_class, task, backbone, num_clips):
         ("training noise is added to the waveforms", data["noise_std"] > 0),
         ("class-balanced sampling", bool(data["balanced_sampling"])),
         (f"{head['type']} heads run inside the encoder", tokens is None),
-        ("CTC targets", task == "ctc")) if present]
+        ("CTC targets", task == "ctc"),
+        ("the run spans several processes (each would build the cache)", process_count() > 1)) if present]
     if obstacles:
         if mode == "on":
             raise ValueError(f"train.feature_cache=on, but the cache cannot serve this run: {'; '.join(obstacles)}.")
