@@ -62,7 +62,8 @@ def main(argv=None):
         for gbit in BANDWIDTHS_GBIT:
             communication = communication_seconds(parameters, hosts, gbit)
             serial, overlapped = step + communication, max(step, communication)
-            cells.append(f"{serial * 1000:.0f} ({overlapped * 1000:.0f}) ms, {step / serial:.0%} ({step / overlapped:.0%})")
+            cells.append(f"{serial * 1000:.0f} ({overlapped * 1000:.0f}) ms, "
+                         f"{step / serial:.0%} ({step / overlapped:.0%})")
         print(f"| {hosts} | " + " | ".join(cells) + " |")
 
 
