@@ -149,8 +149,8 @@ def start_processes(config, run_config=None, batch_sizes=None):
     returns their count (1 for a single process). A coordinator that cannot be
     reached within `distribution.timeout` seconds, or a port the coordinator cannot
     take, is one clear error; a process that dies later takes the others down
-    within the same timeout (JAX's heartbeat). With `run_config`, every process
-    checks that the others run the same settings; `batch_sizes` (`setting -> batch
+    within the same timeout (JAX's heartbeat). With `run_config`, the joining processes
+    check that the others run the same settings; `batch_sizes` (`setting -> batch
     size`) must split over the processes, checked before they join."""
     settings = process_settings(config)
     if settings is None:
@@ -177,8 +177,8 @@ def start_processes(config, run_config=None, batch_sizes=None):
         jax.distributed.initialize(None if coordinator == "slurm" else coordinator, count, index,
                                    initialization_timeout=timeout, heartbeat_timeout_seconds=timeout,
                                    shutdown_timeout_seconds=timeout)
-    if run_config is not None:
-        check_same_settings(run_config)
+        if run_config is not None:
+            check_same_settings(run_config)
     return jax.process_count()
 
 
@@ -327,8 +327,3 @@ class ProcessShard:
         if batch_size % self.count:
             raise ValueError(f"A batch of {batch_size} does not split over {self.count} processes.")
         return batch_size // self.count
-
-    def takes(self, position, batch_size):
-        """Whether stream position `position` is this process's."""
-        local = batch_size // self.count
-        return (position % batch_size) // local == self.index

@@ -92,8 +92,8 @@ def train_and_evaluate(config, run_dir, fold=None):
     shared_dir, run_dir = Path(run_dir), own_folder(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config["seed"])
-    writer_first(build_splits, data, config["output_dir"], fold)  # a data set generated on first use: once
-    plan = plan_probe(config, run_dir, fold)
+    # A data set generated on first use is written once, by process 0.
+    plan = plan_probe(config, run_dir, writer_first(build_splits, data, config["output_dir"], fold))
     train_set, eval_set, backbone = plan.train_set, plan.eval_set, plan.backbone
     train = training_length(train, len(train_set))
     config = {**config, "train": train}

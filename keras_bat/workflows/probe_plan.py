@@ -8,7 +8,7 @@ from pathlib import Path
 from keras_bat.data.datasets import AudioDataset
 from keras_bat.heads import get_head
 from keras_bat.training.distribution import process_count
-from keras_bat.workflows.builders import augmentation_active, build_run_backbone, build_splits, require_split
+from keras_bat.workflows.builders import augmentation_active, build_run_backbone, require_split
 from keras_bat.workflows.feature_cache import estimate_bytes
 
 
@@ -43,10 +43,10 @@ class ProbePlan:
         return self.cache_tokens is not None
 
 
-def plan_probe(config, run_dir, fold=None):
-    """The `ProbePlan` of a validated config, for the run folder `run_dir` (and ESC-50 fold `fold`)."""
+def plan_probe(config, run_dir, splits):
+    """The `ProbePlan` of a validated config, for the run folder `run_dir` and the data set's
+    `splits` (`build_splits`)."""
     data, model, train = config["data"], config["model"], config["train"]
-    splits = build_splits(data, config["output_dir"], fold)
     train_set = require_split(splits, data["train_split"], "training")
     eval_set = require_split(splits, data["eval_split"], "evaluation")
     head_class = get_head(config["head"]["type"])
