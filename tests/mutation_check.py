@@ -204,6 +204,16 @@ MUTATIONS = [
              'shared = {name: value for name, value in run_config.items() if name != "distribution"}',
              'shared = {name: value for name, value in run_config.items() if name not in ("distribution", "seed")}',
              ["tests/test_training_multiprocess.py::test_bad_process_settings_stop_with_one_line"], backend="jax"),
+    # --- tf.distribute (TensorFlow backend) ---
+    Mutation("mirrored: every replica draws the same random values for its part", "keras_bat/ops/random.py",
+             "if replica is None or replica.num_replicas_in_sync == 1:", "if True:",
+             ["tests/test_training_tf_distribute.py::test_mirrored_devices_train_the_weights_of_one_device"],
+             backend="tensorflow"),
+    Mutation("mirrored: a custom loss not divided by the replicas", "keras_bat/training/losses.py",
+             "return scale_loss_for_replicas(loss + ops.sum(ops.stack(extra)) if extra else loss)",
+             "return loss + ops.sum(ops.stack(extra)) if extra else loss",
+             ["tests/test_training_tf_distribute.py::test_mirrored_devices_train_the_weights_of_one_device"],
+             backend="tensorflow"),
     # --- Earlier bugs (tests/README.md) ---
     Mutation("decoding: no context before a seek in a compressed stream", "keras_bat/data/audio.py",
              "SEEK_CONTEXT_FRAMES = 4096", "SEEK_CONTEXT_FRAMES = 0",

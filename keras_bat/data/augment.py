@@ -9,12 +9,14 @@ after it, in the reference's order. `AudioAugmentation` bundles them for
 import keras
 from keras import ops
 
+from keras_bat.ops.random import draw_rows
+
 
 def random_gain(waveforms, seed, concentration=10.0):
     """Scales each waveform by `0.5 + Beta(c, c)` (0.5 to 1.5, mean 1)."""
     waveforms = ops.convert_to_tensor(waveforms)
     batch = ops.shape(waveforms)[0]
-    gain = 0.5 + keras.random.beta((batch, 1), concentration, concentration, seed=seed)
+    gain = 0.5 + draw_rows(lambda rows: keras.random.beta((rows, 1), concentration, concentration, seed=seed), batch)
     return waveforms * ops.cast(gain, waveforms.dtype)
 
 
@@ -23,16 +25,16 @@ def colored_noise(waveforms, chance, seed, snr_db=(5.0, 25.0), exponent=(-2.0, 2
     `chance` of the waveforms, at a random SNR in `snr_db`."""
     waveforms = ops.convert_to_tensor(waveforms)
     batch, samples = ops.shape(waveforms)[0], ops.shape(waveforms)[1]
-    exponents = keras.random.uniform((batch, 1), *exponent, seed=seed)
-    snr = keras.random.uniform((batch, 1), *snr_db, seed=seed)
-    white = keras.random.normal((batch, samples), seed=seed)
+    exponents = draw_rows(lambda rows: keras.random.uniform((rows, 1), *exponent, seed=seed), batch)
+    snr = draw_rows(lambda rows: keras.random.uniform((rows, 1), *snr_db, seed=seed), batch)
+    white = draw_rows(lambda rows: keras.random.normal((rows, samples), seed=seed), batch)
     real, imag = ops.rfft(white)
     frequencies = ops.cast(ops.arange(1, ops.shape(real)[1] + 1), "float32")[None]
     shaping = ops.power(frequencies, -exponents / 2.0)  # amplitude, hence half the power exponent
     noise = ops.irfft((real * shaping, imag * shaping), fft_length=samples)
     noise = noise / (ops.sqrt(ops.mean(noise**2, axis=-1, keepdims=True)) + 1e-8)
     signal_rms = ops.sqrt(ops.mean(ops.cast(waveforms, "float32") ** 2, axis=-1, keepdims=True))
-    applied = ops.cast(keras.random.uniform((batch, 1), seed=seed) < chance, "float32")
+    applied = ops.cast(draw_rows(lambda rows: keras.random.uniform((rows, 1), seed=seed), batch) < chance, "float32")
     amplitude = applied * signal_rms / ops.power(10.0, snr / 20.0)
     return waveforms + ops.cast(amplitude * noise, waveforms.dtype)
 
@@ -42,22 +44,24 @@ def time_roll(spectrograms, seed):
     number of frames."""
     spectrograms = ops.convert_to_tensor(spectrograms)
     batch, frames = ops.shape(spectrograms)[0], ops.shape(spectrograms)[1]
-    shifts = keras.random.randint((batch, 1), 0, frames, seed=seed)
+    shifts = draw_rows(lambda rows: keras.random.randint((rows, 1), 0, frames, seed=seed), batch)
     source = ops.mod(ops.arange(frames)[None] - shifts, frames)  # (batch, time)
     return ops.take_along_axis(spectrograms, source[:, :, None], axis=1)
 
 
 def mixup(inputs, labels, alpha, chance, seed, hard_labels=False):
     """Mixes each example with its mirror in the batch (`x[::-1]`) with weight
-    `a ~ Beta(alpha, alpha)`, for a random `chance` of the examples.
+    `a ~ Beta(alpha, alpha)`, for a random `chance` of the examples. (Under a
+    tf.distribute strategy the batch is each replica's part of it.)
 
     Labels are mixed with the same weights (soft) or added and clipped to 1
     (`hard_labels`). Labels must be one-hot, multi-hot or frame targets.
     """
     inputs = ops.convert_to_tensor(inputs)
     batch = ops.shape(inputs)[0]
-    weight = keras.random.beta((batch,), alpha, alpha, seed=seed)
-    weight = weight * ops.cast(keras.random.uniform((batch,), seed=seed) < chance, weight.dtype)
+    weight = draw_rows(lambda rows: keras.random.beta((rows,), alpha, alpha, seed=seed), batch)
+    weight = weight * ops.cast(draw_rows(lambda rows: keras.random.uniform((rows,), seed=seed), batch) < chance,
+                               weight.dtype)
 
     def mix(x, w):
         w = ops.reshape(ops.cast(w, x.dtype), (-1,) + (1,) * (len(x.shape) - 1))
@@ -87,8 +91,9 @@ def spec_augment(spectrograms, freq_mask_param, time_mask_param, seed, repeats=1
 
 def _band_mask(x, axis, max_width, seed):
     batch, size = ops.shape(x)[0], ops.shape(x)[axis]
-    width = ops.floor(keras.random.uniform((batch, 1), seed=seed) * max_width)
-    start = ops.floor(keras.random.uniform((batch, 1), seed=seed) * (ops.cast(size, "float32") - width))
+    width = ops.floor(draw_rows(lambda rows: keras.random.uniform((rows, 1), seed=seed), batch) * max_width)
+    start = ops.floor(draw_rows(lambda rows: keras.random.uniform((rows, 1), seed=seed), batch)
+                      * (ops.cast(size, "float32") - width))
     position = ops.cast(ops.arange(size), "float32")[None]
     keep = ops.logical_or(position < start, position >= start + width)  # (batch, size)
     keep = ops.expand_dims(keep, 2 if axis == 1 else 1)

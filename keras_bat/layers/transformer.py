@@ -7,15 +7,29 @@ from keras import ops
 
 from keras_bat.layers.dense import Dense
 from keras_bat.ops import gated_attention, gelu
+from keras_bat.ops.random import draw_rows
 
 
 def seeded_dropout(rate, **kwargs):
-    """`keras.layers.Dropout` with an explicit seed (drawn from Python's
-    generator, which `keras.utils.set_random_seed` seeds), so that its masks
-    come from the layer's seed state on every backend, a variable that
-    training backups save. Unseeded, the torch backend draws them from torch's
-    global generator, which data loaders also draw from."""
-    return keras.layers.Dropout(rate, seed=random.randint(1, 2**31 - 1), **kwargs)
+    """`SeededDropout` with an explicit seed (drawn from Python's generator, which
+    `keras.utils.set_random_seed` seeds), so that its masks come from the layer's seed
+    state on every backend, a variable that training backups save. Unseeded, the torch
+    backend draws them from torch's global generator, which data loaders also draw from."""
+    return SeededDropout(rate, seed=random.randint(1, 2**31 - 1), **kwargs)
+
+
+@keras.saving.register_keras_serializable(package="keras_bat")
+class SeededDropout(keras.layers.Dropout):
+    """`keras.layers.Dropout` (without `noise_shape`) whose masks do not depend on how a batch
+    is split over tf.distribute replicas (`draw_rows`)."""
+
+    def call(self, inputs, training=False):
+        if not training or self.rate == 0:
+            return inputs
+        shape = tuple(ops.shape(inputs))
+        draw = draw_rows(lambda rows: keras.random.uniform((rows, *shape[1:]), seed=self.seed_generator,
+                                                           dtype=inputs.dtype), shape[0])
+        return ops.where(draw >= self.rate, inputs / (1.0 - self.rate), ops.zeros_like(inputs))
 
 
 @keras.saving.register_keras_serializable(package="keras_bat")
@@ -39,8 +53,9 @@ class DropPath(keras.layers.Layer):
         if not training or self.rate == 0.0:
             return inputs
         keep = 1.0 - self.rate
-        shape = (ops.shape(inputs)[0],) + (1,) * (len(inputs.shape) - 1)
-        draw = keras.random.uniform(shape, seed=self.seed_generator, dtype=inputs.dtype)
+        ones = (1,) * (len(inputs.shape) - 1)
+        draw = draw_rows(lambda rows: keras.random.uniform((rows, *ones), seed=self.seed_generator,
+                                                           dtype=inputs.dtype), ops.shape(inputs)[0])
         return inputs * ops.cast(draw < keep, inputs.dtype) / keep
 
     def compute_output_shape(self, input_shape):

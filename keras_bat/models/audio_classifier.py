@@ -13,7 +13,7 @@ from keras_bat.layers.chunk_merge import ChunkSummaries
 from keras_bat.models.backbone import encode_in_chunks, write_json, write_preset_metadata
 from keras_bat.ops import no_gradients
 from keras_bat.ops.keras_internals import load_weights_skipping, save_weights_skipping
-from keras_bat.training.losses import AsymmetricLoss, SoftmaxCrossEntropy, add_layer_losses, ctc_loss
+from keras_bat.training.losses import AsymmetricLoss, SoftmaxCrossEntropy, ctc_loss, training_loss
 from keras_bat.training.metrics import ClassAccuracy, LogitF1Score, MeanAveragePrecision
 from keras_bat.training.optimizers import paper_adamw
 
@@ -241,7 +241,7 @@ class AudioClassifier(keras.Model):
             raise ValueError(
                 "The ctc task needs labels and their lengths: pass y as "
                 "{'labels': (batch, max_length) int, 'label_lengths': (batch,) int}.")
-        return add_layer_losses(self, ctc_loss(y["labels"], y["label_lengths"], y_pred, y.get("logit_lengths")))
+        return training_loss(self, ctc_loss(y["labels"], y["label_lengths"], y_pred, y.get("logit_lengths")))
 
     def get_config(self):
         config = super().get_config()

@@ -83,6 +83,10 @@ def check_internals():
         assert [v.name for v in own_variables(layer)] == ["kernel", "bias"]
     except (AttributeError, AssertionError, TypeError) as error:
         problems.append(f"a layer's own variables are no longer found so ({type(error).__name__}: {error})")
+    try:
+        assert float(scale_loss_for_replicas(keras.ops.convert_to_tensor(2.0))) == 2.0  # one replica
+    except (ImportError, AssertionError, TypeError) as error:
+        problems.append(f"Keras' loss scaling for tf.distribute replicas is gone ({type(error).__name__}: {error})")
     problems += _check_weights_skipping()
     return problems
 
@@ -112,3 +116,11 @@ def _check_weights_skipping():
     except (AttributeError, AssertionError, TypeError, ImportError) as error:
         return [f"weights are no longer saved without chosen layers so ({type(error).__name__}: {error})"]
     return []
+
+
+def scale_loss_for_replicas(loss):
+    """`loss` divided by the replicas of a tf.distribute strategy (whose gradients are summed over
+    replicas), as Keras scales the losses it computes itself; unchanged elsewhere."""
+    from keras.src.losses.loss import scale_loss_for_distribution
+
+    return scale_loss_for_distribution(loss)

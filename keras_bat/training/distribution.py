@@ -1,5 +1,7 @@
 """Multi-device and multi-process training on keras.distribution (JAX): data
-parallelism, and model parallelism that shards the encoder's large matrices.
+parallelism, and model parallelism that shards the encoder's large matrices;
+on the TensorFlow backend, data parallelism over one host's devices with
+tf.distribute.MirroredStrategy (`set_tf_strategy`).
 
 Several processes (hosts) join one run through `jax.distributed` (the engine
 behind `keras.distribution.initialize`): every process gets the same settings
@@ -83,6 +85,8 @@ def setup_distribution(config, batch_sizes=None, run_config=None):
     kind = config.get("kind") or ("data_parallel" if processes > 1 else None)
     if not kind:
         return None
+    if keras.backend.backend() == "tensorflow":
+        return set_tf_strategy(kind, batch_sizes)
     distribution = make_distribution(kind, config.get("model_parallel", 2))
     if processes > 1:  # each process feeds its own part of the global batch (see ProcessShard)
         distribution.auto_shard_dataset = False
@@ -94,6 +98,29 @@ def setup_distribution(config, batch_sizes=None, run_config=None):
                              f"{kind} batch axis: use a multiple of {devices}.")
     keras.distribution.set_distribution(distribution)
     return distribution
+
+
+def set_tf_strategy(kind, batch_sizes=None):
+    """The TensorFlow backend's `data_parallel`: a `tf.distribute.MirroredStrategy` over
+    this machine's GPUs (else its logical CPU devices), set for every model built after
+    it (`tf.distribute.experimental_set_strategy`, as `keras.distribution.set_distribution`
+    does on JAX). Returns the strategy."""
+    import tensorflow as tf
+
+    if kind != "data_parallel":
+        raise ValueError(f"distribution.kind={kind} is keras.distribution's (JAX backend); the TensorFlow backend "
+                         "runs data_parallel (tf.distribute.MirroredStrategy). Set KERAS_BACKEND=jax.")
+    strategy = tf.distribute.get_strategy()
+    if not isinstance(strategy, tf.distribute.MirroredStrategy):  # not set by an earlier run of this process
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        strategy = tf.distribute.MirroredStrategy([device.name for device in devices])
+        tf.distribute.experimental_set_strategy(strategy)
+    replicas = strategy.num_replicas_in_sync
+    for setting, batch_size in (batch_sizes or {}).items():
+        if batch_size % replicas:
+            raise ValueError(f"{setting}={batch_size} does not split over the {replicas} devices of "
+                             f"tf.distribute.MirroredStrategy: use a multiple of {replicas}.")
+    return strategy
 
 
 # Keras' own variables for the processes of a run (read by keras.distribution.initialize too).
@@ -153,6 +180,8 @@ def start_processes(config, run_config=None, batch_sizes=None):
     check that the others run the same settings; `batch_sizes` (`setting -> batch
     size`) must split over the processes, checked before they join."""
     settings = process_settings(config)
+    if keras.backend.backend() == "tensorflow":
+        refuse_tf_multi_worker()
     if settings is None:
         return 1
     count = settings[1]
@@ -180,6 +209,18 @@ def start_processes(config, run_config=None, batch_sizes=None):
         if run_config is not None:
             check_same_settings(run_config)
     return jax.process_count()
+
+
+def refuse_tf_multi_worker():
+    """A `TF_CONFIG` cluster of several tasks asks for tf.distribute.MultiWorkerMirroredStrategy,
+    which Keras 3's `fit` does not run; refused with the way that works."""
+    cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
+    if sum(len(tasks) for tasks in cluster.values()) > 1:
+        raise ValueError("TF_CONFIG describes a cluster of several tasks, for tf.distribute."
+                         "MultiWorkerMirroredStrategy, which Keras 3's model.fit does not run (it fails on the "
+                         "strategy's per-replica batches: keras-team/keras#20585). Over several hosts use the JAX "
+                         "backend (distribution.num_processes, see the README); on one host the TensorFlow backend "
+                         "runs distribution.kind=data_parallel (MirroredStrategy). Unset TF_CONFIG.")
 
 
 def _check_coordinator(coordinator, index, timeout):

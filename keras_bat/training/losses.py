@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_bat.ops.keras_internals import scale_loss_for_replicas
+
 
 @keras.saving.register_keras_serializable(package="keras_bat")
 class AsymmetricLoss(keras.losses.Loss):
@@ -72,10 +74,12 @@ class SoftmaxCrossEntropy(keras.losses.Loss):
         return config
 
 
-def add_layer_losses(model, loss):
-    """`loss` plus the losses the model's layers add (e.g. Head2Toe's group lasso), in float32."""
+def training_loss(model, loss):
+    """The loss a custom `compute_loss` returns: `loss` plus the losses the model's layers add
+    (e.g. Head2Toe's group lasso), in float32, divided by the replicas of a tf.distribute
+    strategy as Keras divides its own losses (the replicas' gradients are summed)."""
     extra = [ops.cast(layer_loss, "float32") for layer_loss in model.losses]
-    return loss + ops.sum(ops.stack(extra)) if extra else loss
+    return scale_loss_for_replicas(loss + ops.sum(ops.stack(extra)) if extra else loss)
 
 
 def ctc_loss(labels, label_lengths, log_probs, logit_lengths=None, blank_index=0):

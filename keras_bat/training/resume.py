@@ -73,7 +73,8 @@ class TrainingBackup:
         name = f"step-{step:010d}.npz"
         temporary = os.path.join(self.directory, f".{name}.partial")
         with open(temporary, "wb") as f:
-            np.savez(f, *[keras.ops.convert_to_numpy(v.value) for v in _state_variables(model)])
+            # (through a tensor: a tf.distribute variable synced on read, e.g. a metric's, gives its aggregate)
+            np.savez(f, *[keras.ops.convert_to_numpy(keras.ops.convert_to_tensor(v)) for v in _state_variables(model)])
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, os.path.join(self.directory, name))

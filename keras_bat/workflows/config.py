@@ -82,6 +82,7 @@ DEFAULTS = {
     },
     "evaluate": {"event_threshold": 0.3, "median_filter": 3, "collar": 0.2},
     # keras.distribution on JAX: kind data_parallel | model_parallel (batch sizes must divide the devices);
+    # on TensorFlow, data_parallel is tf.distribute.MirroredStrategy over the host's GPUs (else CPU devices);
     # a run over several processes: num_processes, this one's process_id and process 0's host:port as
     # coordinator (or Keras' KERAS_DISTRIBUTION_* variables, or SLURM's), timeout in seconds.
     "distribution": {"kind": None, "model_parallel": 2, "num_processes": None, "process_id": None,

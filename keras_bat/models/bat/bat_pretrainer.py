@@ -7,7 +7,8 @@ from keras_bat.layers.decoder import MaskedDecoder
 from keras_bat.layers.masking import inverse_block_mask
 from keras_bat.models.bat.bat_backbone import BATBackbone
 from keras_bat.ops.keras_internals import own_variables, step_counter
-from keras_bat.training.losses import add_layer_losses
+from keras_bat.ops.random import draw_rows
+from keras_bat.training.losses import training_loss
 
 
 def _normalize(x, axis):
@@ -158,8 +159,9 @@ class BATPretrainer(keras.Model):
         batch = spectrograms.shape[0]
         if batch is None:  # traced without a static batch size (e.g. grain batches under TensorFlow)
             batch = ops.shape(spectrograms)[0]
-        masks = inverse_block_mask(batch * self.num_views, self.time_patches, self.freq_patches,
-                                   self.mask_ratio, seed=self.seed_generator)
+        masks = draw_rows(lambda rows: inverse_block_mask(rows, self.time_patches, self.freq_patches,
+                                                          self.mask_ratio, seed=self.seed_generator),
+                          batch * self.num_views)
         return self.forward_with_masks(spectrograms, masks["ids_keep_sorted"], masks["mask"], training=training)
 
     # --- Training ---------------------------------------------------------------
@@ -172,7 +174,7 @@ class BATPretrainer(keras.Model):
         super().compile(optimizer=optimizer, **kwargs)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        return add_layer_losses(self, y_pred["global_loss"] + y_pred["local_loss"])
+        return training_loss(self, y_pred["global_loss"] + y_pred["local_loss"])
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         self.global_loss_tracker.update_state(y_pred["global_loss"])
