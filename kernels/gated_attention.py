@@ -1,8 +1,10 @@
 """Fused gated masked attention (Triton), flash-attention style.
 
-    out = softmax(q k^T * scale + mask) v * sigmoid(gate)
+    out = softmax(q k^T * scale + bias + mask) v * sigmoid(gate)
 
-per head, with the sigmoid gate fused into the forward pass. Keys are masked by
+per head, with the sigmoid gate fused into the forward pass and an optional
+additive bias `(batch or 1, heads, queries, keys)` (BEATs' relative positions;
+its gradient is the score gradient the backward pass computes anyway). Keys are masked by
 per-sequence valid lengths (`key_lengths[b]`: keys at or after it are padding)
 and a `key_offset` (the first `key_offset` tokens are queries only, as BAT's
 visual query tokens are). No `(queries, keys)` matrix is ever stored: the
@@ -89,21 +91,38 @@ def _key_end(LENGTHS, b, num_keys, HAS_LENGTHS: tl.constexpr):
 
 
 @triton.jit
-def _probabilities_and_score_grads(q, k, v, d_attended, lse, delta, col_ok, scale,
+def _bias_offsets(b, h, s_bb, s_bh, s_bq, s_bk, rows, cols, key_offset):
+    """64-bit offsets of a (queries, keys) tile of a bias whose columns count the keys
+    after `key_offset` (a bias broadcast over the batch has `s_bb = 0`)."""
+    return (_head_start(b, h, s_bb, s_bh) + rows[:, None].to(tl.int64) * s_bq
+            + (cols - key_offset)[None, :].to(tl.int64) * s_bk)
+
+
+@triton.jit
+def _bias_tile(BIAS, b, h, s_bb, s_bh, s_bq, s_bk, rows, row_ok, cols, col_ok, key_offset):
+    """The additive bias of a (queries, keys) tile in float32; zeros outside."""
+    return tl.load(BIAS + _bias_offsets(b, h, s_bb, s_bh, s_bq, s_bk, rows, cols, key_offset),
+                   mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _probabilities_and_score_grads(q, k, v, d_attended, lse, delta, col_ok, scale, bias,
                                    PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    """Recomputed probabilities P and dS = P * (dA v^T - delta) of one tile."""
-    scores = _dot(q, tl.trans(k), PRECISION, UPCAST) * scale
+    """Recomputed probabilities P and dS = P * (dA v^T - delta) of one tile (`bias`: its
+    additive bias tile, or 0)."""
+    scores = _dot(q, tl.trans(k), PRECISION, UPCAST) * scale + bias
     p = tl.where(col_ok[None, :], tl.exp(scores - lse[:, None]), 0.0)  # M, N
     dp = _dot(d_attended, tl.trans(v), PRECISION, UPCAST)
     return p, p * (dp - delta[:, None])
 
 
 @triton.jit
-def _attention_forward(Q, K, V, G, O, A, LSE, LENGTHS,  # noqa: E741 (the kernel's tensor names)
+def _attention_forward(Q, K, V, G, O, A, LSE, LENGTHS, BIAS,  # noqa: E741 (the kernel's tensor names)
                        s_qb, s_qn, s_qh, s_qd, s_kb, s_kn, s_kh, s_kd, s_vb, s_vn, s_vh, s_vd,
-                       s_gb, s_gn, s_gh, s_gd, s_ob, s_on, s_oh, s_od,
+                       s_gb, s_gn, s_gh, s_gd, s_ob, s_on, s_oh, s_od, s_bb, s_bh, s_bq, s_bk,
                        num_heads, num_queries, num_keys, key_offset, scale, tokens_bucket,
-                       HAS_GATE: tl.constexpr, HAS_LENGTHS: tl.constexpr, FOR_BACKWARD: tl.constexpr,
+                       HAS_GATE: tl.constexpr, HAS_LENGTHS: tl.constexpr, HAS_BIAS: tl.constexpr,
+                       FOR_BACKWARD: tl.constexpr,
                        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                        BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     """One block of queries. `A` (the attention before the gate) and `LSE` are
@@ -122,6 +141,9 @@ def _attention_forward(Q, K, V, G, O, A, LSE, LENGTHS,  # noqa: E741 (the kernel
         col_ok = cols < key_end
         k = _load_tile(K, b, h, s_kb, s_kn, s_kh, s_kd, cols, col_ok, dims, dim_ok)
         scores = _dot(q, tl.trans(k), PRECISION, UPCAST) * scale_log2  # M, N (float32, base 2)
+        if HAS_BIAS:
+            scores += _bias_tile(BIAS, b, h, s_bb, s_bh, s_bq, s_bk, rows, row_ok, cols, col_ok,
+                                 key_offset) * 1.4426950408889634
         scores = tl.where(col_ok[None, :], scores, float("-inf"))
         new_max = tl.maximum(running_max, tl.max(scores, 1))
         p = tl.exp2(scores - new_max[:, None])
@@ -175,14 +197,16 @@ def _gate_backward(DO, A, G, DA, DG, DELTA,
 
 
 @triton.jit
-def _attention_backward_keys(Q, K, V, DA, LSE, DELTA, DK, DV, LENGTHS,
+def _attention_backward_keys(Q, K, V, DA, LSE, DELTA, DK, DV, LENGTHS, BIAS, DBIAS,
                              s_qb, s_qn, s_qh, s_qd, s_kb, s_kn, s_kh, s_kd, s_vb, s_vn, s_vh, s_vd,
-                             s_ob, s_on, s_oh, s_od, s_gb, s_gn, s_gh, s_gd,
+                             s_ob, s_on, s_oh, s_od, s_gb, s_gn, s_gh, s_gd, s_bb, s_bh, s_bq, s_bk,
+                             s_db_b, s_db_h, s_db_q, s_db_k,
                              num_heads, num_queries, num_keys, key_offset, scale, tokens_bucket,
-                             HAS_LENGTHS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
-                             BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
-                             UPCAST: tl.constexpr):
-    """dK and dV for one block of keys, looping over all query blocks."""
+                             HAS_LENGTHS: tl.constexpr, HAS_BIAS: tl.constexpr, HEAD_DIM: tl.constexpr,
+                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                             PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """dK and dV for one block of keys, looping over all query blocks; with a bias, its
+    gradient (the score gradient dS) for the tiles of these keys."""
     batch_head = tl.program_id(0)
     b = batch_head // num_heads
     h = batch_head % num_heads
@@ -201,7 +225,14 @@ def _attention_backward_keys(Q, K, V, DA, LSE, DELTA, DK, DV, LENGTHS,
         d_attended = _load_tile(DA, b, h, s_ob, s_on, s_oh, s_od, rows, row_ok, dims, dim_ok)
         lse = tl.load(LSE + _row_offsets(batch_head, num_queries, rows), mask=row_ok, other=float("inf"))
         delta = tl.load(DELTA + _row_offsets(batch_head, num_queries, rows), mask=row_ok, other=0.0)
-        p, ds = _probabilities_and_score_grads(q, k, v, d_attended, lse, delta, col_ok, scale, PRECISION, UPCAST)
+        bias = 0.0
+        if HAS_BIAS:
+            bias = _bias_tile(BIAS, b, h, s_bb, s_bh, s_bq, s_bk, rows, row_ok, cols, col_ok, key_offset)
+        p, ds = _probabilities_and_score_grads(q, k, v, d_attended, lse, delta, col_ok, scale, bias, PRECISION,
+                                               UPCAST)
+        if HAS_BIAS:
+            tl.store(DBIAS + _bias_offsets(b, h, s_db_b, s_db_h, s_db_q, s_db_k, rows, cols, key_offset), ds,
+                     mask=row_ok[:, None] & col_ok[None, :])
         dv += _dot(tl.trans(p.to(d_attended.dtype)), d_attended, PRECISION, UPCAST)
         dk += _dot(tl.trans(ds.to(q.dtype)), q, PRECISION, UPCAST)
     out_offsets = _tile_offsets(b, h, s_gb, s_gn, s_gh, s_gd, cols, dims)  # dK, dV layout
@@ -211,13 +242,13 @@ def _attention_backward_keys(Q, K, V, DA, LSE, DELTA, DK, DV, LENGTHS,
 
 
 @triton.jit
-def _attention_backward_queries(Q, K, V, DA, LSE, DELTA, DQ, LENGTHS,
+def _attention_backward_queries(Q, K, V, DA, LSE, DELTA, DQ, LENGTHS, BIAS,
                                 s_qb, s_qn, s_qh, s_qd, s_kb, s_kn, s_kh, s_kd, s_vb, s_vn, s_vh, s_vd,
-                                s_ob, s_on, s_oh, s_od,
+                                s_ob, s_on, s_oh, s_od, s_bb, s_bh, s_bq, s_bk,
                                 num_heads, num_queries, num_keys, key_offset, scale, tokens_bucket,
-                                HAS_LENGTHS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
-                                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
-                                UPCAST: tl.constexpr):
+                                HAS_LENGTHS: tl.constexpr, HAS_BIAS: tl.constexpr, HEAD_DIM: tl.constexpr,
+                                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                                PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     """dQ for one block of queries, looping over the valid key blocks."""
     batch_head, b, h, rows, row_ok, dims, dim_ok = _query_block(num_heads, num_queries, HEAD_DIM, BLOCK_M, BLOCK_D)
     q = _load_tile(Q, b, h, s_qb, s_qn, s_qh, s_qd, rows, row_ok, dims, dim_ok)
@@ -231,7 +262,11 @@ def _attention_backward_queries(Q, K, V, DA, LSE, DELTA, DQ, LENGTHS,
         col_ok = cols < key_end
         k = _load_tile(K, b, h, s_kb, s_kn, s_kh, s_kd, cols, col_ok, dims, dim_ok)
         v = _load_tile(V, b, h, s_vb, s_vn, s_vh, s_vd, cols, col_ok, dims, dim_ok)
-        _, ds = _probabilities_and_score_grads(q, k, v, d_attended, lse, delta, col_ok, scale, PRECISION, UPCAST)
+        bias = 0.0
+        if HAS_BIAS:
+            bias = _bias_tile(BIAS, b, h, s_bb, s_bh, s_bq, s_bk, rows, row_ok, cols, col_ok, key_offset)
+        _, ds = _probabilities_and_score_grads(q, k, v, d_attended, lse, delta, col_ok, scale, bias, PRECISION,
+                                               UPCAST)
         dq += _dot(ds.to(k.dtype), k, PRECISION, UPCAST)
     tl.store(DQ + _tile_offsets(b, h, s_ob, s_on, s_oh, s_od, rows, dims),  # dQ is laid out like dA
              (dq * scale).to(DQ.dtype.element_ty), mask=row_ok[:, None] & dim_ok[None, :])
@@ -320,7 +355,15 @@ def attention_grid(batch_heads, tokens, block):
     return (batch_heads, triton.cdiv(tokens, block))
 
 
-def _forward(q, k, v, gate, key_lengths, key_offset, launcher, for_backward):
+def _bias_strides(bias):
+    """Strides of a bias `(batch or 1, heads, queries, keys)`: 0 over a broadcast batch."""
+    if bias is None:
+        return (0, 0, 0, 0)
+    s_b, s_h, s_q, s_k = bias.stride()
+    return (0 if bias.shape[0] == 1 else s_b, s_h, s_q, s_k)
+
+
+def _forward(q, k, v, gate, key_lengths, key_offset, launcher, for_backward, bias=None):
     """Runs the forward kernel: `(out, attended, lse)`, the last two `None`
     unless `for_backward` (attended is `out` itself when there is no gate)."""
     batch, num_queries, num_heads, head_dim = q.shape
@@ -331,12 +374,14 @@ def _forward(q, k, v, gate, key_lengths, key_offset, launcher, for_backward):
            if for_backward else out)
     gate_arg = gate if gate is not None else out
     lengths_arg = key_lengths if key_lengths is not None else out
+    bias_arg = bias if bias is not None else out
     launcher(_attention_forward, batch * num_heads, num_queries, "BLOCK_M",
-             q, k, v, gate_arg, out, attended, lse, lengths_arg,
-             *_strides(q), *_strides(k), *_strides(v), *_strides(gate_arg), *_strides(out),
+             q, k, v, gate_arg, out, attended, lse, lengths_arg, bias_arg,
+             *_strides(q), *_strides(k), *_strides(v), *_strides(gate_arg), *_strides(out), *_bias_strides(bias),
              num_heads, num_queries, num_keys, key_offset, 1.0 / math.sqrt(head_dim),
              triton.next_power_of_2(max(num_queries, num_keys)),
-             HAS_GATE=gate is not None, HAS_LENGTHS=key_lengths is not None, FOR_BACKWARD=for_backward,
+             HAS_GATE=gate is not None, HAS_LENGTHS=key_lengths is not None, HAS_BIAS=bias is not None,
+             FOR_BACKWARD=for_backward,
              HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim), PRECISION=_precision(q.dtype),
              UPCAST=_upcast_dots(q.dtype))
     if not for_backward:
@@ -365,17 +410,17 @@ def _gate_backward_pass(d_out, attended, gate, dtype):
 
 class _GatedAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, gate, key_lengths, key_offset, block_m, block_n, for_backward):
+    def forward(ctx, q, k, v, gate, key_lengths, key_offset, block_m, block_n, for_backward, bias):
         launcher = _Launcher(q.device, q.shape[3], q.dtype, block_m, block_n)
-        out, attended, lse = _forward(q, k, v, gate, key_lengths, key_offset, launcher, for_backward)
+        out, attended, lse = _forward(q, k, v, gate, key_lengths, key_offset, launcher, for_backward, bias)
         if for_backward:
-            ctx.save_for_backward(q, k, v, gate, key_lengths, attended, lse)
+            ctx.save_for_backward(q, k, v, gate, key_lengths, attended, lse, bias)
             ctx.settings = (key_offset, launcher)
         return out
 
     @staticmethod
     def backward(ctx, d_out):
-        q, k, v, gate, key_lengths, attended, lse = ctx.saved_tensors
+        q, k, v, gate, key_lengths, attended, lse, bias = ctx.saved_tensors
         key_offset, launcher = ctx.settings
         batch, num_queries, num_heads, head_dim = q.shape
         num_keys = k.shape[1]
@@ -384,21 +429,31 @@ class _GatedAttention(torch.autograd.Function):
         dk = torch.empty((batch, num_keys, num_heads, head_dim), device=q.device, dtype=k.dtype)  # contiguous
         dv = torch.empty_like(dk)
         lengths_arg = key_lengths if key_lengths is not None else lse
-        common = dict(HAS_LENGTHS=key_lengths is not None, HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim),
-                      PRECISION=_precision(q.dtype), UPCAST=_upcast_dots(q.dtype))
+        bias_arg = bias if bias is not None else lse
+        # The bias's gradient, per sequence (keys a sequence does not attend to stay 0), summed
+        # below over a batch the bias is broadcast over.
+        d_bias = (torch.zeros((batch, num_heads, num_queries, num_keys - key_offset), device=q.device,
+                              dtype=torch.float32) if bias is not None else lse)
+        d_bias_strides = tuple(d_bias.stride()) if bias is not None else (0, 0, 0, 0)
+        common = dict(HAS_LENGTHS=key_lengths is not None, HAS_BIAS=bias is not None, HEAD_DIM=head_dim,
+                      BLOCK_D=_block_d(head_dim), PRECISION=_precision(q.dtype), UPCAST=_upcast_dots(q.dtype))
         sizes = (num_heads, num_queries, num_keys, key_offset, 1.0 / math.sqrt(head_dim),
                  triton.next_power_of_2(max(num_queries, num_keys)))
         launcher(_attention_backward_keys, batch * num_heads, num_keys, "BLOCK_N",
-                 q, k, v, d_attended, lse, delta, dk, dv, lengths_arg,
-                 *_strides(q), *_strides(k), *_strides(v), *_strides(d_attended), *_strides(dk), *sizes, **common)
+                 q, k, v, d_attended, lse, delta, dk, dv, lengths_arg, bias_arg, d_bias,
+                 *_strides(q), *_strides(k), *_strides(v), *_strides(d_attended), *_strides(dk),
+                 *_bias_strides(bias), *d_bias_strides, *sizes, **common)
         launcher(_attention_backward_queries, batch * num_heads, num_queries, "BLOCK_M",
-                 q, k, v, d_attended, lse, delta, dq, lengths_arg,
-                 *_strides(q), *_strides(k), *_strides(v), *_strides(d_attended), *sizes, **common)
-        return dq, dk, dv, d_gate, None, None, None, None, None
+                 q, k, v, d_attended, lse, delta, dq, lengths_arg, bias_arg,
+                 *_strides(q), *_strides(k), *_strides(v), *_strides(d_attended), *_bias_strides(bias), *sizes,
+                 **common)
+        if bias is not None:
+            d_bias = (d_bias.sum(0, keepdim=True) if bias.shape[0] == 1 else d_bias).to(bias.dtype)
+        return dq, dk, dv, d_gate, None, None, None, None, None, (d_bias if bias is not None else None)
 
 
-def gated_attention(q, k, v, gate=None, key_lengths=None, key_offset=0, block_m=None, block_n=None):
-    """Fused `softmax(q k^T / sqrt(d) + mask) v * sigmoid(gate)`, differentiable.
+def gated_attention(q, k, v, gate=None, key_lengths=None, key_offset=0, block_m=None, block_n=None, bias=None):
+    """Fused `softmax(q k^T / sqrt(d) + bias + mask) v * sigmoid(gate)`, differentiable.
 
     Args:
         q: tensor `(batch, queries, heads, head_dim)`, float32 / bfloat16 /
@@ -411,17 +466,22 @@ def gated_attention(q, k, v, gate=None, key_lengths=None, key_offset=0, block_m=
             queries only). A query row without any valid key gives zeros.
         block_m, block_n: optional fixed tile sizes (powers of two, 16 to
             256); by default tiles are autotuned on GPUs.
+        bias: optional tensor `(batch or 1, heads, queries, keys - key_offset)`
+            added to the scores (over the keys after `key_offset`), float32
+            or q's dtype; differentiable.
 
     Returns:
         Tensor like `q`.
     """
-    _check_inputs(q, k, v, gate, key_lengths, key_offset)
+    _check_inputs(q, k, v, gate, key_lengths, key_offset, bias)
     check_block("block_m", block_m)
     check_block("block_n", block_n)
     if key_lengths is not None:
         key_lengths = key_lengths.to(device=q.device, dtype=torch.int32).contiguous()
-    for_backward = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, gate))
-    return _GatedAttention.apply(q, k, v, gate, key_lengths, int(key_offset), block_m, block_n, for_backward)
+    for_backward = torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                                   for t in (q, k, v, gate, bias))
+    return _GatedAttention.apply(q, k, v, gate, key_lengths, int(key_offset), block_m, block_n, for_backward,
+                                 bias)
 
 
 def unsupported_reason(q):
@@ -441,7 +501,7 @@ def _check_sequence_offsets(*tensors):
                              "2**31 elements or more; split its tokens into shorter sequences.")
 
 
-def _check_inputs(q, k, v, gate, key_lengths, key_offset):
+def _check_inputs(q, k, v, gate, key_lengths, key_offset, bias=None):
     if q.dim() != 4 or k.shape != v.shape or k.dim() != 4:
         raise ValueError(f"Expected q (B, Nq, H, D) and k, v (B, Nk, H, D); received {tuple(q.shape)}, "
                          f"{tuple(k.shape)}, {tuple(v.shape)}.")
@@ -457,13 +517,22 @@ def _check_inputs(q, k, v, gate, key_lengths, key_offset):
         raise ValueError(f"key_lengths must be (batch,) = ({q.shape[0]},); received {tuple(key_lengths.shape)}.")
     if not 0 <= key_offset <= k.shape[1]:
         raise ValueError(f"key_offset must be 0 to {k.shape[1]}; received {key_offset}.")
+    if bias is not None:
+        expected = (q.shape[2], q.shape[1], k.shape[1] - key_offset)
+        if bias.dim() != 4 or bias.shape[0] not in (1, q.shape[0]) or tuple(bias.shape[1:]) != expected:
+            raise ValueError(f"bias must be (batch or 1, heads, queries, keys - key_offset) = ({q.shape[0]} or 1, "
+                             f"{', '.join(map(str, expected))}); received {tuple(bias.shape)}.")
+        if bias.dtype not in (torch.float32, q.dtype):
+            raise TypeError(f"bias must be float32 or q's dtype {q.dtype}; received {bias.dtype}.")
     _check_sequence_offsets(q, k, v, gate)
 
 
-def gated_attention_reference(q, k, v, gate=None, key_lengths=None, key_offset=0):
+def gated_attention_reference(q, k, v, gate=None, key_lengths=None, key_offset=0, bias=None):
     """The same computation in plain PyTorch (float32), for tests and benchmarks."""
     q, k, v = q.float(), k.float(), v.float()
     scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(q.shape[-1])
+    if bias is not None:
+        scores = scores + torch.nn.functional.pad(bias.float(), (key_offset, 0))
     positions = torch.arange(k.shape[1], device=q.device)
     valid = (positions >= key_offset)[None, :].expand(q.shape[0], -1)
     if key_lengths is not None:

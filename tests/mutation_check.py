@@ -44,8 +44,9 @@ MUTATIONS = [
              'positions[None, :] < ops.cast(key_lengths, "int32")[:, None]',
              'positions[None, :] < ops.cast(key_lengths, "int32")[:, None] - key_offset',
              ["tests/test_layers_transformer.py"]),
-    Mutation("queries in front not counted in the key lengths", "keras_bat/models/backbone.py",
-             "lengths = key_lengths + num_queries", "lengths = key_lengths",
+    Mutation("queries in front not counted in the key lengths", "keras_bat/layers/patching.py",
+             "return None if key_lengths is None else key_lengths + self.num_queries",
+             "return None if key_lengths is None else key_lengths",
              ["tests/test_layers_transformer.py"]),
     Mutation("BEATs attention drops its key lengths", "keras_bat/models/beats/beats_layers.py",
              "use_kernels=self.use_kernels, key_lengths=key_lengths)", "use_kernels=self.use_kernels)",
@@ -214,6 +215,19 @@ MUTATIONS = [
              "return loss + ops.sum(ops.stack(extra)) if extra else loss",
              ["tests/test_training_tf_distribute.py::test_mirrored_devices_train_the_weights_of_one_device"],
              backend="tensorflow"),
+    # --- Kernel dispatch ---
+    Mutation("dispatch: auto takes the fused attention on unpadded half-precision batches",
+             "keras_bat/ops/attention.py",
+             'return standardize_dtype(dtype) in ("bfloat16", "float16") and key_lengths is not None and bias is None',
+             'return standardize_dtype(dtype) in ("bfloat16", "float16") and bias is None',
+             ["tests/test_ops_dispatch.py::test_auto_takes_the_fused_attention_only_where_it_is_measured_faster"]),
+    Mutation("dispatch: whole chunks still hand the blocks key lengths", "keras_bat/layers/patching.py",
+             "            key_lengths = None\n", "            pass\n",
+             ["tests/test_ops_dispatch.py::test_unpadded_chunks_give_the_blocks_no_lengths"]),
+    Mutation("fused attention: the bias left out of the backward pass's probabilities", "kernels/gated_attention.py",
+             "scores = _dot(q, tl.trans(k), PRECISION, UPCAST) * scale + bias",
+             "scores = _dot(q, tl.trans(k), PRECISION, UPCAST) * scale",
+             ["tests/kernels/test_gated_attention.py::test_additive_bias_forward_and_gradients_match_the_reference"]),
     # --- Earlier bugs (tests/README.md) ---
     Mutation("decoding: no context before a seek in a compressed stream", "keras_bat/data/audio.py",
              "SEEK_CONTEXT_FRAMES = 4096", "SEEK_CONTEXT_FRAMES = 0",
@@ -233,6 +247,7 @@ def copy_project(destination):
             shutil.copytree(source, destination / name, ignore=shutil.ignore_patterns("__pycache__"))
         elif source.exists():
             shutil.copy2(source, destination / name)
+    (destination / "keras_bat_kernels").symlink_to("kernels")  # the name `kernels/` installs under
 
 
 def run_tests(copy, tests, backend, timeout):
@@ -263,10 +278,12 @@ def main():
     with tempfile.TemporaryDirectory(prefix="keras-bat-mutations-") as folder:
         copy = Path(folder)
         copy_project(copy)
-        probe = subprocess.run([sys.executable, "-c", "import keras_bat; print(keras_bat.__file__)"], cwd=copy,
-                               env=dict(os.environ, PYTHONPATH=str(copy)), capture_output=True, text=True)
-        if not probe.stdout.strip().startswith(str(copy)):
-            sys.exit(f"the copy's keras_bat is not the one imported ({probe.stdout.strip() or probe.stderr[-500:]})")
+        for package in ("keras_bat", "keras_bat_kernels"):
+            probe = subprocess.run([sys.executable, "-c", f"import {package}; print({package}.__file__)"], cwd=copy,
+                                   env=dict(os.environ, PYTHONPATH=str(copy)), capture_output=True, text=True)
+            if not probe.stdout.strip().startswith(str(copy)):
+                sys.exit(f"the copy's {package} is not the one imported "
+                         f"({probe.stdout.strip() or probe.stderr[-500:]})")
         tests = sorted({t for m in mutations for t in m.tests})
         verdict, output = run_tests(copy, tests, args.backend, args.timeout * 3)
         if verdict != "passed":

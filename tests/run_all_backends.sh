@@ -13,6 +13,11 @@ parallel=()
 if [ "$workers" -gt 1 ] && python -c "import xdist" 2>/dev/null; then
   parallel=(-n "$workers" --dist worksteal)
 fi
+# JAX keeps what it compiles in a persistent cache for the run, so that the many processes the
+# tests start (and models of the same shapes) compile each program once.
+jax_cache=$(mktemp -d)
+trap 'rm -rf "$jax_cache"' EXIT
+export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-$jax_cache}"
 failed=()
 for backend in ${KERAS_BAT_BACKENDS:-tensorflow jax torch}; do
   echo "=== KERAS_BACKEND=$backend (pytest ${parallel[*]:-in one process})"

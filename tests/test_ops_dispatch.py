@@ -9,6 +9,7 @@ import pytest
 
 from helpers import to_numpy
 from keras_bat import BATBackbone, LogMelSpectrogram
+from keras_bat.models import BEATsBackbone
 from keras_bat.ops import gated_attention, kernel_unavailable_reason
 
 TORCH = keras.backend.backend() == "torch"
@@ -56,8 +57,6 @@ def test_additive_bias_with_a_key_mask():
     key_mask = np.arange(7)[None, :] < np.array([[7], [4]])
     out = to_numpy(gated_attention(q, k, v, gate, key_mask, bias=bias))
     np.testing.assert_allclose(out, _reference(q, k, v, gate, key_mask, bias), atol=1e-5)
-    with pytest.raises(ValueError, match="no additive bias"):
-        gated_attention(q, k, v, gate, key_mask, bias=bias, use_kernels=True)
 
 
 def test_required_kernel_without_cuda_raises_a_clear_error(monkeypatch):
@@ -98,13 +97,21 @@ def _backbone_gradients(backbone, inputs):
 
 @needs_torch
 @pytest.mark.parametrize("num_query_tokens", [0, 2])
-def test_backbone_forward_and_backward_equal_with_kernels_on_and_off(num_query_tokens):
+@pytest.mark.parametrize("encoder", ["bat", "beats"])
+def test_backbone_forward_and_backward_equal_with_kernels_on_and_off(encoder, num_query_tokens):
+    # BEATs: the fused kernel with its additive relative position bias (and the bias's gradient).
     config = dict(dim=64, depth=2, num_heads=2, chunk_time_patches=4, use_padding_mask=True,
                   num_query_tokens=num_query_tokens)
-    fused, plain = BATBackbone(**config, use_kernels=True), BATBackbone(**config, use_kernels=False)
+    if encoder == "beats":
+        config.update(ffn_dim=64, embed_dim=16, conv_pos=8, conv_pos_groups=2)
+    kind = BATBackbone if encoder == "bat" else BEATsBackbone
+    fused, plain = kind(**config, use_kernels=True), kind(**config, use_kernels=False)
     rng = np.random.default_rng(0)
     padding = np.ones((2, 96), "float32")
-    padding[1, 40:] = 0  # the second clip is shorter: padded keys, and a short last chunk for both
+    # The second clip is shorter: padded keys, and a short last chunk for both. BEATs has no class
+    # token, so a chunk of padding alone would have no key at all, rows that the two paths fill
+    # differently (zeros, an average of padding) and whose outputs are padding: it keeps 5 patches.
+    padding[1, 40 if encoder == "bat" else 72:] = 0
     inputs = {"spectrogram": rng.uniform(size=(2, 96, 128)).astype("float32"), "padding_mask": padding}
     if num_query_tokens:
         inputs["query_tokens"] = rng.normal(size=(2, 2, num_query_tokens, 64)).astype("float32")
@@ -118,7 +125,10 @@ def test_backbone_forward_and_backward_equal_with_kernels_on_and_off(num_query_t
         np.testing.assert_allclose(fused_features[key], plain_features[key], atol=2e-5, rtol=1e-4)
     # Float32 rounding of two summation orders, through LayerNorms and two
     # blocks: within 5e-4 of each gradient's largest entry (measured <= 1.3e-4).
-    for fused_grad, plain_grad in zip(fused_grads, plain_grads):
+    for variable, fused_grad, plain_grad in zip(plain.trainable_weights, fused_grads, plain_grads):
+        if variable.path.endswith("k_proj/bias"):  # BEATs' key bias: zero gradient but for rounding
+            assert np.abs(plain_grad).max() < 1e-6 and np.abs(fused_grad).max() < 1e-6
+            continue
         np.testing.assert_allclose(fused_grad, plain_grad, atol=5e-4 * np.abs(plain_grad).max() + 1e-8)
 
 
@@ -160,6 +170,50 @@ def test_encoder_passes_the_chunking_lengths_to_every_block(monkeypatch):
     features = backbone({"spectrogram": np.random.default_rng(0).uniform(size=(2, 96, 128)).astype("float32"),
                          "padding_mask": padding, "query_tokens": np.zeros((2, 2, 2, 32), "float32")})
     assert np.isfinite(to_numpy(features["cls_tokens"])).all()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("padding", ["lengths", "mask", "none"])
+def test_auto_takes_the_fused_attention_only_where_it_is_measured_faster(monkeypatch, dtype, padding):
+    # benchmarks/gpu_check.sh: the fused kernel beats SDPA + gate only on padded bfloat16 / float16
+    # batches. The choice comes from static facts; a device that can run the kernel is simulated.
+    import keras_bat.ops.attention as attention
+
+    taken = []
+    monkeypatch.setattr(attention, "use_kernel", lambda *args: True)
+    monkeypatch.setattr(attention, "_kernel_takes",
+                        lambda query, key_lengths, bias, required: taken.append(attention.fused_attention_pays(
+                            query.dtype, key_lengths, bias)) or False)
+    q = keras.ops.ones((2, 5, 2, 16), dtype=dtype)
+    lengths = {"lengths": np.array([5, 3], "int32"), "mask": None, "none": None}[padding]
+    key_mask = np.arange(5)[None, :] < np.array([[5], [3]]) if padding == "mask" else None
+    gated_attention(q, q, q, key_mask=key_mask, key_lengths=lengths)
+    gated_attention(q, q, q, key_mask=key_mask, key_lengths=lengths, bias=keras.ops.zeros((1, 2, 5, 5)))
+    assert taken == [dtype != "float32" and padding == "lengths", False]  # with a bias: not measured yet
+
+
+def test_unpadded_chunks_give_the_blocks_no_lengths(monkeypatch):
+    # Whole chunks without a padding mask: the blocks attend unmasked (SDPA's flash path on a GPU,
+    # and no fused kernel in auto); a padding mask or a short last chunk gives them lengths.
+    import keras_bat.layers.transformer as transformer
+
+    seen = []
+    original = transformer.gated_attention
+    monkeypatch.setattr(transformer, "gated_attention",
+                        lambda *args, **kwargs: seen.append(kwargs.get("key_lengths") is None) or original(*args,
+                                                                                                           **kwargs))
+    rng = np.random.default_rng(0)
+    whole = BATBackbone(dim=32, depth=2, num_heads=2, chunk_time_patches=4)
+    whole(rng.uniform(size=(2, 128, 128)).astype("float32"))  # 8 time patches: 2 whole chunks
+    assert seen == [True, True]
+    seen.clear()
+    whole(rng.uniform(size=(2, 96, 128)).astype("float32"))  # 6 time patches: a short last chunk
+    assert seen == [False, False]
+    seen.clear()
+    masked = BATBackbone(dim=32, depth=2, num_heads=2, chunk_time_patches=4, use_padding_mask=True)
+    masked({"spectrogram": rng.uniform(size=(2, 128, 128)).astype("float32"),
+            "padding_mask": np.ones((2, 128), "float32")})
+    assert seen == [False, False]
 
 
 @pytest.mark.skipif(not CUDA, reason="CUDA only: benchmarks/gpu_check.sh runs it on a GPU machine")

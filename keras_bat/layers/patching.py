@@ -132,7 +132,9 @@ class ChunkTokens(keras.layers.Layer):
         (class token first, if any; patches time-major), `key_mask` of the same
         leading shape (true for tokens to attend to), `key_lengths`
         `(batch * chunks,)` (the same padding as lengths: the tokens to attend
-        to come first), and `chunk_weights`
+        to come first; `None` when no token is padding, i.e. without a
+        padding mask and with whole chunks, so that attention takes its
+        unmasked path), and `chunk_weights`
         `(batch, chunks)` (1 for chunks holding any real patch).
     """
 
@@ -191,6 +193,8 @@ class ChunkTokens(keras.layers.Layer):
             tokens = x
         key_mask = ops.arange(tokens.shape[1], dtype="int32")[None, :] < key_lengths[:, None]
         chunk_weights = ops.cast(chunk_patches > 0, "float32")  # B, chunks
+        if padding_mask is None and pad == 0:  # known from shapes alone: nothing to mask
+            key_lengths = None
         return {"tokens": tokens, "key_mask": key_mask, "key_lengths": key_lengths, "chunk_weights": chunk_weights}
 
     def position_patches(self, patch_grid):
@@ -316,3 +320,26 @@ class PrependQueries(keras.layers.Layer):
     def compute_output_spec(self, tokens, queries, chunk_weights):
         length = None if tokens.shape[1] is None else tokens.shape[1] + queries.shape[1]
         return keras.KerasTensor((tokens.shape[0], length, tokens.shape[2]), dtype=tokens.dtype)
+
+
+@keras.saving.register_keras_serializable(package="keras_bat")
+class KeyLengthsWithQueries(keras.layers.Layer):
+    """Key lengths counted with `num_queries` query tokens in front (`PrependQueries`);
+    `None` (no padding) stays `None`.
+
+    Args:
+        num_queries: int.
+    """
+
+    def __init__(self, num_queries, **kwargs):
+        super().__init__(**kwargs)
+        self.num_queries = int(num_queries)
+
+    def call(self, key_lengths):
+        return None if key_lengths is None else key_lengths + self.num_queries
+
+    def compute_output_spec(self, key_lengths):
+        return keras.KerasTensor(key_lengths.shape, dtype=key_lengths.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "num_queries": self.num_queries}

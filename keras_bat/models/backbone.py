@@ -14,7 +14,7 @@ from keras_bat.convert.checkpoints import (CONFIG_FILE, METADATA_FILE, WEIGHTS_F
 from keras_bat.convert.hub import download_preset, is_hub_uri
 from keras_bat.layers.chunk_merge import WHOLE_CLIP_MERGES, ChunkSummaries
 from keras_bat.layers.frontend import build_frontend
-from keras_bat.layers.patching import PrependQueries
+from keras_bat.layers.patching import KeyLengthsWithQueries, PrependQueries
 from keras_bat.ops import no_gradients
 
 
@@ -33,7 +33,7 @@ def encoder_inputs(num_mels, depth, dim, use_padding_mask=False, num_query_token
 
 def run_blocks(blocks, tokens, key_lengths, chunk_weights, query_tokens=None, dtype=None, **block_arguments):
     """Runs `blocks` over chunked tokens whose padding is given as `key_lengths`
-    `(batch * chunks,)` (computed once, read by every block); with query tokens
+    `(batch * chunks,)` (computed once, read by every block; `None`: no padding); with query tokens
     `(batch, depth, Q, dim)`, each block's are put in front of the tokens as
     queries that are not keys, and their outputs are kept.
 
@@ -49,7 +49,7 @@ def run_blocks(blocks, tokens, key_lengths, chunk_weights, query_tokens=None, dt
         return block_outputs, None
     num_queries = query_tokens.shape[2]
     prepend_queries = PrependQueries(dtype=dtype, name="prepend_queries")
-    lengths = key_lengths + num_queries  # the queries come first
+    lengths = KeyLengthsWithQueries(num_queries, dtype=dtype, name="key_lengths_with_queries")(key_lengths)
     query_outputs = []
     for i, block in enumerate(blocks):
         x = prepend_queries(tokens, query_tokens[:, i], chunk_weights)

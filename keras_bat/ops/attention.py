@@ -24,19 +24,22 @@ def gated_attention(query, key, value, gate=None, key_mask=None, key_offset=0, b
         gate: optional tensor of gate logits shaped like `query`; the output
             is multiplied by `sigmoid(gate)`. `None` means no gate.
         key_mask: optional boolean tensor `(batch, key_length)`; `False` keys
-            take no part in the attention. The fused kernel takes padding
-            masks (the valid keys first), which it reads back as lengths (a
-            device-to-host sync); other masks use the keras.ops path.
+            take no part in the attention. With `use_kernels=True` the fused
+            kernel takes padding masks (the valid keys first), which it reads
+            back as lengths (a device-to-host sync); otherwise masks use the
+            keras.ops path.
         key_offset: int, the first `key_offset` tokens of `key` and `value`
             are not keys (queries only, like VQT's query tokens).
         bias: optional tensor `(batch or 1, num_heads, query_length, keys)`
             added to the attention logits (over the keys after `key_offset`),
-            e.g. BEATs' relative position bias. The fused kernel takes no
-            bias: with one, attention runs on the keras.ops path.
+            e.g. BEATs' relative position bias. The fused kernel takes it
+            with `use_kernels=True`; auto leaves it to the keras.ops path (not
+            yet measured on a GPU).
         use_kernels: `None` (auto: the fused kernel for bfloat16 and
-            float16 CUDA tensors, where it is the faster one), `True`
-            (require the fused kernel, float32 too) or `False` (always the
-            keras.ops path).
+            float16 CUDA tensors with `key_lengths`, where it is the faster
+            one: `fused_attention_pays`), `True` (require the fused kernel,
+            float32, unpadded and masks too) or `False` (always the keras.ops
+            path).
         key_lengths: optional int tensor `(batch,)`, the padding as lengths
             instead of `key_mask`: keys at index `>= key_lengths[b]` (counted
             from the first token, `key_offset` included) are padding. The
@@ -46,17 +49,14 @@ def gated_attention(query, key, value, gate=None, key_mask=None, key_offset=0, b
     Returns:
         Tensor `(batch, query_length, num_heads, head_dim)`.
     """
-    if bias is not None and use_kernels is True:
-        raise ValueError("The fused attention kernel takes no additive bias (BEATs' relative positions); "
-                         "use use_kernels=None or False.")
     if key_mask is not None and key_lengths is not None:
         raise ValueError("Pass the padding as key_mask or as key_lengths, not both.")
-    if bias is None and use_kernel(query, use_kernels, "attention") and _kernel_supports(query, use_kernels is True):
+    if use_kernel(query, use_kernels, "attention") and _kernel_takes(query, key_lengths, bias, use_kernels is True):
         lengths = key_lengths if key_mask is None else _padding_lengths(key_mask, key_offset, use_kernels is True)
         if key_mask is None or lengths is not None:
             from keras_bat_kernels.gated_attention import gated_attention as fused
 
-            return fused(query, key, value, gate, lengths, key_offset)
+            return fused(query, key, value, gate, lengths, key_offset, bias=bias)
     if key_lengths is not None:
         positions = ops.arange(ops.shape(key)[1], dtype="int32")
         key_mask = positions[None, :] < ops.cast(key_lengths, "int32")[:, None]
@@ -76,13 +76,21 @@ def gated_attention(query, key, value, gate=None, key_mask=None, key_offset=0, b
     return out
 
 
-def _kernel_supports(query, required):
+def fused_attention_pays(dtype, key_lengths, bias=None):
+    """Where `use_kernels=None` takes the fused attention kernel: where `benchmarks/gpu_check.sh`
+    measures it faster than PyTorch's SDPA + gate, told from static facts alone: bfloat16 or
+    float16 with the padding given as key lengths (the kernel skips the padded keys; SDPA with a
+    mask leaves its flash path). Without padding SDPA's flash attention is faster, in float32 the
+    kernel is slower, and a `key_mask` would have to be read back from the device. With an
+    additive bias (BEATs) the kernel has not been measured against SDPA yet."""
+    return standardize_dtype(dtype) in ("bfloat16", "float16") and key_lengths is not None and bias is None
+
+
+def _kernel_takes(query, key_lengths, bias, required):
     from keras_bat_kernels.gated_attention import unsupported_reason
 
-    if not required and standardize_dtype(query.dtype) == "float32":
-        # In float32 the fused kernel is slower than PyTorch's SDPA (benchmarks/gpu_check.sh):
-        # auto picks it for bfloat16 and float16; use_kernels=True still runs it.
-        return False
+    if not required and not fused_attention_pays(query.dtype, key_lengths, bias):
+        return False  # use_kernels=True runs it wherever it can
     reason = unsupported_reason(query)
     if reason is not None and required:
         raise ValueError(f"The fused attention kernel cannot take these inputs: {reason}.")

@@ -61,6 +61,37 @@ def test_forward_and_gradients_match_the_reference(case, dtype):
         assert torch.all(out[1] == 0) and all(torch.isfinite(g).all() for g in grads)
 
 
+@pytest.mark.parametrize("dtype", list(TOLERANCE), ids=str)
+@pytest.mark.parametrize("bias_batch", [1, 2], ids=["bias_over_the_batch", "bias_per_sequence"])
+def test_additive_bias_forward_and_gradients_match_the_reference(bias_batch, dtype):
+    # BEATs' relative position bias: (batch or 1, heads, queries, keys after the offset), with
+    # padding and query tokens in front; its gradient too (BEATs learns it when finetuned).
+    batch, num_queries, num_keys, heads, head_dim, offset = 2, 37, 41, 2, 32, 3
+    generator = torch.Generator().manual_seed(1)
+
+    def tensor(*shape):
+        return torch.randn(*shape, generator=generator).to(DEVICE, dtype).requires_grad_()
+
+    q, gate = tensor(batch, num_queries, heads, head_dim), tensor(batch, num_queries, heads, head_dim)
+    k, v = tensor(batch, num_keys, heads, head_dim), tensor(batch, num_keys, heads, head_dim)
+    bias = (3 * torch.randn(bias_batch, heads, num_queries, num_keys - offset, generator=generator)).to(
+        DEVICE).requires_grad_()  # float32, large enough to reorder the softmax
+    lengths = torch.tensor([41, 20], device=DEVICE)
+    out = gated_attention(q, k, v, gate, lengths, offset, bias=bias)
+    expected = gated_attention_reference(q, k, v, gate, lengths, offset, bias=bias)
+    assert _relative_error(out, expected) <= TOLERANCE[dtype]
+    assert _relative_error(out, gated_attention_reference(q, k, v, gate, lengths, offset)) > 0.1  # the bias counts
+    upstream = torch.randn(expected.shape, generator=generator).to(DEVICE)
+    inputs = (q, k, v, gate, bias)
+    grads = torch.autograd.grad(out.float(), inputs, upstream)
+    expected_grads = torch.autograd.grad(expected, inputs, upstream)
+    for name, grad, expected_grad in zip(("q", "k", "v", "gate", "bias"), grads, expected_grads):
+        assert grad.shape == expected_grad.shape and grad.dtype == (bias.dtype if name == "bias" else dtype)
+        assert _relative_error(grad, expected_grad) <= TOLERANCE[dtype], f"d{name}"
+    with pytest.raises(ValueError, match="bias must be"):
+        gated_attention(q, k, v, gate, lengths, offset, bias=bias[:, :, :, 1:])
+
+
 def test_strided_views_of_a_fused_projection():
     # BAT slices q, k, v out of one (B, N, 3, H, D) projection without copying.
     qkv = torch.randn(2, 29, 3, 2, 32, device=DEVICE, requires_grad=True)
