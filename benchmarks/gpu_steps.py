@@ -128,7 +128,8 @@ def pretrain_steps(args):
                    + 3 * encoder_gflop(*tokens["decoder"], encoder["dim"], decoder_depth)
                    + encoder_gflop(*tokens["teacher"], encoder["dim"], encoder["depth"]))
     _record(args, {"workload": f"BAT pretraining step, {clips} clips x {views} views", "backend": backend,
-                   "dtype": "mixed_bfloat16", "kernels": backend == "torch", "jit": backend != "torch",
+                   "dtype": "mixed_bfloat16", "kernels": "auto" if backend == "torch" else False,
+                   "jit": backend != "torch",
                    "clips": clips, "frames": frames, "analytic_flops": flops, **timing,
                    "peak_mib": _peak_mib(backend)})
 
