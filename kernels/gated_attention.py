@@ -202,11 +202,11 @@ def _attention_backward_keys(Q, K, V, DA, LSE, DELTA, DK, DV, LENGTHS, BIAS, DBI
                              s_ob, s_on, s_oh, s_od, s_gb, s_gn, s_gh, s_gd, s_bb, s_bh, s_bq, s_bk,
                              s_db_b, s_db_h, s_db_q, s_db_k,
                              num_heads, num_queries, num_keys, key_offset, scale, tokens_bucket,
-                             HAS_LENGTHS: tl.constexpr, HAS_BIAS: tl.constexpr, HEAD_DIM: tl.constexpr,
-                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                             PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    """dK and dV for one block of keys, looping over all query blocks; with a bias, its
-    gradient (the score gradient dS) for the tiles of these keys."""
+                             HAS_LENGTHS: tl.constexpr, HAS_BIAS: tl.constexpr, BIAS_GRAD: tl.constexpr,
+                             HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                             BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """dK and dV for one block of keys, looping over all query blocks; with `BIAS_GRAD`, the
+    bias's gradient (the score gradient dS) for the tiles of these keys."""
     batch_head = tl.program_id(0)
     b = batch_head // num_heads
     h = batch_head % num_heads
@@ -230,7 +230,7 @@ def _attention_backward_keys(Q, K, V, DA, LSE, DELTA, DK, DV, LENGTHS, BIAS, DBI
             bias = _bias_tile(BIAS, b, h, s_bb, s_bh, s_bq, s_bk, rows, row_ok, cols, col_ok, key_offset)
         p, ds = _probabilities_and_score_grads(q, k, v, d_attended, lse, delta, col_ok, scale, bias, PRECISION,
                                                UPCAST)
-        if HAS_BIAS:
+        if BIAS_GRAD:
             tl.store(DBIAS + _bias_offsets(b, h, s_db_b, s_db_h, s_db_q, s_db_k, rows, cols, key_offset), ds,
                      mask=row_ok[:, None] & col_ok[None, :])
         dv += _dot(tl.trans(p.to(d_attended.dtype)), d_attended, PRECISION, UPCAST)
@@ -430,11 +430,12 @@ class _GatedAttention(torch.autograd.Function):
         dv = torch.empty_like(dk)
         lengths_arg = key_lengths if key_lengths is not None else lse
         bias_arg = bias if bias is not None else lse
-        # The bias's gradient, per sequence (keys a sequence does not attend to stay 0), summed
-        # below over a batch the bias is broadcast over.
+        # The bias's gradient, when it asks for one: per sequence (keys a sequence does not attend
+        # to stay 0), summed below over a batch the bias is broadcast over.
+        bias_grad = bias is not None and ctx.needs_input_grad[-1]
         d_bias = (torch.zeros((batch, num_heads, num_queries, num_keys - key_offset), device=q.device,
-                              dtype=torch.float32) if bias is not None else lse)
-        d_bias_strides = tuple(d_bias.stride()) if bias is not None else (0, 0, 0, 0)
+                              dtype=torch.float32) if bias_grad else lse)
+        d_bias_strides = tuple(d_bias.stride()) if bias_grad else (0, 0, 0, 0)
         common = dict(HAS_LENGTHS=key_lengths is not None, HAS_BIAS=bias is not None, HEAD_DIM=head_dim,
                       BLOCK_D=_block_d(head_dim), PRECISION=_precision(q.dtype), UPCAST=_upcast_dots(q.dtype))
         sizes = (num_heads, num_queries, num_keys, key_offset, 1.0 / math.sqrt(head_dim),
@@ -442,14 +443,14 @@ class _GatedAttention(torch.autograd.Function):
         launcher(_attention_backward_keys, batch * num_heads, num_keys, "BLOCK_N",
                  q, k, v, d_attended, lse, delta, dk, dv, lengths_arg, bias_arg, d_bias,
                  *_strides(q), *_strides(k), *_strides(v), *_strides(d_attended), *_strides(dk),
-                 *_bias_strides(bias), *d_bias_strides, *sizes, **common)
+                 *_bias_strides(bias), *d_bias_strides, *sizes, BIAS_GRAD=bias_grad, **common)
         launcher(_attention_backward_queries, batch * num_heads, num_queries, "BLOCK_M",
                  q, k, v, d_attended, lse, delta, dq, lengths_arg, bias_arg,
                  *_strides(q), *_strides(k), *_strides(v), *_strides(d_attended), *_bias_strides(bias), *sizes,
                  **common)
-        if bias is not None:
+        if bias_grad:
             d_bias = (d_bias.sum(0, keepdim=True) if bias.shape[0] == 1 else d_bias).to(bias.dtype)
-        return dq, dk, dv, d_gate, None, None, None, None, None, (d_bias if bias is not None else None)
+        return dq, dk, dv, d_gate, None, None, None, None, None, (d_bias if bias_grad else None)
 
 
 def gated_attention(q, k, v, gate=None, key_lengths=None, key_offset=0, block_m=None, block_n=None, bias=None):

@@ -92,10 +92,7 @@ def setup_distribution(config, batch_sizes=None, run_config=None):
         distribution.auto_shard_dataset = False
     mesh = distribution.device_mesh
     devices = mesh.shape[list(mesh.axis_names).index(distribution.batch_dim_name)]
-    for setting, batch_size in (batch_sizes or {}).items():
-        if batch_size % devices:
-            raise ValueError(f"{setting}={batch_size} does not split over the {devices} devices of the "
-                             f"{kind} batch axis: use a multiple of {devices}.")
+    require_batches_split(batch_sizes, devices, f"devices of the {kind} batch axis")
     keras.distribution.set_distribution(distribution)
     return distribution
 
@@ -115,12 +112,17 @@ def set_tf_strategy(kind, batch_sizes=None):
         devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
         strategy = tf.distribute.MirroredStrategy([device.name for device in devices])
         tf.distribute.experimental_set_strategy(strategy)
-    replicas = strategy.num_replicas_in_sync
-    for setting, batch_size in (batch_sizes or {}).items():
-        if batch_size % replicas:
-            raise ValueError(f"{setting}={batch_size} does not split over the {replicas} devices of "
-                             f"tf.distribute.MirroredStrategy: use a multiple of {replicas}.")
+    require_batches_split(batch_sizes, strategy.num_replicas_in_sync, "devices of tf.distribute.MirroredStrategy")
     return strategy
+
+
+def require_batches_split(batch_sizes, parts, what):
+    """Raises unless every batch size of `batch_sizes` (`setting -> batch size`) splits into
+    `parts` equal parts (`what`: the devices or processes they split over)."""
+    for setting, batch_size in (batch_sizes or {}).items():
+        if batch_size % parts:
+            raise ValueError(f"{setting}={batch_size} does not split over the {parts} {what}: "
+                             f"use a multiple of {parts}.")
 
 
 # Keras' own variables for the processes of a run (read by keras.distribution.initialize too).
@@ -185,10 +187,8 @@ def start_processes(config, run_config=None, batch_sizes=None):
     if settings is None:
         return 1
     count = settings[1]
-    for setting, batch_size in (batch_sizes or {}).items():
-        if count and batch_size % count:
-            raise ValueError(f"{setting}={batch_size} does not split over the {count} processes: "
-                             f"use a multiple of {count}.")
+    if count:  # (under SLURM, JAX counts them when they join)
+        require_batches_split(batch_sizes, count, "processes")
     if config.get("kind") == "model_parallel":
         raise ValueError("distribution.kind=model_parallel runs within one process; several processes "
                          "take data_parallel (a model axis across hosts would need every checkpoint "

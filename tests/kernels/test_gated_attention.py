@@ -88,6 +88,9 @@ def test_additive_bias_forward_and_gradients_match_the_reference(bias_batch, dty
     for name, grad, expected_grad in zip(("q", "k", "v", "gate", "bias"), grads, expected_grads):
         assert grad.shape == expected_grad.shape and grad.dtype == (bias.dtype if name == "bias" else dtype)
         assert _relative_error(grad, expected_grad) <= TOLERANCE[dtype], f"d{name}"
+    # A bias that asks for no gradient (a frozen table) leaves the others' gradients as they are.
+    frozen = gated_attention(q, k, v, gate, lengths, offset, bias=bias.detach())
+    assert torch.equal(torch.autograd.grad(frozen.float(), q, upstream)[0], grads[0])
     with pytest.raises(ValueError, match="bias must be"):
         gated_attention(q, k, v, gate, lengths, offset, bias=bias[:, :, :, 1:])
 
