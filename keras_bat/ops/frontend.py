@@ -10,12 +10,14 @@ from keras import ops
 
 from keras_bat.ops.dispatch import use_kernel
 
-_FILTER_BANKS = {}  # (id, device) -> (array, tensor): each bank is copied to a device once
+_DEVICE_COPIES = {}  # (id, device) -> (array, tensor): each filter bank or window is copied to a device once
 
 
 def log_mel_spectrogram(waveforms, window, hop_length, filter_bank, top_db=80.0, use_kernels=None):
     """Centred STFT (`len(window)` points, reflect padding) -> power -> mel ->
-    dB -> per-example top-dB clamp -> per-example min-max.
+    dB -> per-example top-dB clamp -> per-example min-max. With the kernels:
+    the whole pipeline fused, the DFT as matrix products (see
+    `keras_bat_kernels.log_mel.log_mel_spectrogram`).
 
     Args:
         waveforms: float32 tensor `(batch, samples)`.
@@ -27,9 +29,10 @@ def log_mel_spectrogram(waveforms, window, hop_length, filter_bank, top_db=80.0,
         float32 tensor `(batch, 1 + samples // hop_length, num_mels)` in [0, 1].
     """
     if use_kernel(waveforms, use_kernels, "log-mel"):
-        n_fft = len(window)
-        real, imag = ops.stft(waveforms, n_fft, hop_length, n_fft, window=window, center=True)
-        return log_mel_from_stft(real, imag, filter_bank, top_db, use_kernels)
+        from keras_bat_kernels.log_mel import log_mel_spectrogram as fused
+
+        return fused(waveforms, _on_device(filter_bank, waveforms.device), len(window), hop_length, top_db,
+                     window=_on_device(window, waveforms.device))
     return _log_mel_from_power(stft_power(waveforms, window, hop_length), filter_bank, top_db)
 
 
@@ -98,7 +101,7 @@ def log_mel_from_stft(real, imag, filter_bank, top_db=80.0, use_kernels=None):
     if use_kernel(real, use_kernels, "log-mel"):
         from keras_bat_kernels.log_mel import log_mel_from_stft as fused
 
-        return fused(real, imag, _filter_bank_on(filter_bank, real.device), top_db)
+        return fused(real, imag, _on_device(filter_bank, real.device), top_db)
     return _log_mel_from_power(real * real + imag * imag, filter_bank, top_db)
 
 
@@ -129,13 +132,13 @@ def normalise_db(db, top_db, clip_max, clip_min):
     return (db - low) / ops.where(value_range > 0, value_range + 1e-8, 1.0)
 
 
-def _filter_bank_on(filter_bank, device):
-    """`filter_bank` as a float32 torch tensor on `device`, copied there once."""
+def _on_device(array, device):
+    """`array` (a filter bank or window) as a float32 torch tensor on `device`, copied there once."""
     import torch
 
-    if isinstance(filter_bank, torch.Tensor):
-        return filter_bank.to(device=device, dtype=torch.float32)
-    key = (id(filter_bank), str(device))
-    if key not in _FILTER_BANKS:  # the array is kept with its copy, so its id stays its own
-        _FILTER_BANKS[key] = (filter_bank, torch.as_tensor(filter_bank, dtype=torch.float32, device=device))
-    return _FILTER_BANKS[key][1]
+    if isinstance(array, torch.Tensor):
+        return array.to(device=device, dtype=torch.float32)
+    key = (id(array), str(device))
+    if key not in _DEVICE_COPIES:  # the array is kept with its copy, so its id stays its own
+        _DEVICE_COPIES[key] = (array, torch.as_tensor(array, dtype=torch.float32, device=device))
+    return _DEVICE_COPIES[key][1]
