@@ -25,14 +25,16 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-# name: batch, tokens (queries = keys), heads, head_dim, padded (every second sequence about half as long)
+# name: batch, tokens (queries = keys), heads, head_dim, padded (every second sequence about half as long),
+# additive bias per sequence (BEATs' gated relative positions, float32, with its gradient)
 ATTENTION_SHAPES = {
-    "vit_b_10s_513": (64, 513, 12, 64, False),
-    "pretrain_kept_103": (384, 103, 12, 64, False),
-    "vit_b_10s_513_padded": (64, 513, 12, 64, True),
-    "vit_b_20s_1025_padded": (32, 1025, 12, 64, True),
+    "vit_b_10s_513": (64, 513, 12, 64, False, False),
+    "pretrain_kept_103": (384, 103, 12, 64, False, False),
+    "vit_b_10s_513_padded": (64, 513, 12, 64, True, False),
+    "vit_b_20s_1025_padded": (32, 1025, 12, 64, True, False),
+    "beats_10s_496_bias": (32, 496, 12, 64, False, True),
 }
-SMOKE_SHAPES = {"smoke": (2, 40, 2, 32, True)}
+SMOKE_SHAPES = {"smoke": (2, 40, 2, 32, True, False), "smoke_bias": (2, 40, 2, 32, True, True)}
 
 
 def padded_lengths(batch, tokens, device):
@@ -84,7 +86,7 @@ def attention_rows(shapes, dtype, device, warmup, repeats):
     from keras_bat_kernels.gated_attention import gated_attention as fused
 
     rows = []
-    for name, (batch, tokens, heads, head_dim, masked) in shapes.items():
+    for name, (batch, tokens, heads, head_dim, masked, with_bias) in shapes.items():
         generator = torch.Generator(device=device).manual_seed(0)
 
         def tensor():
@@ -95,24 +97,31 @@ def attention_rows(shapes, dtype, device, warmup, repeats):
         lengths = padded_lengths(batch, tokens, device) if masked else None
         key_mask = (torch.arange(tokens, device=device)[None, :] < lengths[:, None]) if masked else None
         upstream = torch.randn_like(q)
+        bias = (torch.randn(batch, heads, tokens, tokens, device=device, generator=generator).requires_grad_()
+                if with_bias else None)
+        inputs = (q, k, v, gate) + ((bias,) if with_bias else ())
 
         def sdpa_then_gate():
-            out = F.scaled_dot_product_attention(
-                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                attn_mask=None if key_mask is None else key_mask[:, None, None, :]).transpose(1, 2)
+            mask = None if key_mask is None else key_mask[:, None, None, :]
+            if bias is not None:  # additive: the bias, -inf at padded keys
+                mask = bias.to(dtype) if mask is None else bias.to(dtype).masked_fill(~mask, float("-inf"))
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                 attn_mask=mask).transpose(1, 2)
             return out * torch.sigmoid(gate)
 
         implementations = {
-            "fused_triton": lambda: fused(q, k, v, gate, lengths),
+            "fused_triton": lambda: fused(q, k, v, gate, lengths, bias=bias),
+            "fused_one_pass": lambda: fused(q, k, v, gate, lengths, bias=bias, dq_by_atomics=True),
             "sdpa_then_gate": sdpa_then_gate,
-            "keras_ops_path": lambda: keras_path(q, k, v, gate, key_mask, use_kernels=False),
         }
+        if bias is None:  # keras_bat.ops takes a bias only through the encoders' blocks
+            implementations["keras_ops_path"] = lambda: keras_path(q, k, v, gate, key_mask, use_kernels=False)
         flops = 4.0 * batch * heads * tokens * tokens * head_dim  # two matmuls, forward
-        expected = reference_with_grads(q, k, v, gate, lengths, upstream)
+        expected = reference_with_grads(inputs, lengths, upstream)
         results = {}
         for label, forward in implementations.items():
             def forward_backward():
-                return torch.autograd.grad(forward(), (q, k, v, gate), upstream)
+                return torch.autograd.grad(forward(), inputs, upstream)
 
             with torch.no_grad():
                 forward_ms = time_ms(forward, warmup, repeats, device)
@@ -124,22 +133,25 @@ def attention_rows(shapes, dtype, device, warmup, repeats):
                               "forward_backward_tflops": 3.5 * flops / both_ms / 1e9,
                               "peak_mib": memory,
                               "max_relative_error": max(relative_error(a, e) for a, e in zip(actual, expected))}
+        sdpa_ms = results["sdpa_then_gate"]["forward_backward_ms"]
         rows.append({"shape": name, "batch": batch, "tokens": tokens, "heads": heads, "head_dim": head_dim,
-                     "masked": masked, "results": results,
-                     "speedup_vs_sdpa_forward_backward": results["sdpa_then_gate"]["forward_backward_ms"]
-                     / results["fused_triton"]["forward_backward_ms"]})
+                     "masked": masked, "bias": with_bias, "results": results,
+                     "speedup_vs_sdpa_forward_backward": sdpa_ms / results["fused_triton"]["forward_backward_ms"],
+                     "one_pass_speedup_vs_sdpa_forward_backward":
+                         sdpa_ms / results["fused_one_pass"]["forward_backward_ms"]})
     return rows
 
 
-def reference_with_grads(q, k, v, gate, lengths, upstream):
-    """Float32 output and gradients of the plain-PyTorch reference (the
-    error column's ground truth)."""
+def reference_with_grads(inputs, lengths, upstream):
+    """Float32 output and gradients of the plain-PyTorch reference for q, k,
+    v, gate and an optional bias (the error column's ground truth)."""
     import torch
 
     from keras_bat_kernels.gated_attention import gated_attention_reference
 
-    inputs = [t.detach().float().requires_grad_() for t in (q, k, v, gate)]
-    out = gated_attention_reference(*inputs, lengths)
+    inputs = [t.detach().float().requires_grad_() for t in inputs]
+    q, k, v, gate, *bias = inputs
+    out = gated_attention_reference(q, k, v, gate, lengths, bias=bias[0] if bias else None)
     return (out.detach(), *torch.autograd.grad(out, inputs, upstream.float()))
 
 
@@ -279,7 +291,8 @@ def main(argv=None):
             memory = "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
             print(f"{row['shape']:24s} {label:16s} {r['forward_ms']:8.3f} {r['forward_backward_ms']:11.3f} "
                   f"{r['forward_backward_tflops']:16.1f} {memory:>9s} {r['max_relative_error']:11.1e}")
-        print(f"{'':24s} fused vs SDPA + gate (fwd+bwd): {row['speedup_vs_sdpa_forward_backward']:.2f}x")
+        print(f"{'':24s} fused vs SDPA + gate (fwd+bwd): {row['speedup_vs_sdpa_forward_backward']:.2f}x, "
+              f"one-pass backward: {row['one_pass_speedup_vs_sdpa_forward_backward']:.2f}x")
     for row in limits:
         print(f"limit check: {row['check']}: max relative error {row['max_relative_error']:.1e}")
     for row in log_mel:

@@ -23,6 +23,7 @@ token count (rounded up to a power of two), the head dim and the dtype; fixed
 tiles (`block_m`, `block_n`, or `KERAS_BAT_AUTOTUNE=0`) use `default_config`.
 """
 
+import functools
 import math
 import os
 
@@ -197,16 +198,19 @@ def _gate_backward(DO, A, G, DA, DG, DELTA,
 
 
 @triton.jit
-def _attention_backward_keys(Q, K, V, DA, LSE, DELTA, DK, DV, LENGTHS, BIAS, DBIAS,
+def _attention_backward_keys(Q, K, V, DA, LSE, DELTA, DK, DV, LENGTHS, BIAS, DBIAS, DQ,
                              s_qb, s_qn, s_qh, s_qd, s_kb, s_kn, s_kh, s_kd, s_vb, s_vn, s_vh, s_vd,
                              s_ob, s_on, s_oh, s_od, s_gb, s_gn, s_gh, s_gd, s_bb, s_bh, s_bq, s_bk,
                              s_db_b, s_db_h, s_db_q, s_db_k,
                              num_heads, num_queries, num_keys, key_offset, scale, tokens_bucket,
                              HAS_LENGTHS: tl.constexpr, HAS_BIAS: tl.constexpr, BIAS_GRAD: tl.constexpr,
+                             DQ_ATOMIC: tl.constexpr,
                              HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                              BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     """dK and dV for one block of keys, looping over all query blocks; with `BIAS_GRAD`, the
-    bias's gradient (the score gradient dS) for the tiles of these keys."""
+    bias's gradient (the score gradient dS) for the tiles of these keys; with `DQ_ATOMIC`, these
+    keys' share of dQ added into a float32 `DQ` laid out like dA (the backward pass in one
+    kernel: no second pass recomputing the scores and dP per query block)."""
     batch_head = tl.program_id(0)
     b = batch_head // num_heads
     h = batch_head % num_heads
@@ -235,6 +239,9 @@ def _attention_backward_keys(Q, K, V, DA, LSE, DELTA, DK, DV, LENGTHS, BIAS, DBI
                      mask=row_ok[:, None] & col_ok[None, :])
         dv += _dot(tl.trans(p.to(d_attended.dtype)), d_attended, PRECISION, UPCAST)
         dk += _dot(tl.trans(ds.to(q.dtype)), q, PRECISION, UPCAST)
+        if DQ_ATOMIC:
+            tl.atomic_add(DQ + _tile_offsets(b, h, s_ob, s_on, s_oh, s_od, rows, dims),
+                          _dot(ds.to(k.dtype), k, PRECISION, UPCAST) * scale, mask=row_ok[:, None] & dim_ok[None, :])
     out_offsets = _tile_offsets(b, h, s_gb, s_gn, s_gh, s_gd, cols, dims)  # dK, dV layout
     out_mask = (cols < num_keys)[:, None] & dim_ok[None, :]
     tl.store(DK + out_offsets, (dk * scale).to(DK.dtype.element_ty), mask=out_mask)
@@ -294,13 +301,12 @@ def _configs(block_names):
     return [triton.Config(dict(zip(block_names, (m, n))), num_warps=w, num_stages=s) for m, n, w, s in tiles]
 
 
-def _autotuned(kernel):
+@functools.cache
+def _autotuned(kernel, zeroed=()):
+    """`kernel` autotuned; `zeroed` names the buffers it adds into, zeroed before each tuning run."""
     return triton.autotune(configs=_configs(("BLOCK_M", "BLOCK_N")), key=["tokens_bucket", "HEAD_DIM"],
-                           prune_configs_by={"early_config_prune": _keep_feasible_configs})(kernel)
-
-
-_TUNED = {kernel: _autotuned(kernel) for kernel in
-          (_attention_forward, _attention_backward_keys, _attention_backward_queries)}
+                           prune_configs_by={"early_config_prune": _keep_feasible_configs},
+                           reset_to_zero=list(zeroed) or None)(kernel)
 
 
 def _upcast_dots(dtype):
@@ -340,10 +346,10 @@ class _Launcher:
         default_m, default_n, self.num_warps = default_config(head_dim, dtype, device.type)
         self.block_m, self.block_n = block_m or default_m, block_n or default_n
 
-    def __call__(self, kernel, batch_heads, tokens, tile, *args, **kwargs):
+    def __call__(self, kernel, batch_heads, tokens, tile, *args, zeroed=(), **kwargs):
         if self.tuned:
             grid = lambda meta: attention_grid(batch_heads, tokens, meta[tile])  # noqa: E731
-            return _TUNED[kernel][grid](*args, **kwargs)
+            return _autotuned(kernel, zeroed)[grid](*args, **kwargs)
         blocks = {"BLOCK_M": self.block_m, "BLOCK_N": self.block_n}
         return kernel[attention_grid(batch_heads, tokens, blocks[tile])](
             *args, **kwargs, **blocks, num_warps=self.num_warps)
@@ -410,29 +416,30 @@ def _gate_backward_pass(d_out, attended, gate, dtype):
 
 class _GatedAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, gate, key_lengths, key_offset, block_m, block_n, for_backward, bias):
+    def forward(ctx, q, k, v, gate, key_lengths, key_offset, block_m, block_n, for_backward, bias, dq_by_atomics):
         launcher = _Launcher(q.device, q.shape[3], q.dtype, block_m, block_n)
         out, attended, lse = _forward(q, k, v, gate, key_lengths, key_offset, launcher, for_backward, bias)
         if for_backward:
             ctx.save_for_backward(q, k, v, gate, key_lengths, attended, lse, bias)
-            ctx.settings = (key_offset, launcher)
+            ctx.settings = (key_offset, launcher, dq_by_atomics)
         return out
 
     @staticmethod
     def backward(ctx, d_out):
         q, k, v, gate, key_lengths, attended, lse, bias = ctx.saved_tensors
-        key_offset, launcher = ctx.settings
+        key_offset, launcher, dq_by_atomics = ctx.settings
         batch, num_queries, num_heads, head_dim = q.shape
         num_keys = k.shape[1]
         d_attended, d_gate, delta = _gate_backward_pass(d_out, attended, gate, q.dtype)
-        dq = torch.empty((batch, num_queries, num_heads, head_dim), device=q.device, dtype=q.dtype)
+        # dQ laid out like dA; added into in float32 when the keys kernel computes it
+        dq = torch.empty_like(d_attended) if not dq_by_atomics else torch.zeros_like(d_attended, dtype=torch.float32)
         dk = torch.empty((batch, num_keys, num_heads, head_dim), device=q.device, dtype=k.dtype)  # contiguous
         dv = torch.empty_like(dk)
         lengths_arg = key_lengths if key_lengths is not None else lse
         bias_arg = bias if bias is not None else lse
         # The bias's gradient, when it asks for one: per sequence (keys a sequence does not attend
         # to stay 0), summed below over a batch the bias is broadcast over.
-        bias_grad = bias is not None and ctx.needs_input_grad[-1]
+        bias_grad = bias is not None and ctx.needs_input_grad[9]
         d_bias = (torch.zeros((batch, num_heads, num_queries, num_keys - key_offset), device=q.device,
                               dtype=torch.float32) if bias_grad else lse)
         d_bias_strides = tuple(d_bias.stride()) if bias_grad else (0, 0, 0, 0)
@@ -440,20 +447,26 @@ class _GatedAttention(torch.autograd.Function):
                       BLOCK_D=_block_d(head_dim), PRECISION=_precision(q.dtype), UPCAST=_upcast_dots(q.dtype))
         sizes = (num_heads, num_queries, num_keys, key_offset, 1.0 / math.sqrt(head_dim),
                  triton.next_power_of_2(max(num_queries, num_keys)))
+        zeroed = ("DQ",) if dq_by_atomics else ()
         launcher(_attention_backward_keys, batch * num_heads, num_keys, "BLOCK_N",
-                 q, k, v, d_attended, lse, delta, dk, dv, lengths_arg, bias_arg, d_bias,
+                 q, k, v, d_attended, lse, delta, dk, dv, lengths_arg, bias_arg, d_bias, dq,
                  *_strides(q), *_strides(k), *_strides(v), *_strides(d_attended), *_strides(dk),
-                 *_bias_strides(bias), *d_bias_strides, *sizes, BIAS_GRAD=bias_grad, **common)
-        launcher(_attention_backward_queries, batch * num_heads, num_queries, "BLOCK_M",
-                 q, k, v, d_attended, lse, delta, dq, lengths_arg, bias_arg,
-                 *_strides(q), *_strides(k), *_strides(v), *_strides(d_attended), *_bias_strides(bias), *sizes,
-                 **common)
+                 *_bias_strides(bias), *d_bias_strides, *sizes, BIAS_GRAD=bias_grad, DQ_ATOMIC=dq_by_atomics,
+                 zeroed=zeroed, **common)
+        if dq_by_atomics:
+            dq = dq.to(q.dtype)
+        else:
+            launcher(_attention_backward_queries, batch * num_heads, num_queries, "BLOCK_M",
+                     q, k, v, d_attended, lse, delta, dq, lengths_arg, bias_arg,
+                     *_strides(q), *_strides(k), *_strides(v), *_strides(d_attended), *_bias_strides(bias), *sizes,
+                     **common)
         if bias_grad:
             d_bias = (d_bias.sum(0, keepdim=True) if bias.shape[0] == 1 else d_bias).to(bias.dtype)
-        return dq, dk, dv, d_gate, None, None, None, None, None, (d_bias if bias_grad else None)
+        return dq, dk, dv, d_gate, None, None, None, None, None, (d_bias if bias_grad else None), None
 
 
-def gated_attention(q, k, v, gate=None, key_lengths=None, key_offset=0, block_m=None, block_n=None, bias=None):
+def gated_attention(q, k, v, gate=None, key_lengths=None, key_offset=0, block_m=None, block_n=None, bias=None,
+                    dq_by_atomics=False):
     """Fused `softmax(q k^T / sqrt(d) + bias + mask) v * sigmoid(gate)`, differentiable.
 
     Args:
@@ -470,6 +483,11 @@ def gated_attention(q, k, v, gate=None, key_lengths=None, key_offset=0, block_m=
         bias: optional tensor `(batch or 1, heads, queries, keys - key_offset)`
             added to the scores (over the keys after `key_offset`), float32
             or q's dtype; differentiable.
+        dq_by_atomics: the backward pass in one kernel over key blocks, each
+            adding its share of dQ into a float32 buffer by atomic adds
+            (FlashAttention-2's scheme: the scores and dP are computed once,
+            not again per query block; dQ's summation order then varies from
+            run to run), instead of a second kernel for dQ.
 
     Returns:
         Tensor like `q`.
@@ -482,7 +500,7 @@ def gated_attention(q, k, v, gate=None, key_lengths=None, key_offset=0, block_m=
     for_backward = torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                                    for t in (q, k, v, gate, bias))
     return _GatedAttention.apply(q, k, v, gate, key_lengths, int(key_offset), block_m, block_n, for_backward,
-                                 bias)
+                                 bias, bool(dq_by_atomics))
 
 
 def unsupported_reason(q):

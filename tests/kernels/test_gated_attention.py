@@ -1,6 +1,7 @@
 """Fused gated attention: forward and all four gradients against the PyTorch
 reference, over tail blocks, masks, offsets, strides, head dims and dtypes."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,36 @@ def test_forward_and_gradients_match_the_reference(case, dtype):
         assert _relative_error(grad, expected_grad) <= TOLERANCE[dtype], f"d{name}"
     if case == "row_without_keys":  # the second sequence has no valid key: zeros, no NaN
         assert torch.all(out[1] == 0) and all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("dtype", list(TOLERANCE), ids=str)
+@pytest.mark.parametrize("case", ["padding_and_offset", "row_without_keys", "many_key_blocks"])
+def test_one_pass_backward_with_atomic_dq_equals_two_passes(case, dtype):
+    """dQ added by the key blocks (one backward kernel) against the reference and the two-kernel
+    backward; with a bias too (its gradient comes from the same kernel)."""
+    cases = dict(CASES, many_key_blocks=(1, 70, 90, 2, 32, [83], 2, True))  # 6 key blocks add into each dQ row
+    batch, num_queries, num_keys, heads, head_dim, lengths, offset, with_gate = cases[case]
+    generator = torch.Generator().manual_seed(2)
+
+    def tensor(*shape):
+        return torch.randn(*shape, generator=generator).to(DEVICE, dtype).requires_grad_()
+
+    q, gate = tensor(batch, num_queries, heads, head_dim), tensor(batch, num_queries, heads, head_dim)
+    k, v = tensor(batch, num_keys, heads, head_dim), tensor(batch, num_keys, heads, head_dim)
+    bias = tensor(1, heads, num_queries, num_keys - offset).float().detach().requires_grad_()
+    key_lengths = torch.tensor(lengths, device=DEVICE) if lengths else None
+    upstream = torch.randn(q.shape, generator=generator).to(DEVICE)
+    inputs = (q, k, v, gate, bias)
+    expected = gated_attention_reference(q, k, v, gate, key_lengths, offset, bias=bias)
+    expected_grads = torch.autograd.grad(expected, inputs, upstream)
+    grads = {}
+    for one_pass in (False, True):
+        out = gated_attention(q, k, v, gate, key_lengths, offset, bias=bias, dq_by_atomics=one_pass)
+        grads[one_pass] = torch.autograd.grad(out.float(), inputs, upstream)
+    for name, one_pass, two_passes, expected_grad in zip("qkvgb", grads[True], grads[False], expected_grads):
+        assert one_pass.dtype == two_passes.dtype
+        assert _relative_error(one_pass, expected_grad) <= TOLERANCE[dtype], f"d{name}"
+        assert _relative_error(one_pass, two_passes.float()) <= TOLERANCE[dtype] / 4, f"d{name}"
 
 
 @pytest.mark.parametrize("dtype", list(TOLERANCE), ids=str)
@@ -128,18 +159,6 @@ def test_invalid_inputs_are_named():
         gated_attention(q, q, q, key_offset=5)
     with pytest.raises(ValueError, match="key_lengths must be"):
         gated_attention(q, q, q, key_lengths=torch.tensor([1, 2]))
-
-
-def test_benchmark_script_runs(tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("kernel_benchmark", ROOT / "benchmarks" / "kernels.py")
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
-    results = benchmark.main(["--smoke", "--output", str(tmp_path / "kernels.json")])
-    assert set(results["attention"][0]["results"]) == {"fused_triton", "sdpa_then_gate", "keras_ops_path"}
-    assert results["log_mel"][0]["max_abs_difference"] <= 1e-4
-    assert (tmp_path / "kernels.json").exists()
 
 
 @triton.jit
@@ -241,3 +260,12 @@ def test_gpu_check_script_dry_run(tmp_path):
     summary = (tmp_path / "summary.txt").read_text()
     assert summary.count("ViT-B fwd+bwd") == 4 and "BAT pretraining step" in summary
     assert "limit check: log-mel" in (tmp_path / "kernels.log").read_text()
+    kernels = json.loads((tmp_path / "kernels.json").read_text())
+    unbiased, biased = kernels["attention"]
+    assert set(unbiased["results"]) == {"fused_triton", "fused_one_pass", "sdpa_then_gate", "keras_ops_path"}
+    assert set(biased["results"]) == {"fused_triton", "fused_one_pass", "sdpa_then_gate"} and biased["bias"]
+    for row in (unbiased, biased):  # float32 in the interpreter
+        assert max(result["max_relative_error"] for result in row["results"].values()) <= 1e-4
+    log_mel = kernels["log_mel"][0]["results"]
+    assert log_mel["fused_dft_tf32x3"]["max_abs_difference"] <= 1e-4
+    assert log_mel["fused_dft_bf16x3"]["max_abs_difference"] <= 2e-3
