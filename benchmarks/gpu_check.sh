@@ -43,11 +43,11 @@ fi
 if [ "$dry_run" = 1 ]; then
   export TRITON_INTERPRET=1 CUDA_VISIBLE_DEVICES=""
   smoke=--smoke
-  steps="--warmup 1 --steps 1"
+  steps="--warmup 1 --steps 1" encoder_steps="--warmup 1 --steps 1"
 else
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   smoke=
-  steps="--warmup 2 --steps 5"
+  steps="--warmup 2 --steps 5" encoder_steps=
 fi
 python -c "import torch, triton, keras; print('torch', torch.__version__, '| triton', triton.__version__, '| keras', keras.__version__)"
 
@@ -63,7 +63,8 @@ run 150 kernels.log python benchmarks/kernels.py $smoke --output "$results/kerne
 
 section "training steps"
 rm -f "$results/gpu_steps.jsonl"
-run 150 steps_encoder.log python benchmarks/gpu_steps.py --workload encoder $smoke --output "$results/gpu_steps.jsonl"
+run 150 steps_encoder.log python benchmarks/gpu_steps.py --workload encoder $smoke $encoder_steps \
+  --output "$results/gpu_steps.jsonl"
 for backend in torch jax tensorflow; do
   if ! KERAS_BACKEND=$backend python -c "import keras" 2>/dev/null; then
     echo "pretraining step on $backend: skipped, $backend is not installed"

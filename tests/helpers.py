@@ -13,6 +13,13 @@ PARITY_DIR = pathlib.Path(os.environ.get("KERAS_BAT_PARITY_DIR", ROOT.parent / "
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+def in_one_backend_pass(backend, what):
+    """Marks a test whose subject (`what`) is the same under every Keras backend: it runs in
+    `backend`'s pass of tests/run_all_backends.sh only."""
+    return pytest.mark.skipif(keras.backend.backend() != backend,
+                              reason=f"{what} does not depend on the backend: tested in the {backend} pass")
+
+
 def parity_path(name, fixture_set="tiny"):
     """Path of a parity fixture (`tiny/`, or the sibling sets `short/` and
     `peer/`); skips outside CI and fails in CI when it is absent."""

@@ -38,6 +38,8 @@ def _relative_error(actual, expected):
 @pytest.mark.parametrize("dtype", list(TOLERANCE), ids=str)
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_forward_and_gradients_match_the_reference(case, dtype):
+    if case == "hundreds_of_tokens" and dtype != torch.float32 and DEVICE == "cpu":
+        pytest.skip("the interpreter runs the many-tile case in float32 (half precision: every other case)")
     batch, num_queries, num_keys, heads, head_dim, lengths, offset, with_gate = CASES[case]
     generator = torch.Generator().manual_seed(0)
 
