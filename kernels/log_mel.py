@@ -288,8 +288,10 @@ def _keep_fitting_configs(configs, named_args, **kwargs):
     return [c for c in configs if c.kwargs["BLOCK_F"] <= n_fft // 2 and c.kwargs["BLOCK_K"] <= n_fft] or configs
 
 
+# Each trial starts from the neutral tile extremes (a trial's tiles of another size would stay behind).
 _DFT_MEL_DB_TUNED = triton.autotune(configs=_dft_configs(), key=["N_FFT", "BF16X3"],
-                                    prune_configs_by={"early_config_prune": _keep_fitting_configs})(_dft_mel_db)
+                                    prune_configs_by={"early_config_prune": _keep_fitting_configs},
+                                    restore_value=["TILE_MAX", "TILE_MIN"])(_dft_mel_db)
 MIN_DFT_BLOCK_T = 16
 
 
