@@ -439,7 +439,7 @@ class _GatedAttention(torch.autograd.Function):
         bias_arg = bias if bias is not None else lse
         # The bias's gradient, when it asks for one: per sequence (keys a sequence does not attend
         # to stay 0), summed below over a batch the bias is broadcast over.
-        bias_grad = bias is not None and ctx.needs_input_grad[9]
+        bias_grad = bias is not None and ctx.needs_input_grad[9]  # forward's inputs: bias is the tenth
         d_bias = (torch.zeros((batch, num_heads, num_queries, num_keys - key_offset), device=q.device,
                               dtype=torch.float32) if bias_grad else lse)
         d_bias_strides = tuple(d_bias.stride()) if bias_grad else (0, 0, 0, 0)
