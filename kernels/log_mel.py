@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .gated_attention import check_block
+
 _DB_PER_LOG = 10.0 / math.log(10.0)  # 10 * log10(x) = _DB_PER_LOG * ln(x)
 
 
@@ -171,11 +173,6 @@ def interleaved(real, imag):
     return torch.stack((real.float(), imag.float()), dim=-1)
 
 
-def _check_block_t(block_t):
-    if block_t is not None and not (isinstance(block_t, int) and 16 <= block_t <= 256 and block_t & (block_t - 1) == 0):
-        raise ValueError(f"block_t must be a power of two from 16 to 256; received {block_t!r}.")
-
-
 def _check_filter_bank(filter_bank, num_bins, device):
     if filter_bank.dim() != 2 or filter_bank.shape[0] != num_bins or filter_bank.shape[1] > 256:
         raise ValueError(f"filter_bank must be ({num_bins}, mels <= 256); received {tuple(filter_bank.shape)}.")
@@ -219,7 +216,7 @@ def log_mel_from_stft(real, imag, filter_bank, top_db=80.0, time_frames=None, bl
         raise ValueError(f"real and imag must both be (batch, frames, bins); received {tuple(real.shape)}, "
                          f"{tuple(imag.shape)}.")
     filter_bank = _check_filter_bank(filter_bank, real.shape[2], real.device)
-    _check_block_t(block_t)
+    check_block("block_t", block_t)
     spectrum = interleaved(real, imag)
     batch, num_frames, num_bins = real.shape
     num_mels = filter_bank.shape[1]
@@ -326,7 +323,7 @@ def log_mel_spectrogram(waveforms, filter_bank, n_fft=1024, hop_length=160, top_
     if waveforms.dim() != 2 or waveforms.shape[1] <= n_fft // 2:
         raise ValueError(f"waveforms must be (batch, samples) with more than n_fft // 2 = {n_fft // 2} samples "
                          f"(the centred frames are reflect-padded); received {tuple(waveforms.shape)}.")
-    _check_block_t(block_t)
+    check_block("block_t", block_t)
     device = waveforms.device
     filter_bank = _check_filter_bank(filter_bank, n_fft // 2 + 1, device)
     if window is None:
