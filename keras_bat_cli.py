@@ -180,13 +180,17 @@ def make_parser():
                           "peak memory lower and steadier)")
     tag.add_argument("--overwrite", action="store_true", help="replace an existing results file")
     export = commands.add_parser(
-        "export", help="write a SavedModel or ONNX file for serving (frontend inside)", formatter_class=HelpFormatter,
+        "export", help="write a SavedModel, ONNX or LiteRT file for serving (frontend inside)", formatter_class=HelpFormatter,
         description="Exports an AudioClassifier preset (logits and label names) or a backbone (clip and frame\n"
                     "embeddings) as a model that takes 16 kHz waveforms and needs nothing of keras-bat to run.",
-        epilog="example:\n  keras-bat export runs/demo/probe_cgp_pretrained/preset probe_savedmodel")
+        epilog="examples:\n  keras-bat export runs/demo/probe_cgp_pretrained/preset probe_savedmodel\n"
+               "  keras-bat export runs/demo/probe_cgp_pretrained/preset probe.tflite --format litert --quantize int8")
     export.add_argument("source", help="AudioClassifier preset folder, .keras file, backbone preset or checkpoint")
-    export.add_argument("path", help="the SavedModel folder or .onnx file to write")
-    export.add_argument("--format", choices=("saved_model", "onnx"), default="saved_model", help="file format")
+    export.add_argument("path", help="the SavedModel folder, .onnx or .tflite file to write")
+    export.add_argument("--format", choices=("saved_model", "onnx", "litert"), default="saved_model",
+                        help="file format (litert: a .tflite file for the LiteRT interpreter)")
+    export.add_argument("--quantize", choices=("int8",), default=None,
+                        help="litert only: int8 weights (dynamic-range quantization; about a quarter of the size)")
     export.add_argument("--time-frames", type=positive(int), default=None,
                         help="frames (100 a second) clips are cut or zero-padded to: required for an encoder, whose "
                              "clips are then encoded in chunks; a task preset keeps its own by default")

@@ -74,7 +74,7 @@ def execute(args):
 
         check_writable_folder(os.path.dirname(os.path.abspath(args.path)), "folder of the exported file")
         _import_tensorflow_if_installed()
-        export_file(args.source, args.path, args.format, args.time_frames)
+        export_file(args.source, args.path, args.format, args.time_frames, args.quantize)
         print(f"wrote {args.path}")
         return 0
     if args.command == "embed":

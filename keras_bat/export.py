@@ -1,17 +1,26 @@
-"""Models for serving: a TensorFlow SavedModel or an ONNX file, frontend inside.
+"""Models for serving: a TensorFlow SavedModel, an ONNX file or a LiteRT (TensorFlow Lite) file, frontend inside.
 
     from keras_bat.export import export_model
     export_model(classifier, "probe_savedmodel")               # waveforms -> logits
     export_model(AudioEmbedder(backbone, backbone.make_frontend(time_frames=1024)), "bat.onnx", "onnx")
+    export_model(classifier, "probe.tflite", "litert", quantize="int8")
 
-Both take float32 waveforms `(batch, samples)` at 16 kHz, any batch size and
+All take float32 waveforms `(batch, samples)` at 16 kHz, any batch size and
 any length (cut or zero-padded to the frontend's `time_frames`, as in
 training), and need nothing of keras-bat or Keras to run: TensorFlow (`serve`
-signature, input `waveforms`) or onnxruntime. Keras' exporters do the work
-(`model.export`: the SavedModel directly, ONNX through tf2onnx), on the
-TensorFlow backend; under JAX or torch the model is saved as a `.keras` file and
-exported by a TensorFlow-backend process. In the ONNX graph the spectra are
-products with a DFT matrix (see `keras_bat.ops.portable_spectra`).
+signature, input `waveforms`), onnxruntime, or the LiteRT interpreter
+(`ai_edge_litert`, its default signature). Keras' exporters do the work
+(`model.export`: the SavedModel directly, ONNX through tf2onnx, LiteRT through
+the TensorFlow Lite converter), on the TensorFlow backend; under JAX or torch
+the model is saved as a `.keras` file and exported by a TensorFlow-backend
+process. In the ONNX graph the spectra are products with a DFT matrix (see
+`keras_bat.ops.portable_spectra`); LiteRT has the FFT as a built-in op.
+
+`quantize="int8"` (LiteRT only) is the converter's dynamic-range
+quantization: weights stored as int8 (a quarter of the size), activations
+quantized on the fly inside each matrix product. Keras' own int8 layers
+(`model.quantize("int8")`) do not convert: the converter has no fully
+connected op for int8 inputs.
 """
 
 import argparse
@@ -24,10 +33,11 @@ import tempfile
 
 import keras
 
-FORMATS = {"saved_model": "tf_saved_model", "onnx": "onnx"}
+FORMATS = {"saved_model": "tf_saved_model", "onnx": "onnx", "litert": "litert"}
+QUANTIZATIONS = ("int8",)
 
 
-def export_model(model, path, format="saved_model"):
+def export_model(model, path, format="saved_model", quantize=None):
     """Writes `model` (waveforms -> outputs) for serving.
 
     Args:
@@ -35,13 +45,22 @@ def export_model(model, path, format="saved_model"):
             `AudioEmbedder` (`scene_embeddings` and `timestamp_embeddings`
             out), in float32; its frontend must fix `time_frames`.
         path: the SavedModel directory or the `.onnx` file to write.
-        format: `"saved_model"` or `"onnx"`. Defaults to `"saved_model"`.
+        format: `"saved_model"`, `"onnx"` or `"litert"` (a `.tflite` file).
+            Defaults to `"saved_model"`.
+        quantize: `None` (float32) or `"int8"` (LiteRT's int8 weights).
 
     Returns:
         `path`.
     """
     if format not in FORMATS:
         raise ValueError(f"`format` must be one of {sorted(FORMATS)}. Received: {format!r}")
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise ValueError(f"`quantize` must be None or one of {QUANTIZATIONS}. Received: {quantize!r}")
+    if quantize is not None and format != "litert":
+        raise ValueError(f"quantize={quantize!r} is LiteRT's (format='litert'). A Keras model quantized with "
+                         "model.quantize('int8') is saved as a .keras file.")
+    if format == "litert" and not os.fspath(path).endswith(".tflite"):
+        raise ValueError(f"A LiteRT model is one file whose name ends in .tflite. Received: {os.fspath(path)!r}")
     frontend = getattr(model, "frontend", None)
     if frontend is None:
         raise ValueError(f"Only models that take waveforms can be exported: this {type(model).__name__} has no "
@@ -54,16 +73,23 @@ def export_model(model, path, format="saved_model"):
     example = keras.ops.zeros((1, frontend.sample_rate), "float32")
     named_outputs = isinstance(model(example), dict)
     if keras.backend.backend() != "tensorflow":
-        return _export_in_tensorflow_process(model, path, format)
-    from keras_bat.ops import portable_spectra
+        return _export_in_tensorflow_process(model, path, format, quantize)
+    from keras_bat.ops.frontend import float_filter_banks, portable_spectra
 
     label_names = getattr(model, "label_names", None)
     if not named_outputs:
         model = NamedLogits(model)  # an output named `logits`, not `output_0`
         model(example)  # built, as the exporter requires
     signature = [keras.InputSpec(shape=(None, None), dtype="float32", name="waveforms")]
-    with portable_spectra() if format == "onnx" else contextlib.nullcontext():
-        model.export(os.fspath(path), format=FORMATS[format], input_signature=signature, verbose=False)
+    options = {}
+    if quantize == "int8":
+        import tensorflow as tf
+
+        options["optimizations"] = [tf.lite.Optimize.DEFAULT]
+    # (The frontend stays float in a quantized file: see `float_filter_banks`.)
+    context = portable_spectra if format == "onnx" else float_filter_banks if quantize else contextlib.nullcontext
+    with context():
+        model.export(os.fspath(path), format=FORMATS[format], input_signature=signature, verbose=False, **options)
     if label_names:
         write_label_names(path, format, label_names)
     return path
@@ -80,20 +106,34 @@ class NamedLogits(keras.Model):
         return {"logits": self.classifier(waveforms)}
 
 
+LABEL_NAMES_KEY = "label_names"
 LABEL_NAMES_FILE = os.path.join("assets.extra", "label_names.json")
 
 
 def write_label_names(path, format, label_names):
     """Stores the class names with the exported file: in the ONNX model's metadata
-    (`label_names`, a JSON list: `session.get_modelmeta().custom_metadata_map`), or as
+    (`label_names`, a JSON list: `session.get_modelmeta().custom_metadata_map`), in the
+    LiteRT flatbuffer's metadata (an entry `label_names`, a UTF-8 JSON list), or as
     `assets.extra/label_names.json` in the SavedModel folder."""
     text = json.dumps(list(label_names))
-    if format == "onnx":
+    if format == "litert":
+        from tensorflow.lite.python import schema_py_generated as schema
+        from tensorflow.lite.tools import flatbuffer_utils
+
+        exported = flatbuffer_utils.read_model(os.fspath(path))
+        buffer = schema.BufferT()
+        buffer.data = list(text.encode())
+        exported.buffers.append(buffer)
+        entry = schema.MetadataT()
+        entry.name, entry.buffer = LABEL_NAMES_KEY, len(exported.buffers) - 1
+        exported.metadata = [*(exported.metadata or []), entry]
+        flatbuffer_utils.write_model(exported, os.fspath(path))
+    elif format == "onnx":
         import onnx
 
         exported = onnx.load(os.fspath(path))
         entry = exported.metadata_props.add()
-        entry.key, entry.value = "label_names", text
+        entry.key, entry.value = LABEL_NAMES_KEY, text
         onnx.save(exported, os.fspath(path))
     else:
         os.makedirs(os.path.join(path, "assets.extra"), exist_ok=True)
@@ -103,11 +143,19 @@ def write_label_names(path, format, label_names):
 
 def read_label_names(path):
     """The class names stored with an exported file by `write_label_names`, or `None`."""
+    if os.fspath(path).endswith(".tflite"):
+        from tensorflow.lite.tools import flatbuffer_utils
+
+        exported = flatbuffer_utils.read_model(os.fspath(path))
+        for entry in exported.metadata or []:
+            if entry.name.decode() == LABEL_NAMES_KEY:
+                return json.loads(bytes(exported.buffers[entry.buffer].data).decode())
+        return None
     if os.fspath(path).endswith(".onnx"):
         import onnx
 
         metadata = {entry.key: entry.value for entry in onnx.load(os.fspath(path)).metadata_props}
-        return json.loads(metadata["label_names"]) if "label_names" in metadata else None
+        return json.loads(metadata[LABEL_NAMES_KEY]) if LABEL_NAMES_KEY in metadata else None
     file = os.path.join(path, LABEL_NAMES_FILE)
     if not os.path.isfile(file):
         return None
@@ -115,19 +163,21 @@ def read_label_names(path):
         return json.load(f)
 
 
-def _export_in_tensorflow_process(model, path, format):
+def _export_in_tensorflow_process(model, path, format, quantize=None):
     with tempfile.TemporaryDirectory() as folder:
         saved = os.path.join(folder, "model.keras")
         model.save(saved)
         environment = {**os.environ, "KERAS_BACKEND": "tensorflow"}
         command = [sys.executable, "-m", "keras_bat.export", saved, os.fspath(path), "--format", format]
+        if quantize is not None:
+            command += ["--quantize", quantize]
         result = subprocess.run(command, env=environment, capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"Exporting under the TensorFlow backend failed:\n{result.stderr[-4000:]}")
     return path
 
 
-def export_file(source, path, format="saved_model", time_frames=None):
+def export_file(source, path, format="saved_model", time_frames=None, quantize=None):
     """Exports a `.keras` file or preset directory: an `AudioClassifier` (its
     `save_to_preset` directory or `.keras` file), an `AudioEmbedder`, or a
     backbone (exported as an `AudioEmbedder` whose frontend cuts or pads
@@ -144,7 +194,7 @@ def export_file(source, path, format="saved_model", time_frames=None):
                              f"(100 frames a second; clips are cut or zero-padded to it, and encoded in chunks of "
                              f"{chunk} frames).")
         model = AudioEmbedder(model, frontend=model.make_frontend(time_frames=time_frames))
-    return export_model(model, path, format)
+    return export_model(model, path, format, quantize)
 
 
 def main(argv=None):
@@ -153,8 +203,9 @@ def main(argv=None):
     parser.add_argument("path")
     parser.add_argument("--format", choices=sorted(FORMATS), default="saved_model")
     parser.add_argument("--time-frames", type=int)
+    parser.add_argument("--quantize", choices=QUANTIZATIONS)
     args = parser.parse_args(argv)
-    export_file(args.source, args.path, args.format, args.time_frames)
+    export_file(args.source, args.path, args.format, args.time_frames, args.quantize)
     print(f"wrote {args.path}")
     return 0
 

@@ -1,4 +1,4 @@
-"""Exported models (SavedModel, ONNX) reloaded without Keras match the Keras models."""
+"""Exported models (SavedModel, ONNX, LiteRT) reloaded without Keras match the Keras models."""
 
 import json
 import subprocess
@@ -15,12 +15,19 @@ from keras_bat.heads import CGP
 from keras_bat.models import AudioEmbedder
 from keras_bat.workflows.config import load_config
 
-# Runs in a process that must not import Keras: TensorFlow (with Keras made unimportable) or onnxruntime.
+# Runs in a process that must not import Keras: TensorFlow (with Keras made unimportable), onnxruntime
+# or the LiteRT interpreter (which needs no TensorFlow either).
 CHECK = """
 import json, sys
 import numpy as np
 path, format, inputs = sys.argv[1], sys.argv[2], np.load(sys.argv[3])
-if format == "onnx":
+if format == "litert":
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.interpreter import Interpreter
+    interpreter = Interpreter(path)
+    runner = interpreter.get_signature_runner()
+    run = lambda x: runner(waveforms=x)
+elif format == "onnx":
     import onnxruntime
     session = onnxruntime.InferenceSession(path)
     names = [o.name for o in session.get_outputs()]
@@ -32,7 +39,13 @@ else:
     run = lambda x: {k: v.numpy() for k, v in serve(waveforms=tf.constant(x)).items()}
 outputs = run(inputs["waveforms"])
 longer = run(np.tile(inputs["waveforms"], (2, 3)))  # another batch size and length
-if format == "onnx":
+if format == "litert":
+    flatbuffer = schema.Model.GetRootAs(open(path, "rb").read())
+    entries = [flatbuffer.Metadata(i) for i in range(flatbuffer.MetadataLength())]
+    labels = next((flatbuffer.Buffers(e.Buffer()).DataAsNumpy().tobytes().decode() for e in entries
+                   if e.Name() == b"label_names"), None)
+    assert "tensorflow" not in sys.modules
+elif format == "onnx":
     labels = session.get_modelmeta().custom_metadata_map.get("label_names")
 else:
     import os
@@ -53,10 +66,9 @@ def exported_outputs(path, format, waveforms, tmp_path):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def require_onnx(format):
-    if format != "onnx":
-        return
-    for module in ("onnxruntime", "tf2onnx"):
+def require_exporter(format):
+    modules = {"onnx": ("onnxruntime", "tf2onnx"), "litert": ("ai_edge_litert",)}.get(format, ())
+    for module in modules:
         try:
             __import__(module)
         except ImportError:
@@ -79,18 +91,19 @@ def probe_classifier():
 
 # Under TensorFlow every combination; under JAX and torch (exported by a TensorFlow process from
 # a .keras file) one each.
-CASES = {"tensorflow": [("demo", "saved_model"), ("demo", "onnx"), ("probe", "saved_model"), ("probe", "onnx")],
-         "jax": [("probe", "saved_model")], "torch": [("demo", "onnx")]}
+CASES = {"tensorflow": [("demo", "saved_model"), ("demo", "onnx"), ("probe", "saved_model"), ("probe", "onnx"),
+                        ("probe", "litert")],
+         "jax": [("probe", "saved_model"), ("probe", "litert")], "torch": [("demo", "onnx")]}
 
 
 @pytest.mark.parametrize("model_name, format", CASES[keras.backend.backend()])
 def test_export_reloads_without_keras_and_matches(model_name, format, tmp_path):
-    require_onnx(format)
+    require_exporter(format)
     model = demo_embedder() if model_name == "demo" else probe_classifier()
     waveforms = np.random.default_rng(0).uniform(-1, 1, size=(2, 30000)).astype("float32")
     expected = model(waveforms)
     expected = {k: to_numpy(v) for k, v in expected.items()} if isinstance(expected, dict) else to_numpy(expected)
-    path = tmp_path / ("model.onnx" if format == "onnx" else "saved_model")
+    path = tmp_path / {"onnx": "model.onnx", "litert": "model.tflite"}.get(format, "saved_model")
     export_model(model, path, format)
     result = exported_outputs(path, format, waveforms, tmp_path)
     outputs = {k: np.asarray(v) for k, v in result["outputs"].items()}
@@ -114,7 +127,44 @@ def test_export_refuses_what_it_cannot_serve(tmp_path):
         export_model(AudioClassifier(backbone, CGP(3, 4)), tmp_path / "m", "saved_model")
     with pytest.raises(ValueError, match="format"):
         export_model(probe_classifier(), tmp_path / "m", "tflite")
+    with pytest.raises(ValueError, match="ends in .tflite"):
+        export_model(probe_classifier(), tmp_path / "m", "litert")
+    with pytest.raises(ValueError, match="is LiteRT's"):
+        export_model(probe_classifier(), tmp_path / "m.onnx", "onnx", quantize="int8")
     if keras.backend.backend() == "tensorflow":  # elsewhere the same error comes from the exporting process
         eat = BATBackbone(dim=32, depth=2, num_heads=4, use_gate=False, frontend="eat")
         with pytest.raises(ValueError, match="KaldiFbank frames a known number of samples"):
             export_model(AudioEmbedder(eat, eat.make_frontend(time_frames=128)), tmp_path / "m", "saved_model")
+
+
+def tensor_types(path):
+    """The element types of the LiteRT file's tensors."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    flatbuffer = schema.Model.GetRootAs(open(path, "rb").read())
+    names = {value: name for name, value in vars(schema.TensorType).items() if not name.startswith("_")}
+    graph = flatbuffer.Subgraphs(0)
+    return {names[graph.Tensors(i).Type()] for i in range(graph.TensorsLength())}
+
+
+@pytest.mark.skipif(keras.backend.backend() == "jax", reason="the TensorFlow pass exports directly, torch's through "
+                                                              "a TensorFlow process (JAX's float export is above)")
+def test_the_command_exports_a_task_preset_to_int8_litert_with_its_label_names(tmp_path):
+    require_exporter("litert")
+    from keras_bat_cli import run
+
+    model = probe_classifier()
+    model.save_to_preset(tmp_path / "preset")
+    waveforms = np.random.default_rng(1).uniform(-1, 1, size=(2, 20000)).astype("float32")
+    expected = to_numpy(model(waveforms))
+    for name, quantize in (("float", []), ("int8", ["--quantize", "int8"])):
+        assert run(["export", str(tmp_path / "preset"), str(tmp_path / f"{name}.tflite"), "--format", "litert",
+                    *quantize]) == 0
+    float_types, int8_types = tensor_types(tmp_path / "float.tflite"), tensor_types(tmp_path / "int8.tflite")
+    assert "INT8" in int8_types and "INT8" not in float_types  # the weights are stored as int8
+    for name, tolerance in (("float", 1e-4), ("int8", 0.05)):  # int8 with a quantized frontend: 0.18
+        result = exported_outputs(tmp_path / f"{name}.tflite", "litert", waveforms, tmp_path)
+        assert result["label_names"] == ["dog", "rain", "siren"]
+        logits = np.asarray(result["outputs"]["logits"])
+        np.testing.assert_allclose(logits, expected, atol=tolerance * np.abs(expected).max())
+    assert read_label_names(tmp_path / "int8.tflite") == ["dog", "rain", "siren"]

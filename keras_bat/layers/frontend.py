@@ -8,7 +8,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_bat.ops.frontend import log_mel_spectrogram, normalise_db, power_to_db, rfft_power, stft_power
+from keras_bat.ops.frontend import filter_bank_product, log_mel_spectrogram, normalise_db, power_to_db, rfft_power, stft_power
 
 # Filter banks and windows in NumPy --------------------------------------------
 
@@ -391,7 +391,7 @@ class KaldiFbank(Frontend):
         previous = ops.concatenate([frames[..., :1], frames[..., :-1]], axis=-1)
         frames = (frames - self.preemphasis * previous) * self._window
         power = rfft_power(frames, self.fft_length)  # B, frames, fft_length // 2 + 1
-        mel = ops.matmul(power, ops.convert_to_tensor(self._filter_bank))
+        mel = filter_bank_product(power, self._filter_bank)
         fbank = ops.log(ops.maximum(mel, np.finfo("float32").eps))
         if self.mean is not None:
             fbank = (fbank - self.mean) / (2.0 * self.std)

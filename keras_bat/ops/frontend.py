@@ -76,6 +76,37 @@ def portable_spectra():
         _PORTABLE.reset(token)
 
 
+_FLOAT_FILTER_BANKS = contextvars.ContextVar("float_filter_banks", default=False)
+
+# TensorFlow Lite's dynamic-range quantization leaves constant weights of fewer elements in float.
+UNQUANTIZED_WEIGHT_ELEMENTS = 1023
+
+
+@contextlib.contextmanager
+def float_filter_banks():
+    """Inside, a filter bank traced into a graph is applied in blocks of frequency bins
+    small enough that TensorFlow Lite's int8 (dynamic-range) quantization keeps them in
+    float, and with them the power spectrum they read: it spans 100 dB and more, and
+    int8 inputs (a scale per frame) would round the high bands to zero. The blocks' sum
+    is the whole product. `keras_bat.export` uses it for quantized LiteRT files."""
+    token = _FLOAT_FILTER_BANKS.set(True)
+    try:
+        yield
+    finally:
+        _FLOAT_FILTER_BANKS.reset(token)
+
+
+def filter_bank_product(power, filter_bank):
+    """`power (..., bins) @ filter_bank (bins, bands)`, in blocks inside `float_filter_banks()`."""
+    if not _FLOAT_FILTER_BANKS.get():
+        return ops.matmul(power, ops.convert_to_tensor(filter_bank))
+    filter_bank = np.asarray(filter_bank)
+    rows = max(1, UNQUANTIZED_WEIGHT_ELEMENTS // filter_bank.shape[1])
+    blocks = [ops.matmul(power[..., start:start + rows], ops.convert_to_tensor(filter_bank[start:start + rows]))
+              for start in range(0, filter_bank.shape[0], rows)]
+    return sum(blocks[1:], blocks[0])
+
+
 def _dft_power(frames, fft_length):
     """`|rfft|^2` of `(..., length)` frames as two matrix products (length <= fft_length)."""
     length = frames.shape[-1]
@@ -112,7 +143,7 @@ def _log_mel_from_power(power, filter_bank, top_db):
 
 def power_to_db(power, filter_bank):
     """Mel power in dB (floored at -100 dB) of a power spectrum `(..., bins)`."""
-    mel = ops.matmul(power, ops.convert_to_tensor(filter_bank))  # ..., mels
+    mel = filter_bank_product(power, filter_bank)  # ..., mels
     return 10.0 * ops.log10(ops.maximum(mel, 1e-10))
 
 
