@@ -97,6 +97,8 @@ def run_layer_test(layer, inputs, tmp_path=None):
     symbolic = layer(symbolic_inputs)
     keras.tree.map_structure(
         lambda s, e: _assert_compatible_shape(s.shape, e.shape), symbolic, eager)
+    assert_output_spec(layer, inputs, eager)
+    assert_output_spec(layer, symbolic_inputs, eager)
 
     model = keras.Model(symbolic_inputs, symbolic)
     compiled = model.predict(inputs, batch_size=inputs.shape[0] if hasattr(inputs, "shape") else None,
@@ -104,6 +106,17 @@ def run_layer_test(layer, inputs, tmp_path=None):
     keras.tree.map_structure(
         lambda c, e: np.testing.assert_allclose(c, e, atol=1e-4, rtol=1e-4), compiled, eager)
     return eager
+
+
+def assert_output_spec(layer, inputs, eager):
+    """`layer.compute_output_spec(inputs)` (concrete or symbolic inputs) describes the eager
+    outputs `eager`: the same structure, compatible shapes, the same dtypes."""
+    spec = layer.compute_output_spec(inputs)
+    keras.tree.assert_same_structure(spec, eager)
+    keras.tree.map_structure(lambda s, e: _assert_compatible_shape(s.shape, e.shape), spec, eager)
+    keras.tree.map_structure(lambda s, e: np.testing.assert_equal(keras.backend.standardize_dtype(s.dtype),
+                                                                  keras.backend.standardize_dtype(e.dtype)),
+                             spec, eager)
 
 
 def _assert_compatible_shape(symbolic_shape, shape):

@@ -3,6 +3,7 @@ preset folders, as flat `{name: float32 NumPy array}` dicts."""
 
 import os
 
+import keras
 import numpy as np
 
 WEIGHTS_FILE = "model.safetensors"
@@ -115,7 +116,8 @@ def save_official_weights(model, path, parameters=None):
 
     tensors = {}
     for name, param in (parameters or model.official_parameters()).items():
-        value = np.asarray(param.variable.numpy(), dtype="float32")
+        # (a LoRA-adapted kernel is a tensor, the kernel with its low-rank update merged)
+        value = np.asarray(keras.ops.convert_to_numpy(param.variable), dtype="float32")
         # C order matters: save_file writes the raw buffer and ignores strides.
         tensors[name] = np.array(param.to_official(value), order="C")
     save_file(tensors, os.fspath(path))

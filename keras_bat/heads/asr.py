@@ -6,12 +6,13 @@ from keras import ops
 from keras_bat.convert import mapping
 from keras_bat.heads.base import (HeadContract, LayerGateMixin, check_features, mix_layers, pool_layers,
                                   pooled_patch_summary)
+from keras_bat.layers.base import Layer
 from keras_bat.layers.dense import Dense
 from keras_bat.layers.transformer import seeded_dropout
 
 
 @keras.saving.register_keras_serializable(package="keras_bat")
-class ASRHead(HeadContract, LayerGateMixin, keras.layers.Layer):
+class ASRHead(HeadContract, LayerGateMixin, Layer):
     """The paper's ASR probe.
 
     Softmax mix of all layers' patch tokens -> mean over frequency -> a

@@ -16,11 +16,12 @@ from keras_bat.heads.base import (
     pooled_patch_summary,
     task_pooling,
 )
+from keras_bat.layers.base import Layer
 from keras_bat.layers.dense import Dense
 from keras_bat.layers.transformer import seeded_dropout
 
 
-class _LinearProbe(HeadContract, keras.layers.Layer):
+class _LinearProbe(HeadContract, Layer):
     """Pooled tokens -> optional LayerNorm -> dropout -> Dense."""
 
     @classmethod

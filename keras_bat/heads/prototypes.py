@@ -14,11 +14,12 @@ from keras_bat.heads.base import (
     mix_layers,
     task_pooling,
 )
+from keras_bat.layers.base import Layer
 from keras_bat.layers.dense import Dense
 from keras_bat.layers.transformer import seeded_dropout
 
 
-class _PrototypeHead(HeadContract, keras.layers.Layer):
+class _PrototypeHead(HeadContract, Layer):
     """Cosine similarities of tokens to learned prototypes, pooled, then Dense."""
 
     features_per_prototype = 1

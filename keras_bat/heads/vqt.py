@@ -7,12 +7,13 @@ from keras import ops
 
 from keras_bat.convert import mapping
 from keras_bat.heads.base import HeadContract, check_features, l2_normalize
+from keras_bat.layers.base import Layer
 from keras_bat.layers.dense import Dense
 from keras_bat.layers.transformer import seeded_dropout
 
 
 @keras.saving.register_keras_serializable(package="keras_bat")
-class VQTHead(HeadContract, keras.layers.Layer):
+class VQTHead(HeadContract, Layer):
     """Visual query tokens and their linear classifier.
 
     The head owns `query_tokens` `(depth, num_query_tokens, dim)`; a backbone

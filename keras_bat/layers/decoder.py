@@ -3,12 +3,13 @@
 import keras
 from keras import ops
 
+from keras_bat.layers.base import Layer
 from keras_bat.layers.position import sincos_position_table
 from keras_bat.layers.transformer import TransformerBlock
 
 
 @keras.saving.register_keras_serializable(package="keras_bat")
-class MaskedDecoder(keras.layers.Layer):
+class MaskedDecoder(Layer):
     """BAT's decoder: mask tokens fill the removed patches, then gated blocks.
 
     Kept student tokens (projected to `dim` if widths differ) go back to

@@ -11,6 +11,11 @@ class Dense(keras.layers.Dense):
     projection runs through `linear`, the fused product-and-bias of the
     torch backend."""
 
+    def quantize(self, mode=None, type_check=True, config=None):
+        # Keras quantizes subclasses of Dense only when told to: this one changes `call` alone, and
+        # calls Dense's own for quantized layers.
+        super().quantize(mode, type_check=False, config=config)
+
     def call(self, inputs, training=None):
         if self.lora_enabled or self.quantization_mode:
             return super().call(inputs, training=training)

@@ -12,6 +12,7 @@ its own.
 import keras
 from keras import ops
 
+from keras_bat.layers.base import Layer
 from keras_bat.layers.position import sincos_position_table
 
 
@@ -35,7 +36,7 @@ def whole_patch_frames(frames, patch_size):
 
 
 @keras.saving.register_keras_serializable(package="keras_bat")
-class PatchEmbedding(keras.layers.Layer):
+class PatchEmbedding(Layer):
     """Cuts a spectrogram into non-overlapping square patches and projects them.
 
     Equal to the reference's strided `Conv2d(1, dim, patch, stride=patch)`,
@@ -109,7 +110,7 @@ class PatchEmbedding(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_bat")
-class ChunkTokens(keras.layers.Layer):
+class ChunkTokens(Layer):
     """Splits a patch grid into time chunks, adds positions and a class token.
 
     Args:
@@ -234,7 +235,7 @@ class ChunkTokens(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_bat")
-class MergeChunks(keras.layers.Layer):
+class MergeChunks(Layer):
     """Puts per-block chunk outputs back together into per-clip features.
 
     Call arguments:
@@ -296,7 +297,7 @@ class MergeChunks(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_bat")
-class PrependQueries(keras.layers.Layer):
+class PrependQueries(Layer):
     """Puts one block's query tokens in front of every chunk's tokens.
 
     Query tokens (visual query tokens, VQT) are read by a block but are not
@@ -323,7 +324,7 @@ class PrependQueries(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_bat")
-class KeyLengthsWithQueries(keras.layers.Layer):
+class KeyLengthsWithQueries(Layer):
     """Key lengths counted with `num_queries` query tokens in front (`PrependQueries`);
     `None` (no padding) stays `None`.
 

@@ -5,6 +5,7 @@ import random
 import keras
 from keras import ops
 
+from keras_bat.layers.base import Layer
 from keras_bat.layers.dense import Dense
 from keras_bat.ops import gated_attention, gelu
 from keras_bat.ops.random import draw_rows
@@ -33,7 +34,7 @@ class SeededDropout(keras.layers.Dropout):
 
 
 @keras.saving.register_keras_serializable(package="keras_bat")
-class DropPath(keras.layers.Layer):
+class DropPath(Layer):
     """Stochastic depth: drops a whole residual branch per example in training.
 
     Args:
@@ -48,6 +49,7 @@ class DropPath(keras.layers.Layer):
         self.rate = float(rate)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed) if rate > 0 else None
+        self.built = True  # no weights: built now, even where a block's symbolic call never reaches it
 
     def call(self, inputs, training=None):
         if not training or self.rate == 0.0:
@@ -68,7 +70,7 @@ class DropPath(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_bat")
-class GatedSelfAttention(keras.layers.Layer):
+class GatedSelfAttention(Layer):
     """Multi-head self-attention whose output is gated by `sigmoid(W_g x + b_g)`.
 
     `out = proj(softmax(q k^T / sqrt(d)) v * sigmoid(gate(x)))`, BAT's attention.
@@ -91,6 +93,8 @@ class GatedSelfAttention(keras.layers.Layer):
         key_offset: int, the first `key_offset` tokens are queries only (not
             keys), as for visual query tokens. Defaults to `0`.
     """
+
+    lora_targets = ("qkv", "proj")  # the projections `EncoderModel.enable_lora` adapts
 
     def __init__(self, dim, num_heads, use_gate=True, qkv_bias=True, dropout=0.0,
                  use_kernels=None, **kwargs):
@@ -144,7 +148,7 @@ class GatedSelfAttention(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_bat")
-class TransformerBlock(keras.layers.Layer):
+class TransformerBlock(Layer):
     """BAT's transformer block: gated attention and a GELU MLP, post-norm by default.
 
     Post-norm (BAT): `x = LN1(x + attn(x)); x = LN2(x + mlp(x))`.

@@ -137,6 +137,19 @@ class AudioClassifier(keras.Model):
             outputs = self.head.call_on_summary(summaries.result(), training=False)
         return keras.ops.convert_to_numpy(outputs)
 
+    def quantize(self, mode=None, config=None, filters=None, **kwargs):
+        """Quantizes the backbone's layers (`keras.Model.quantize`: `"int8"`, `"float8"`, ...);
+        the head stays float: it holds few weights, and the prototypes' cosine similarities
+        are the scores. The quantized layers are in the backbone's config, so `.keras` files
+        load quantized; a task preset holds float weights (quantize after `from_preset`)."""
+        if self.backbone is None:
+            raise ValueError("This model reads precomputed features: it has no backbone to quantize.")
+        if not self.built:
+            self(self.example_input())
+        self.backbone.quantize(mode, config=config, filters=filters, **kwargs)
+        self.train_function = self.test_function = self.predict_function = None
+        self._post_quantize(mode)
+
     def _takes_waveforms(self, inputs):
         """Waveforms `(batch, samples)` go through the frontend; spectrograms and dicts do not."""
         return self.frontend is not None and not isinstance(inputs, dict) and len(inputs.shape) == 2

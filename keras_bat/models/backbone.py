@@ -14,6 +14,7 @@ from keras_bat.convert.checkpoints import (CONFIG_FILE, METADATA_FILE, WEIGHTS_F
 from keras_bat.convert.hub import download_preset, is_hub_uri
 from keras_bat.layers.chunk_merge import WHOLE_CLIP_MERGES, ChunkSummaries
 from keras_bat.layers.frontend import build_frontend
+from keras_bat.layers.base import symbolic
 from keras_bat.layers.patching import KeyLengthsWithQueries, PrependQueries
 from keras_bat.ops import no_gradients
 
@@ -155,6 +156,77 @@ class EncoderModel(keras.Model):
     # `use_padding_mask`): true where tokens meet only through masked attention.
     padding_is_exact = False
 
+    def __init__(self, *args, dtype=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        # A functional model keeps no policy of its own: record the one its layers were built with
+        # (a mixed policy, or a `DTypePolicyMap` of quantized layers), so that the config holds it.
+        if dtype is not None:
+            self.dtype_policy = keras.dtype_policies.get(dtype)
+
+    def dtype_config(self):
+        """The serialized dtype policy for `get_config`: the policy the layers were built with,
+        and once layers are quantized (`quantize`), a `DTypePolicyMap` naming each one's
+        policy by its path, so that `from_config` and `.keras` files build them quantized."""
+        policy = self.dtype_policy
+        if not isinstance(policy, keras.dtype_policies.DTypePolicyMap):
+            quantized = {layer.path: layer.dtype_policy for layer in self._flatten_layers(include_self=False)
+                         if layer.quantization_mode is not None}
+            if quantized:
+                policy = keras.dtype_policies.DTypePolicyMap(policy, quantized)
+        return keras.dtype_policies.serialize(policy)
+
+    @property
+    def trainable(self):
+        return keras.Model.trainable.fget(self)
+
+    @trainable.setter
+    def trainable(self, value):
+        keras.Model.trainable.fset(self, value)  # (sets every variable's flag)
+        if value and self.lora_rank is not None:
+            self._freeze_all_but_lora()
+
+    lora_rank = None  # set by `enable_lora`
+
+    def lora_layers(self):
+        """The Dense layers LoRA adapts: the projections each attention layer names in its
+        `lora_targets` (BAT, EAT, SSLAM: qkv and proj; BEATs: q, k, v and out)."""
+        return [getattr(layer, name) for layer in self._flatten_layers()
+                for name in getattr(layer, "lora_targets", ())]
+
+    def enable_lora(self, rank, alpha=None):
+        """LoRA finetuning, with Keras' own `Dense.enable_lora`: each attention projection gets
+        trainable low-rank factors `A (in, rank)`, `B (rank, out)` (B starts at zero, so the model
+        starts equal to itself) and `kernel + alpha / rank * A @ B` in place of its kernel; every
+        other weight of the encoder is frozen, and stays frozen when the model is set trainable.
+        Saved files hold the merged kernels (`.keras` files and presets load as plain encoders);
+        training backups hold the factors.
+
+        Args:
+            rank: int, the factors' rank.
+            alpha: float, the update's scale numerator. Defaults to `rank`.
+        """
+        if self.lora_rank is not None:
+            raise ValueError(f"LoRA is already enabled on this {type(self).__name__} (rank {self.lora_rank}).")
+        if int(rank) != rank or rank <= 0:
+            raise ValueError(f"The LoRA rank must be a positive integer. Received: {rank!r}")
+        layers = self.lora_layers()
+        if not layers:
+            raise ValueError(f"{type(self).__name__} has no layers for LoRA: its attention layers name their "
+                             "projections in `lora_targets`.")
+        for layer in layers:
+            layer.enable_lora(int(rank), lora_alpha=alpha)
+        self.lora_rank = int(rank)
+        self._freeze_all_but_lora()
+
+    def _freeze_all_but_lora(self):
+        factors = {id(v) for layer in self.lora_layers() for v in (layer.lora_kernel_a, layer.lora_kernel_b)}
+        for variable in self.weights:
+            variable.trainable = id(variable) in factors
+
+    def compute_output_spec(self, inputs, training=None, mask=None):
+        # The functional graph computes specs of KerasTensors: concrete inputs are described first.
+        return super().compute_output_spec(symbolic(inputs), training=training, mask=mask)
+
     @classproperty
     def presets(cls):
         """The built-in presets: `name -> {"description", "config", "weights"}`.
@@ -295,9 +367,14 @@ class EncoderModel(keras.Model):
         names, which the authors' PyTorch code reads too), `frontend.json` (the frontend it reads,
         `frontend` or `make_frontend()`) and `metadata.json` (keras-bat and Keras versions, the
         backend it was saved under, the parameter count)."""
+        if any(layer.quantization_mode is not None for layer in self._flatten_layers()):
+            raise ValueError(
+                f"This {type(self).__name__} is quantized: a preset holds float weights under their official "
+                "names. Save the float model's preset and quantize after loading it (from_preset(...).quantize"
+                "('int8')), or save the quantized model as a .keras file (model.save('model.keras')).")
         os.makedirs(directory, exist_ok=True)
         serialized = keras.saving.serialize_keras_object(self)
-        serialized["config"] = {k: v for k, v in self.get_config().items() if k not in ("name", "trainable", "dtype")}
+        serialized["config"] = {k: v for k, v in self.get_config().items() if k not in ("name", "trainable")}
         serialized.pop("build_config", None)
         write_json(os.path.join(directory, CONFIG_FILE), serialized)
         save_official_weights(self, os.path.join(directory, WEIGHTS_FILE), self.official_parameters())

@@ -157,7 +157,7 @@ class BATBackbone(EncoderModel):
             "layer_norm_epsilon": self.layer_norm_epsilon,
             "use_padding_mask": self.use_padding_mask, "num_query_tokens": self.num_query_tokens,
             "use_kernels": self.use_kernels, "frontend": self.frontend,
-            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+            "dtype": self.dtype_config(),
         }
 
     def official_parameters(self):

@@ -8,13 +8,14 @@ from keras import ops
 
 from keras_bat.convert.beats import beats_checkpoint_config, beats_parameters, load_beats_weights
 from keras_bat.convert.checkpoints import WEIGHTS_FILE
+from keras_bat.layers.base import Layer
 from keras_bat.layers.patching import ChunkTokens, MergeChunks, PatchEmbedding
 from keras_bat.models.backbone import EncoderModel, encoder_inputs, run_blocks
 from keras_bat.models.beats.beats_layers import BEATsBlock, ConvPositionEmbedding, RelativePositionBias
 
 
 @keras.saving.register_keras_serializable(package="keras_bat")
-class MeanToken(keras.layers.Layer):
+class MeanToken(Layer):
     """Puts the mean of the real tokens in front: BEATs' stand-in for a class token.
 
     Call arguments:
@@ -181,7 +182,7 @@ class BEATsBackbone(EncoderModel):
             "conv_pos_groups": self.conv_pos_groups, "num_buckets": self.num_buckets,
             "max_distance": self.max_distance, "num_query_tokens": self.num_query_tokens,
             "use_padding_mask": self.use_padding_mask, "layer_norm_epsilon": self.layer_norm_epsilon,
-            "use_kernels": self.use_kernels, "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+            "use_kernels": self.use_kernels, "dtype": self.dtype_config(),
         }
 
     def official_parameters(self):

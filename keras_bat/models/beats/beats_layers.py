@@ -7,6 +7,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_bat.layers.base import Layer
 from keras_bat.layers.dense import Dense
 from keras_bat.ops import gated_attention, gelu
 
@@ -27,7 +28,7 @@ def relative_position_buckets(query_length, key_length, num_buckets=320, max_dis
 
 
 @keras.saving.register_keras_serializable(package="keras_bat")
-class RelativePositionBias(keras.layers.Layer):
+class RelativePositionBias(Layer):
     """One learned bias per head and relative-position bucket, shared by all blocks.
 
     Args:
@@ -74,7 +75,7 @@ class RelativePositionBias(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_bat")
-class ConvPositionEmbedding(keras.layers.Layer):
+class ConvPositionEmbedding(Layer):
     """BEATs' position embedding: `GELU(grouped Conv1d(tokens))` over the token
     sequence, with a weight-normalised kernel (`g * v / ||v||`, the norm per
     kernel tap) and "same" padding (for an even kernel the last output is
@@ -125,7 +126,7 @@ class ConvPositionEmbedding(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_bat")
-class BEATsAttention(keras.layers.Layer):
+class BEATsAttention(Layer):
     """BEATs' self-attention: separate q/k/v projections and a relative position
     bias scaled per query by a GRU-style gate of that query.
 
@@ -145,6 +146,8 @@ class BEATsAttention(keras.layers.Layer):
         key_offset: int, the first `key_offset` tokens are queries only.
         key_lengths: optional int tensor `(batch,)`, the padding as lengths.
     """
+
+    lora_targets = ("q_proj", "k_proj", "v_proj", "out_proj")  # the projections `EncoderModel.enable_lora` adapts
 
     def __init__(self, dim, num_heads, use_kernels=None, **kwargs):
         super().__init__(**kwargs)
@@ -193,7 +196,7 @@ class BEATsAttention(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_bat")
-class BEATsBlock(keras.layers.Layer):
+class BEATsBlock(Layer):
     """A BEATs encoder layer: post-norm with deep norm (each residual scaled by
     `deep_norm_alpha`), attention then a GELU feed-forward network.
 
