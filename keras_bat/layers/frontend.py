@@ -8,7 +8,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_bat.ops.frontend import filter_bank_product, log_mel_spectrogram, normalise_db, power_to_db, rfft_power, stft_power
+from keras_bat.layers.base import Layer
+from keras_bat.ops.frontend import (filter_bank_product, log_mel_spectrogram, normalise_db, power_to_db, rfft_power,
+                                    stft_power)
 
 # Filter banks and windows in NumPy --------------------------------------------
 
@@ -119,7 +121,7 @@ def fit_frames(spectrogram, time_frames):
 # Layers -------------------------------------------------------------------------
 
 
-class Frontend(keras.layers.Layer):
+class Frontend(Layer):
     """Base of the frontends: waveforms `(batch, samples)` -> float32 `(batch, frames, num_mels)`.
 
     A frontend sets `sample_rate`, `num_mels`, `hop_length`, `window_length` (samples per
@@ -160,6 +162,30 @@ class Frontend(keras.layers.Layer):
 
     def normalise_frames(self, frames, statistics):
         return frames
+
+    def stream_frames(self, read, num_samples, chunk_frames, keep_frames=None):
+        """The frames of a clip of `num_samples` samples, `chunk_frames` at a time, equal to the
+        layer's frames of the whole clip (before `time_frames`' crop or pad); `read(start,
+        stop)` gives the clip's samples `[start, stop)` (reflected beyond its ends, as
+        `keras_bat.data.audio.load_window` and `waveform_window` read them), and
+        `keep_frames` how many of its frames to stream (all by default). A frontend that
+        normalises per clip reads the clip twice: the statistics of all its frames first.
+        Every window is zero-padded to a full chunk's samples (each frame reads only its own
+        samples, and the frames past the chunk's are dropped), so that the layer sees one shape."""
+        num_frames = self.num_frames(num_samples)
+        statistics = None
+        if self.normalises_per_clip:
+            for chunk in self._raw_chunks(read, num_frames, chunk_frames):
+                statistics = self.merge_statistics(statistics, self.frame_statistics(chunk))
+        for chunk in self._raw_chunks(read, num_frames if keep_frames is None else keep_frames, chunk_frames):
+            yield self.normalise_frames(chunk, statistics) if self.normalises_per_clip else chunk
+
+    def _raw_chunks(self, read, num_frames, chunk_frames):
+        full_window = np.subtract(*self.frame_span(0, chunk_frames)[::-1])
+        for first in range(0, num_frames, chunk_frames):
+            count = min(chunk_frames, num_frames - first)
+            window = read(*self.frame_span(first, count))
+            yield self.window_frames(np.pad(window, (0, full_window - len(window))))[:count]
 
     def frame_centers(self, num_frames):
         """Seconds from the start of the clip to the centre of each frame."""

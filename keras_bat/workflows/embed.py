@@ -126,20 +126,6 @@ class RecordingEncoder:
     def seconds_per_patch(self):
         return self.backbone.patch_size * self.frontend.hop_length / self.frontend.sample_rate
 
-    def _windows(self, read, frames, statistics=None):
-        """The clip's frames, a chunk at a time; `read(start, stop)` gives the clip's samples
-        `[start, stop)`. Every window is zero-padded to a full chunk's samples (the frames past
-        the chunk's are dropped; each frame reads its own samples), so that the frontend sees
-        one shape."""
-        full_window = np.subtract(*self.frontend.frame_span(0, self.chunk_frames)[::-1])
-        for first in range(0, frames, self.chunk_frames):
-            count = min(self.chunk_frames, frames - first)
-            window = read(*self.frontend.frame_span(first, count))
-            chunk = self.frontend.window_frames(np.pad(window, (0, full_window - len(window))))
-            if statistics is not None:
-                chunk = self.frontend.normalise_frames(chunk, statistics)
-            yield chunk[:count]
-
     def encode(self, source, clip_samples, info=None):
         """Yields the backbone's outputs on one recording, a batch of chunks at a time, as dicts
         of NumPy arrays (`cls_tokens (chunks, depth, dim)`, `patch_tokens (chunks, depth, time
@@ -161,12 +147,9 @@ class RecordingEncoder:
 
             def read(start, stop):
                 return load_window(source, start, stop, clip_samples, self.frontend.sample_rate, info)
-        statistics = None
-        if self.frontend.normalises_per_clip:  # a first pass gathers the statistics of all the clip's frames
-            for chunk in self._windows(read, self.frontend.num_frames(clip_samples)):
-                statistics = self.frontend.merge_statistics(statistics, self.frontend.frame_statistics(chunk))
         batch = []
-        for chunk in self._windows(read, self.layout(clip_samples)[0], statistics):
+        for chunk in self.frontend.stream_frames(read, clip_samples, self.chunk_frames,
+                                                 keep_frames=self.layout(clip_samples)[0]):
             chunk = keras.ops.convert_to_numpy(chunk)
             pad = -len(chunk) % self.backbone.patch_size  # zero frames, as the frontend pads a clip
             if pad or len(chunk) < self.chunk_frames:
