@@ -180,7 +180,8 @@ def make_parser():
                           "peak memory lower and steadier)")
     tag.add_argument("--overwrite", action="store_true", help="replace an existing results file")
     export = commands.add_parser(
-        "export", help="write a SavedModel, ONNX or LiteRT file for serving (frontend inside)", formatter_class=HelpFormatter,
+        "export", help="write a SavedModel, ONNX or LiteRT file for serving (frontend inside)",
+        formatter_class=HelpFormatter,
         description="Exports an AudioClassifier preset (logits and label names) or a backbone (clip and frame\n"
                     "embeddings) as a model that takes 16 kHz waveforms and needs nothing of keras-bat to run.",
         epilog="examples:\n  keras-bat export runs/demo/probe_cgp_pretrained/preset probe_savedmodel\n"

@@ -39,7 +39,7 @@ def test_config_merging_and_errors(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("base: {name: r, train: {steps: 7}}\nvariants: {a: {train: {lr: 0.5}}}\n")
     assert load_config(recipe, "a")["train"] == {**DEFAULTS["train"], "steps": 7, "lr": 0.5}
-    with pytest.raises(ValueError, match="available: \\['a'\\]"):
+    with pytest.raises(ValueError, match="available: \\['a', 'lora'\\]"):  # lora: every recipe's
         load_config(recipe, "b")
 
 
@@ -381,27 +381,53 @@ def test_bfloat16_runs_and_cached_probes(tmp_path, monkeypatch):
               f"output_dir={tmp_path / 'refused'}"])
 
 
-def test_finetune_command_trains_the_encoder(tmp_path, monkeypatch):
+@pytest.mark.parametrize("variant", [None, "lora"])
+def test_finetune_command_trains_the_encoder(variant, tmp_path, monkeypatch, capsys):
     import keras_bat.workflows.probe_plan as probe
 
     initial, build = [], probe.build_run_backbone
 
     def build_and_remember(config):
         backbone = build(config)
-        initial.append([np.array(keras.ops.convert_to_numpy(v)) for v in backbone.trainable_weights])
+        initial.append({v.path: np.array(keras.ops.convert_to_numpy(v)) for v in backbone.weights})
+        trainable.update(v.path for v in backbone.trainable_weights)
         built.append(backbone)
         return backbone
 
-    built = []
+    built, trainable = [], set()
     monkeypatch.setattr(probe, "build_run_backbone", build_and_remember)
     out = tmp_path / "finetune"
-    assert main(["finetune", "--set", *TINY, "head.type=linear", f"output_dir={out}"]) == 0
+    chosen = ["--variant", variant] if variant else []
+    assert main(["finetune", *chosen, "--set", *TINY, "head.type=linear", f"output_dir={out}"]) == 0
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["train"]["finetune"] is True
     assert not json.loads((out / "results.json").read_text())["feature_cache"]
-    moved = [np.abs(keras.ops.convert_to_numpy(v) - before).max()
-             for v, before in zip(built[0].trainable_weights, initial[0])]
-    assert len(moved) > 10 and min(moved) > 0  # every encoder weight was trained
+    backbone = built[0]
+    moved = {v.path: np.abs(keras.ops.convert_to_numpy(v) - initial[0][v.path]).max()
+             for v in backbone.weights if v.path in initial[0]}
+    printed = capsys.readouterr().out
+    if variant is None:
+        assert len(trainable) > 10 and min(moved[path] for path in trainable) > 0  # every encoder weight trained
+        assert "trainable parameters:" in printed and "LoRA" not in printed
+        return
+    # LoRA: the factors trained, every other encoder weight as it was
+    assert config["train"]["lora_rank"] == 8 and backbone.lora_rank == 8
+    assert max(moved.values()) == 0
+    factors = [v for v in backbone.weights if v.path not in initial[0]]
+    assert factors and all("lora_kernel" in v.path for v in factors)
+    assert {v.path for v in backbone.trainable_weights} == {v.path for v in factors}
+    assert min(np.abs(keras.ops.convert_to_numpy(v)).max() for v in factors if v.path.endswith("_b")) > 0
+    count = sum(int(np.prod(v.shape)) for v in factors)
+    assert f"encoder {count:,} (LoRA rank 8)" in printed
+    # The task preset holds the merged encoder: it predicts as the trained model did.
+    from keras_bat.models import AudioClassifier
+
+    preset = AudioClassifier.from_preset(out / "preset")
+    assert preset.backbone.lora_rank is None
+    x = np.random.default_rng(0).uniform(-0.5, 0.5, size=(1, 16000)).astype("float32")
+    spectrogram = preset.frontend(x)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(preset.backbone(spectrogram)["cls_tokens"]),
+                               keras.ops.convert_to_numpy(backbone(spectrogram)["cls_tokens"]), atol=1e-5)
 
 
 def test_embed_loads_official_weights(tmp_path):

@@ -71,6 +71,8 @@ def build_classifier(config, dataset, backbone, frontend, cache_tokens=None):
 
     train, augment, cached = config["train"], config["augment"], cache_tokens is not None
     head = build_head(config["head"], dataset.num_classes, dataset.task, backbone)
+    if train["lora_rank"] is not None and not cached:
+        backbone.enable_lora(train["lora_rank"])
     model = AudioClassifier(None if cached else backbone, head, frontend=None if cached else frontend,
                             task=dataset.task, freeze_backbone=not train["finetune"],
                             label_smoothing=train["label_smoothing"], asymmetric_loss=train["asymmetric_loss"],
@@ -87,6 +89,21 @@ def build_classifier(config, dataset, backbone, frontend, cache_tokens=None):
     else:
         model(np.zeros((1, int(round(config["data"]["clip_seconds"] * SAMPLE_RATE))), "float32"))
     return model
+
+
+def trainable_parameters_text(model):
+    """How many of the model's parameters train, by part: `trainable parameters: 1,234 of 5,678 (21.7%):
+    head 1,000, encoder 234 (LoRA rank 8)`."""
+    def count(weights):
+        return sum(int(np.prod(w.shape)) for w in weights)
+
+    total, trainable = count(model.weights), count(model.trainable_weights)
+    parts = [f"head {count(model.head.trainable_weights):,}"]
+    if model.backbone is not None:
+        lora = getattr(model.backbone, "lora_rank", None)
+        parts.append(f"encoder {count(model.backbone.trainable_weights):,}" + (f" (LoRA rank {lora})" if lora else ""))
+    share = 100 * trainable / max(total, 1)
+    return f"trainable parameters: {trainable:,} of {total:,} ({share:.2f}%): {', '.join(parts)}"
 
 
 def save_task_preset(model, backbone, frontend, dataset, directory):

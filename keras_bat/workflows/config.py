@@ -54,6 +54,8 @@ DEFAULTS = {
     },
     "train": {
         "finetune": False,
+        "lora_rank": None,        # finetuning with LoRA: factors of this rank on the attention projections,
+                                  # every other encoder weight frozen (`--variant lora`)
         "batch_size": 48,
         "eval_batch_size": None,
         "steps": 20000,
@@ -114,6 +116,12 @@ DEMO_CONFIG = {
 }
 
 
+# `--variant lora` of every recipe (and of the demo config): its finetune variant's settings, with LoRA
+# factors of rank 8 trained in place of the whole encoder, at a learning rate for them (no layer decay:
+# each factor is already small).
+LORA_VARIANT = {"train": {"finetune": True, "lora_rank": 8, "lr": 5e-4, "layer_decay": None}}
+
+
 # What each setting takes: a type (`int`, `float`, `bool`, `str`, `list`, `dict`, `preset`: a name or a
 # dict), an optional bound (`>0`, `>=0`, `<1`: `0..1` is a probability), `|none` when it may be unset, or
 # the choices separated by `/`. `validate` checks a whole config against it before any work starts.
@@ -128,7 +136,8 @@ SETTINGS = {
     "model.drop_path": "float0..1", "model.dtype": "float32/float16/bfloat16/mixed_float16/mixed_bfloat16|none",
     "head.type": "str", "head.num_prototypes": "int>0", "head.pooling": "cls/mean/frame/max", "head.use_norm": "bool",
     "head.dropout": "float0..1", "head.lasso_weight": "float>=0", "head.num_query_tokens": "int>0",
-    "train.finetune": "bool", "train.batch_size": "int>0", "train.eval_batch_size": "int>0|none",
+    "train.finetune": "bool", "train.lora_rank": "int>0|none", "train.batch_size": "int>0",
+    "train.eval_batch_size": "int>0|none",
     "train.steps": "int>0", "train.steps_per_epoch": "int>0", "train.passes": "int>0|none", "train.validate": "bool",
     "train.lr": "float>0",
     "train.min_lr": "float>=0", "train.warmup_steps": "int>=0", "train.weight_decay": "float>=0",
@@ -164,6 +173,9 @@ def validate(config):
         for section in sections:
             node = node[section]
         node[name] = check_setting(key, node[name], rule)
+    if config["train"]["lora_rank"] is not None and not config["train"]["finetune"]:
+        raise ValueError(f"Setting train.lora_rank={config['train']['lora_rank']} trains LoRA factors of the encoder: "
+                         "it needs train.finetune=true (keras-bat finetune --variant lora).")
     return config
 
 
@@ -280,15 +292,24 @@ def load_config(path=None, variant=None, overrides=None, base=None):
         config = merge(config, recipe.get("base"))
         variants = recipe.get("variants") or {}
     if variant is not None:
-        if variant not in variants:
-            raise ValueError(f"Unknown variant {variant!r} in {path or 'the demo config'}; "
-                             f"available: {sorted(variants)}")
-        config = merge(config, variants[variant])
+        for settings in variant_settings(variants, variant, path):
+            config = merge(config, settings)
     config = merge(config, parse_overrides(overrides))
     config = validate(config)
     if config["output_dir"] is None:
         config["output_dir"] = f"runs/{config['name']}" + (f"_{variant}" if variant else "")
     return config
+
+
+def variant_settings(variants, variant, path=None):
+    """The partial configs that a recipe's `variant` merges, in order: the recipe's own; or for
+    `lora`, unless the recipe defines it, its `finetune` variant's and then `LORA_VARIANT`."""
+    if variant in variants:
+        return [variants[variant]]
+    if variant == "lora":
+        return [variants.get("finetune") or {}, LORA_VARIANT]
+    raise ValueError(f"Unknown variant {variant!r} in {path or 'the demo config'}; "
+                     f"available: {sorted({*variants, 'lora'})}")
 
 
 def builtin_recipes():
