@@ -242,6 +242,34 @@ MUTATIONS = [
              "        return tl.dot(low, basis_high, acc, input_precision=\"ieee\")\n",
              "        return acc\n",
              ["tests/kernels/test_log_mel.py::test_equals_the_frontend_fixture"]),
+    # --- Keras citizens: precision, quantization, output specs, LoRA, streamed frontends ---
+    Mutation("encoders: the dtype policy left out of the config", "keras_bat/models/backbone.py",
+             "            self.dtype_policy = keras.dtype_policies.get(dtype)", "            pass",
+             ["tests/test_contract.py::test_a_mixed_policy_survives_configs_files_and_presets"]),
+    Mutation("encoders: quantized layers left out of the config", "keras_bat/models/backbone.py",
+             "            if quantized:\n", "            if False:\n",
+             ["tests/test_contract.py::test_quantize_straight_from_presets_and_through_keras_files"]),
+    Mutation("encoders: the blocks' projections left float by quantize (Keras refuses Dense subclasses)",
+             "keras_bat/layers/dense.py", "super().quantize(mode, type_check=False, config=config)",
+             "super().quantize(mode, type_check=True, config=config)",
+             ["tests/test_contract.py::test_quantize_straight_from_presets_and_through_keras_files"]),
+    Mutation("task model: quantize reaches the head too", "keras_bat/models/audio_classifier.py",
+             "self.backbone.quantize(mode, config=config, filters=filters, **kwargs)",
+             "super().quantize(mode, config=config, filters=filters, **kwargs)",
+             ["tests/test_contract.py::test_quantize_straight_from_presets_and_through_keras_files"]),
+    Mutation("layers: output specs of concrete inputs not described", "keras_bat/layers/base.py",
+             "return super().compute_output_spec(*symbolic(args), **symbolic(kwargs))",
+             "return super().compute_output_spec(*args, **kwargs)",
+             ["tests/test_contract.py::test_task_model_contract", "tests/test_layers_frontend.py"]),
+    Mutation("LoRA: a trainable encoder unfreezes its frozen weights", "keras_bat/models/backbone.py",
+             "        if value and self.lora_rank is not None:\n            self._freeze_all_but_lora()",
+             "        pass",
+             ["tests/test_contract.py::test_lora_trains_its_factors_alone_and_saves_merged",
+              "tests/test_workflows.py::test_finetune_command_trains_the_encoder"]),
+    Mutation("streamed frontend: per-clip statistics of the first chunk only", "keras_bat/layers/frontend.py",
+             "statistics = self.merge_statistics(statistics, self.frame_statistics(chunk))",
+             "statistics = statistics or self.frame_statistics(chunk)",
+             ["tests/test_contract.py::test_frontend_streamed_windows_equal_the_whole_clip"]),
     # --- Earlier bugs (tests/README.md) ---
     Mutation("decoding: no context before a seek in a compressed stream", "keras_bat/data/audio.py",
              "SEEK_CONTEXT_FRAMES = 4096", "SEEK_CONTEXT_FRAMES = 0",
@@ -280,11 +308,12 @@ def run_tests(copy, tests, backend, timeout):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", default="torch", choices=("tensorflow", "jax", "torch"))
-    parser.add_argument("-k", dest="keyword", default="", help="only the bugs whose name contains this")
+    parser.add_argument("-k", dest="keywords", nargs="+", default=[""],
+                        help="only the bugs whose name contains one of these")
     parser.add_argument("--list", action="store_true", help="list the bugs and their tests")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per test run")
     args = parser.parse_args()
-    mutations = [m for m in MUTATIONS if args.keyword.lower() in m.name.lower()]
+    mutations = [m for m in MUTATIONS if any(k.lower() in m.name.lower() for k in args.keywords)]
     if args.list:
         for m in mutations:
             print(f"{m.name}\n    {m.path}: {' '.join(m.tests)}")
