@@ -4,7 +4,7 @@ For each seed: one pretraining run (the demo's recipe unless `--set` says
 otherwise) exports its encoder (`pretrain.export`) after each of `--steps`
 (step 0 is the random initialisation of the same run); every export is probed
 with CGP, the linear probe and the layer-mixed linear probe, and the first and
-last exports are also finetuned (all with the demo's probe settings). Writes
+last exports are also finetuned, in full and with LoRA (all with the demo's probe settings). Writes
 `learning_curve.json` (every run, and mean / std over seeds) and
 `learning_curve.png` in `--output`. Finished runs are kept: run again to
 resume or to add seeds.
@@ -22,7 +22,11 @@ PROBES = {"CGP": {"head": {"type": "cgp"}},
           "linear": {"head": {"type": "linear", "use_norm": True, "dropout": 0.0}},
           "layer-mixed linear": {"head": {"type": "lcgp", "use_norm": True, "dropout": 0.0}},
           "finetuning": {"head": {"type": "linear", "use_norm": True, "dropout": 0.0},
-                         "train": {"finetune": True, "lr": 1e-3, "feature_cache": "off"}}}
+                         "train": {"finetune": True, "lr": 1e-3, "feature_cache": "off"}},
+          # rank-8 factors on every attention projection, the rest of the encoder frozen; finetuning's settings
+          "LoRA finetuning": {"head": {"type": "linear", "use_norm": True, "dropout": 0.0},
+                              "train": {"finetune": True, "lora_rank": 8, "lr": 1e-3, "feature_cache": "off"}}}
+FINETUNING = {name for name, settings in PROBES.items() if settings.get("train", {}).get("finetune")}
 
 
 def parse_args(argv=None):
@@ -62,7 +66,7 @@ def run_seed(args, seed, output):
     pretrain = json.loads((pretrain_dir / "results.json").read_text())
     accuracies = {}
     for name in args.probes:
-        steps = [min(args.steps), last] if name == "finetuning" else sorted(set(args.steps))
+        steps = [min(args.steps), last] if name in FINETUNING else sorted(set(args.steps))
         for step in steps:
             run_dir = output / f"seed{seed}" / f"{name.replace(' ', '_')}_step{step}"
             if not (run_dir / "results.json").exists():
@@ -99,7 +103,7 @@ def plot(summary, path, title):
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(7, 4.2))
-    for (name, by_step), color in zip(summary.items(), ("C0", "C1", "C2", "C3")):
+    for (name, by_step), color in zip(summary.items(), ("C0", "C1", "C2", "C3", "C4")):
         steps = sorted(by_step)
         means = np.array([by_step[s]["mean"] for s in steps])
         stds = np.array([by_step[s]["std"] for s in steps])

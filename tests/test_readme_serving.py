@@ -26,7 +26,7 @@ def test_readme_serving_example_runs(tmp_path):
     AudioClassifier(BATBackbone(dim=32, depth=2, num_heads=4), CGP(3, 8),
                     frontend=LogMelSpectrogram(time_frames=128)).save_to_preset(tmp_path / "my_probe")
     blocks = serving_blocks()
-    assert [language for language, _ in blocks] == ["bash", "python", "python"]
+    assert [language for language, _ in blocks] == ["bash", "python", "python", "python"]
     for language, code in blocks:
         if language == "bash":
             command = ["bash", "-euo", "pipefail", "-c", code]
