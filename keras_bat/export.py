@@ -33,6 +33,8 @@ import tempfile
 
 import keras
 
+from keras_bat.errors import UsageError
+
 FORMATS = {"saved_model": "tf_saved_model", "onnx": "onnx", "litert": "litert"}
 QUANTIZATIONS = ("int8",)
 
@@ -53,20 +55,20 @@ def export_model(model, path, format="saved_model", quantize=None):
         `path`.
     """
     if format not in FORMATS:
-        raise ValueError(f"`format` must be one of {sorted(FORMATS)}. Received: {format!r}")
+        raise UsageError(f"`format` must be one of {sorted(FORMATS)}. Received: {format!r}")
     if quantize is not None and quantize not in QUANTIZATIONS:
-        raise ValueError(f"`quantize` must be None or one of {QUANTIZATIONS}. Received: {quantize!r}")
+        raise UsageError(f"`quantize` must be None or one of {QUANTIZATIONS}. Received: {quantize!r}")
     if quantize is not None and format != "litert":
-        raise ValueError(f"quantize={quantize!r} is LiteRT's (format='litert'). A Keras model quantized with "
+        raise UsageError(f"quantize={quantize!r} is LiteRT's (format='litert'). A Keras model quantized with "
                          "model.quantize('int8') is saved as a .keras file.")
     if format == "litert" and not os.fspath(path).endswith(".tflite"):
-        raise ValueError(f"A LiteRT model is one file whose name ends in .tflite. Received: {os.fspath(path)!r}")
+        raise UsageError(f"A LiteRT model is one file whose name ends in .tflite. Received: {os.fspath(path)!r}")
     frontend = getattr(model, "frontend", None)
     if frontend is None:
-        raise ValueError(f"Only models that take waveforms can be exported: this {type(model).__name__} has no "
+        raise UsageError(f"Only models that take waveforms can be exported: this {type(model).__name__} has no "
                          "frontend.")
     if getattr(frontend, "time_frames", None) is None:
-        raise ValueError("The exported model takes clips of any length and cuts or pads them to the frontend's "
+        raise UsageError("The exported model takes clips of any length and cuts or pads them to the frontend's "
                          "`time_frames`: build the frontend with it, e.g. `backbone.make_frontend(time_frames=1024)`.")
     # One call builds a model loaded from a file (weights are made on the first call) and shows
     # whether its output is already named.
@@ -190,7 +192,7 @@ def export_file(source, path, format="saved_model", time_frames=None, quantize=N
     if hasattr(model, "make_frontend"):  # a backbone: export its embeddings
         if time_frames is None:
             chunk = model.chunk_time_patches * model.patch_size
-            raise ValueError(f"{source} is an encoder: give the clip length its export takes, --time-frames N "
+            raise UsageError(f"{source} is an encoder: give the clip length its export takes, --time-frames N "
                              f"(100 frames a second; clips are cut or zero-padded to it, and encoded in chunks of "
                              f"{chunk} frames).")
         model = AudioEmbedder(model, frontend=model.make_frontend(time_frames=time_frames))

@@ -22,6 +22,7 @@ import os
 import keras
 import numpy as np
 
+from keras_bat.errors import UsageError
 from keras_bat.models.audio_embedder import AudioEmbedder
 
 DEFAULT_PRESET = "bat_base"
@@ -79,9 +80,9 @@ def _embed(audio, model, output):
     embedder = _embedder(model)
     audio = keras.ops.convert_to_numpy(audio).astype("float32")
     if audio.ndim != 2:
-        raise ValueError(f"HEAR audio must be (n_sounds, n_samples). Received shape: {audio.shape}")
+        raise UsageError(f"HEAR audio must be (n_sounds, n_samples). Received shape: {audio.shape}")
     if audio.shape[0] == 0:
-        raise ValueError("HEAR audio holds no sounds (n_sounds = 0).")
+        raise UsageError("HEAR audio holds no sounds (n_sounds = 0).")
     step = getattr(embedder, "hear_batch_size", 16)
     # Called eagerly, batch by batch: shapes stay known (the encoders need the number of frames);
     # the frozen encoder's variables ask for no gradient.
@@ -104,11 +105,11 @@ def _as_embedder(model, path, layers, scene_pooling):
         return model
     if isinstance(model, AudioClassifier):
         if model.backbone is None:
-            raise ValueError(f"{path} holds a head trained on precomputed features: it has no encoder to embed with.")
+            raise UsageError(f"{path} holds a head trained on precomputed features: it has no encoder to embed with.")
         return AudioEmbedder(model.backbone, layers=layers, scene_pooling=scene_pooling)
     if hasattr(model, "make_frontend"):
         return AudioEmbedder(model, layers=layers, scene_pooling=scene_pooling)
-    raise ValueError(f"{path} holds a {type(model).__name__}; expected an AudioEmbedder, a backbone or an "
+    raise UsageError(f"{path} holds a {type(model).__name__}; expected an AudioEmbedder, a backbone or an "
                      "AudioClassifier.")
 
 

@@ -85,7 +85,9 @@ def start_frameworks():
     """Imports Keras and its backend with harmless notices filtered out; under
     the TensorFlow backend its devices start inside the filter too.
     TensorFlow's own info lines are off unless `TF_CPP_MIN_LOG_LEVEL` says
-    otherwise."""
+    otherwise. Once Keras is imported there is nothing left to do."""
+    if "keras" in sys.modules:
+        return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     with filtered_stderr():
         import keras

@@ -2,7 +2,7 @@
 
 import sys
 
-from keras_bat_cli import run
+from keras_bat.cli import run
 
 if __name__ == "__main__":
     sys.exit(run(["pretrain", *sys.argv[1:]]))

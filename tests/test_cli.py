@@ -12,7 +12,8 @@ import pytest
 
 from keras_bat import BATBackbone
 from keras_bat.data import write_synthetic_dataset
-from keras_bat_cli import run
+from keras_bat.cli import parse as parse_arguments
+from keras_bat.cli import run
 
 
 def console_script():
@@ -153,14 +154,44 @@ LIGHT_COMMANDS = [["--help"], ["embed", "--help"], ["probe", "--help"], ["export
 
 @pytest.mark.parametrize("arguments", LIGHT_COMMANDS, ids=" ".join)
 def test_help_and_info_answer_without_importing_keras_or_a_backend(arguments):
-    code = ("import sys, keras_bat_cli\n"
-            "try:\n    keras_bat_cli.run(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
-            "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'keras', 'keras_bat', 'tensorflow', 'jax', "
-            "'torch', 'numpy'})\n"
+    code = ("import sys, keras_bat.cli\n"
+            "try:\n    keras_bat.cli.run(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'keras', 'tensorflow', 'jax', 'torch', "
+            "'numpy'})\n"
             "assert not heavy, heavy\n")
     result = subprocess.run([sys.executable, "-c", code, *arguments], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
+
+
+def test_python_m_keras_bat_is_the_command():
+    result = subprocess.run([sys.executable, "-m", "keras_bat", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "COMMAND" in result.stdout and "keras-bat" in result.stdout
+    result = subprocess.run([sys.executable, "-m", "keras_bat", "probe", "--set", "train.steps=abc"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().startswith("keras-bat: error: Setting train.steps='abc'"), result.stderr
+
+
+def test_model_names_a_task_preset_and_backbone_the_encoder(capfd):
+    """One meaning per flag: --model is a task preset (tag), the encoder of a probe is --backbone."""
+    assert run(["probe", "--model", "bat_base", "--set", "train.steps=1"]) == 2
+    assert "--model names a task preset" in capfd.readouterr().err
+    assert parse_arguments(["probe", "my_sounds", "--backbone", "hf://me/bat"]).backbone == "hf://me/bat"
+
+
+def test_defaults_of_the_command_line_are_the_librarys():
+    import inspect
+
+    from keras_bat.cli import embed, export, tag
+    from keras_bat.export import export_file
+    from keras_bat.workflows.embed import run_embed
+    from keras_bat.workflows.tag import run_tag
+
+    for module, function in ((embed, run_embed), (tag, run_tag), (export, export_file)):
+        signature = {name: parameter.default for name, parameter in inspect.signature(function).parameters.items()
+                     if parameter.default is not inspect.Parameter.empty}
+        assert module.DEFAULTS == signature, function.__name__
 
 
 def test_help_of_the_console_script_takes_under_a_second():
@@ -173,7 +204,7 @@ def test_help_of_the_console_script_takes_under_a_second():
 
 
 def test_each_command_has_its_own_help_with_every_argument_explained():
-    from keras_bat_cli import make_parser
+    from keras_bat.cli import make_parser
 
     parser = make_parser()
     commands = parser._subparsers._group_actions[0].choices
@@ -192,7 +223,7 @@ def test_info_prints_the_versions_of_keras_and_the_backends():
 
 
 def test_a_recipe_written_after_set_is_the_recipe():
-    from keras_bat_cli import parse
+    from keras_bat.cli import parse
 
     args = parse(["probe", "--set", "train.steps=5", "data.root=x", "esc50", "--variant", "cgp"])
     assert args.config == "esc50" and args.set == ["train.steps=5", "data.root=x"]

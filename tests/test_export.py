@@ -151,7 +151,7 @@ def tensor_types(path):
                                                               "a TensorFlow process (JAX's float export is above)")
 def test_the_command_exports_a_task_preset_to_int8_litert_with_its_label_names(tmp_path):
     require_exporter("litert")
-    from keras_bat_cli import run
+    from keras_bat.cli import run
 
     model = probe_classifier()
     model.save_to_preset(tmp_path / "preset")

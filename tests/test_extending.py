@@ -10,6 +10,7 @@ import pytest
 from keras import ops
 
 from audio_files import tone, write
+from helpers import in_one_backend_pass
 from keras_bat.cli import main
 from keras_bat.convert.mapping import Param, assign_parameters
 from keras_bat.data.datasets import READERS, AudioDataset, Clip, register_dataset
@@ -139,7 +140,9 @@ def registered():
     register_head("mean_token", MeanTokenHead)
     register_dataset("tones")(read_tones)
     yield
-    FRONTENDS.pop("band_energies"), ENCODERS.pop("patch_mean"), HEADS.pop("mean_token"), READERS.pop("tones")
+    for registry, name in ((FRONTENDS, "band_energies"), (ENCODERS, "patch_mean"), (HEADS, "mean_token"),
+                           (READERS, "tones")):
+        registry.unregister(name)
 
 
 def write_tones(root, clips_per_class):
@@ -173,6 +176,42 @@ def test_a_toy_of_each_kind_runs_a_probe_through_the_registries(tmp_path, regist
     logits = keras.ops.convert_to_numpy(model(np.stack([tone(0.64, frequency=f, amplitude=0.3)
                                                          for f in (TONES["high"], TONES["low"])])))
     assert [model.label_names[i] for i in logits.argmax(-1)] == ["high", "low"]
+
+
+@in_one_backend_pass("torch", "finding a family's folder")
+def test_a_new_encoder_family_is_one_folder(tmp_path):
+    """tests/toy_family/ copied to keras_bat/models/toy/ in a copy of the package, and nothing else
+    changed: the command line finds its preset, probes on it and tags with the task preset."""
+    import csv
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    package = tmp_path / "site" / "keras_bat"
+    shutil.copytree(root / "keras_bat", package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(root / "tests" / "toy_family", package / "models" / "toy",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    write_tones(tmp_path / "data", {"train": 6, "test": 3})
+    environment = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+
+    def keras_bat(*arguments):
+        result = subprocess.run([sys.executable, "-m", "keras_bat", *map(str, arguments)], env=environment,
+                                cwd=tmp_path, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout
+
+    keras_bat("probe", tmp_path / "data", "--backbone", "patch_mean_tiny", "--variant", "lp", "--output-dir", "run",
+              "--set", "data.clip_seconds=0.64", "model.time_frames=64", "train.batch_size=4", "train.steps=30",
+              "train.warmup_steps=1", "train.lr=0.05", "train.verbose=0", "data.num_workers=0")
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["metrics"]["accuracy"] == 1.0, results["history"]  # the two tones fill different bands
+    keras_bat("tag", tmp_path / "data" / "test", "--model", results["preset"], "--top-k", "1", "--output", "labels.csv")
+    with open(tmp_path / "labels.csv") as file:
+        rows = [row for row in csv.DictReader(file) if row["kind"] == "clip"]
+    assert len(rows) == 6 and all(Path(row["path"]).parent.name == row["label"] for row in rows), rows
 
 
 def test_registries_refuse_a_second_entry_of_a_name(registered):

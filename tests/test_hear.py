@@ -80,7 +80,7 @@ def test_hearvalidator_passes(preset):
         if IN_CI:
             pytest.fail("hearvalidator is not installed")
         pytest.skip("hearvalidator is not installed (pip install -e '.[hear]')")
-    commands = [[sys.executable, "-m", "keras_bat_cli", "hear-validate", "-m", preset, "-d", "cpu"]]
+    commands = [[sys.executable, "-m", "keras_bat", "hear-validate", "-m", preset, "-d", "cpu"]]
     if keras.backend.backend() == "tensorflow":  # the validator's own entry point too (under torch see the README)
         commands.append([sys.executable, "-m", "hearvalidator.validate", "keras_bat.hear", "-m", preset])
     for command in commands:

@@ -10,9 +10,9 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "keras_bat"
-ROOMS = ("stderr_filter", "runtime", "ops", "convert", "layers", "training", "data", "heads", "models", "workflows",
-         "export", "hear", "keras_bat", "cli")
-FAMILIES = ("bat", "beats")
+ROOMS = ("errors", "registry", "stderr_filter", "runtime", "ops", "convert", "layers", "training", "data", "heads",
+         "models", "workflows", "export", "hear", "keras_bat", "cli", "__main__")
+FAMILIES = tuple(sorted(folder.name for folder in (PACKAGE / "models").iterdir() if (folder / "__init__.py").is_file()))
 
 
 def module_name(path):

@@ -125,7 +125,7 @@ def test_layers_option():
 def test_failed_files_have_no_rows_and_the_manifest_says_why(tmp_path, capfd):
     from audio_files import bad_files
 
-    from keras_bat_cli import run
+    from keras_bat.cli import run
 
     files = bad_files(tmp_path / "bad")
     folder = tmp_path / "recordings"
@@ -169,7 +169,7 @@ def test_failed_files_have_no_rows_and_the_manifest_says_why(tmp_path, capfd):
 
 
 def test_a_folder_of_only_bad_files_writes_skipped_tsv_and_fails_in_one_line(tmp_path, capfd):
-    from keras_bat_cli import run
+    from keras_bat.cli import run
 
     folder = tmp_path / "recordings"
     folder.mkdir()
@@ -198,7 +198,7 @@ def embed_folder(tmp_path, files=3, seconds=1.3):
 
 
 def test_outputs_of_another_run_are_never_left_beside_a_new_one(tmp_path, capfd):
-    from keras_bat_cli import run
+    from keras_bat.cli import run
 
     folder, preset = embed_folder(tmp_path)
     output = tmp_path / "embeddings"
@@ -237,14 +237,14 @@ def test_an_interrupted_embed_resumes_to_the_uninterrupted_result(tmp_path, sign
     import sys
     import time
 
-    from keras_bat_cli import run
+    from keras_bat.cli import run
 
     stop_after = int(rng.integers(1, 7))  # finished files before the signal
     folder, preset = embed_folder(tmp_path, files=8, seconds=6.0)
     arguments = ["embed", str(folder), "--backbone", str(preset), "--frames", "--batch-size", "1"]
     assert run(arguments + ["--output", str(tmp_path / "whole")]) == 0
     output = tmp_path / "interrupted"
-    process = subprocess.Popen([sys.executable, "-m", "keras_bat_cli", *arguments, "--output", str(output)],
+    process = subprocess.Popen([sys.executable, "-m", "keras_bat", *arguments, "--output", str(output)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     manifest, deadline = output / "manifest.csv.partial", time.time() + 120
     while time.time() < deadline and process.poll() is None:

@@ -101,7 +101,7 @@ def test_killed_run_resumes_to_the_same_weights(run, tmp_path, rng):
     index = json.loads((resumed / "backup" / "latest.json").read_text())
     # At most BACKUP_EVERY steps are redone.
     assert kill_after - BACKUP_EVERY < index["step"] < kill_after, (kill_after, index["step"])
-    again = subprocess.run([sys.executable, "-m", "keras_bat_cli", *args, f"output_dir={resumed}"],
+    again = subprocess.run([sys.executable, "-m", "keras_bat", *args, f"output_dir={resumed}"],
                            capture_output=True, text=True, env=environment, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"resuming from the backup of step {index['step']} of 20" in again.stdout

@@ -233,7 +233,7 @@ def test_tag_command_writes_every_file_and_resumes(tmp_path, capsys, monkeypatch
 
 def test_tag_command_errors_in_one_line(tmp_path, capsys):
     from keras_bat.cli import run_parsed
-    from keras_bat_cli import parse
+    from keras_bat.cli import parse
 
     clip_model = small_model(CGP(3, 8), "multiclass")
     clip_model.save_to_preset(tmp_path / "clip_preset")

@@ -13,6 +13,7 @@ import numpy as np
 from keras_bat.convert.checkpoints import load_torch_checkpoint, read_preset_config, read_state_dict
 from keras_bat.convert.mapping import (KNOWN_PREFIXES, Param, assign_parameters, choose_prefix, count_blocks,
                                        find_prefix, layer_norm, linear, position_table)
+from keras_bat.errors import UsageError
 
 _ARCHITECTURE_KEYS = ("dim", "depth", "num_heads", "mlp_ratio", "patch_size", "num_mels",
                       "chunk_time_patches", "use_gate", "qkv_bias", "pre_norm", "norm_first")
@@ -67,7 +68,7 @@ def check_preset_config(backbone, directory):
     differences = [f"{key}: checkpoint {config[key]!r} vs model {mine[key]!r}"
                    for key in _ARCHITECTURE_KEYS if key in config and config[key] != mine[key]]
     if differences:
-        raise ValueError(
+        raise UsageError(
             f"The checkpoint in {directory!r} was made for another architecture:\n  "
             + "\n  ".join(differences))
 
@@ -104,7 +105,7 @@ def load_official_weights(backbone, source, prefix=None, checkpoint_key=None, sk
         prefix = choose_prefix(state, expected)
     time_patches = checkpoint_time_patches(state, backbone.num_mels // backbone.patch_size, prefix)
     if time_patches not in (None, backbone.chunk_time_patches):
-        raise ValueError(
+        raise UsageError(
             f"The checkpoint's position table is for a {time_patches} x "
             f"{backbone.num_mels // backbone.patch_size} patch grid ({time_patches * backbone.patch_size} frames: "
             f"pretrained on clips of that length), this backbone's for {backbone.chunk_time_patches} time "
@@ -174,7 +175,7 @@ def load_official_pretrainer_weights(pretrainer, source):
         steps = checkpoint.get("optimized_steps")
     for name in ("encoder", "decoder"):
         if not parts.get(name):
-            raise ValueError(f"The pretraining checkpoint has no {name!r} weights.")
+            raise UsageError(f"The pretraining checkpoint has no {name!r} weights.")
     assign_parameters(backbone_parameters(pretrainer.student), parts["encoder"], "", False, "student encoder")
     assign_parameters(decoder_parameters(pretrainer.decoder), parts["decoder"], "", False, "MaskedDecoder")
     teacher = parts.get("ema_encoder") or parts["encoder"]

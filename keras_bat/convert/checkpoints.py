@@ -6,6 +6,8 @@ import os
 import keras
 import numpy as np
 
+from keras_bat.errors import UsageError
+
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 METADATA_FILE = "metadata.json"
@@ -50,7 +52,7 @@ def load_torch_checkpoint(path):
     except Exception as error:
         # torch's own messages say little here ("101", "pop from empty list"): name the file and what it is not.
         detail = " ".join(str(error).split())[:200]
-        raise ValueError(f"Could not read {path!r} as a PyTorch checkpoint: it is not a file written by torch.save "
+        raise UsageError(f"Could not read {path!r} as a PyTorch checkpoint: it is not a file written by torch.save "
                          f"(or it is damaged); expected an official .pt / .safetensors checkpoint "
                          f"[{type(error).__name__}: {detail}]") from error
 
@@ -84,11 +86,11 @@ def read_state_dict(source, checkpoint_key=None):
             try:
                 state = load_file(path)
             except Exception as error:
-                raise ValueError(f"Could not read the safetensors file {path!r}: {error}") from error
+                raise UsageError(f"Could not read the safetensors file {path!r}: {error}") from error
         else:
             state = load_torch_checkpoint(path)
     if not isinstance(state, dict):
-        raise ValueError(f"Expected a state dict (a mapping of names to arrays); got {type(state).__name__}.")
+        raise UsageError(f"Expected a state dict (a mapping of names to arrays); got {type(state).__name__}.")
     if checkpoint_key is not None:
         if checkpoint_key not in state:
             raise KeyError(

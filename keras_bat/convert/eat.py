@@ -10,6 +10,7 @@ the pretraining (decoder, EMA state) that the encoder does not use.
 from keras_bat.convert.bat import backbone_parameters, block_settings, table_time_patches
 from keras_bat.convert.checkpoints import read_state_dict
 from keras_bat.convert.mapping import assign_parameters, choose_prefix, find_prefix
+from keras_bat.errors import UsageError
 
 _IMAGE = "modality_encoders.IMAGE."
 # BAT name -> fairseq name, for the parameters outside the blocks.
@@ -26,7 +27,7 @@ EAT_NAMES = {
 def eat_parameters(backbone):
     """Maps every EAT / SSLAM parameter name to its `BATBackbone` variable."""
     if backbone.use_gate:
-        raise ValueError("EAT and SSLAM have no attention gate: load them into BATBackbone(use_gate=False), "
+        raise UsageError("EAT and SSLAM have no attention gate: load them into BATBackbone(use_gate=False), "
                          "e.g. BATBackbone.from_preset('eat_base').")
     return {EAT_NAMES.get(name, name): param for name, param in backbone_parameters(backbone).items()}
 

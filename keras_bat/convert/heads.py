@@ -6,6 +6,7 @@ its feature shapes off official weights (`official_layers_and_dim`).
 
 from keras_bat.convert.checkpoints import read_state_dict
 from keras_bat.convert.mapping import assign_parameters
+from keras_bat.errors import UsageError
 
 
 def head_parameters(head):
@@ -29,7 +30,7 @@ def _features_shape(head, state, prefix):
 
     def shape(name):
         if prefix + name not in state:
-            raise ValueError(f"Cannot build {type(head).__name__} from the checkpoint: "
+            raise UsageError(f"Cannot build {type(head).__name__} from the checkpoint: "
                              f"{prefix + name!r} is missing.")
         return state[prefix + name].shape
 

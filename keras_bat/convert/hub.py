@@ -3,6 +3,8 @@ with `huggingface_hub` (its cache, `HF_HUB_OFFLINE`, `HF_ENDPOINT` and token han
 
 import os
 
+from keras_bat.errors import UsageError
+
 HF_SCHEME = "hf://"
 
 
@@ -15,7 +17,7 @@ def parse_hub_uri(uri):
     """`(repo_id, subfolder or None)` of `hf://owner/repo[/subfolder]`."""
     parts = uri[len(HF_SCHEME):].strip("/").split("/")
     if len(parts) < 2 or not all(parts):
-        raise ValueError(f"{uri!r} is not a Hub URI: expected hf://owner/repo or hf://owner/repo/subfolder.")
+        raise UsageError(f"{uri!r} is not a Hub URI: expected hf://owner/repo or hf://owner/repo/subfolder.")
     return "/".join(parts[:2]), "/".join(parts[2:]) or None
 
 
@@ -41,7 +43,7 @@ def upload_preset(uri, preset, commit_message=None):
     repo_id, subfolder = parse_hub_uri(uri)
     preset = os.fspath(preset)
     if not os.path.isfile(os.path.join(preset, CONFIG_FILE)):
-        raise ValueError(f"{preset!r} is not a preset folder (no {CONFIG_FILE}): write one with save_to_preset.")
+        raise UsageError(f"{preset!r} is not a preset folder (no {CONFIG_FILE}): write one with save_to_preset.")
     api = huggingface_hub.HfApi()
     api.create_repo(repo_id, exist_ok=True)
     info = api.upload_folder(repo_id=repo_id, folder_path=preset, path_in_repo=subfolder,
@@ -59,14 +61,14 @@ def download_preset(uri):
     try:
         folder = huggingface_hub.snapshot_download(repo_id, allow_patterns=[f"{subfolder}/*"] if subfolder else None)
     except errors.RepositoryNotFoundError as error:
-        raise ValueError(f"{uri}: the Hub at {constants.ENDPOINT} has no repository {repo_id!r} (or it is "
+        raise UsageError(f"{uri}: the Hub at {constants.ENDPOINT} has no repository {repo_id!r} (or it is "
                          "private: log in with `hf auth login` or set HF_TOKEN).") from error
     except errors.LocalEntryNotFoundError as error:
         why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else f"no connection to {constants.ENDPOINT}"
-        raise ValueError(f"{uri} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}), and the Hub cannot be "
+        raise UsageError(f"{uri} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}), and the Hub cannot be "
                          f"reached ({why}). Download it once online, or copy the folder and pass its path.") from error
     path = os.path.join(folder, subfolder) if subfolder else folder
     if not os.path.isdir(path) or not any(name != ".gitattributes" for name in os.listdir(path)):
         where = f"no folder {subfolder!r}" if subfolder else "no files"
-        raise ValueError(f"{uri}: the repository {repo_id!r} holds {where}.")
+        raise UsageError(f"{uri}: the repository {repo_id!r} holds {where}.")
     return path

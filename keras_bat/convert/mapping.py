@@ -8,6 +8,8 @@ leading batch axis.
 
 import numpy as np
 
+from keras_bat.errors import UsageError
+
 # Prefixes tried, in order, when a checkpoint's keys are not bare encoder names.
 KNOWN_PREFIXES = ("", "encoder.", "student.encoder.", "module.encoder.", "model.encoder.",
                   "backbone.", "model.", "module.")
@@ -123,7 +125,7 @@ def assign_parameters(expected, state, prefix, skip_unexpected, model_name, cons
         # First line: what a command line shows; then every problem, one per line.
         summary = "; ".join(f"{len(items)} {kind}, e.g. {items[0]}" for kind, items in kinds)
         details = [f"{kind}: {item}" for kind, items in kinds for item in items]
-        raise ValueError(f"The checkpoint does not fit this {model_name}: {summary}\n  " + "\n  ".join(details))
+        raise UsageError(f"The checkpoint does not fit this {model_name}: {summary}\n  " + "\n  ".join(details))
     for name, param in expected.items():
         arrays = [state[prefix + source] for source in (name,) + param.extra_sources]
         value = np.asarray(param.to_keras(*arrays))

@@ -8,6 +8,8 @@ import threading
 
 import numpy as np
 
+from keras_bat.errors import UsageError
+
 SAMPLE_RATE = 16000
 # Sample rates outside this range are not audio a model of 16 kHz can use.
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 768000
@@ -95,7 +97,7 @@ def load_audio(path, sample_rate=SAMPLE_RATE, offset=0.0, duration=None, max_dur
             silent, no samples in the segment, or longer than `max_duration`.
     """
     if decoder not in DECODERS:
-        raise ValueError(f"`decoder` must be one of {DECODERS}. Received: {decoder!r}")
+        raise UsageError(f"`decoder` must be one of {DECODERS}. Received: {decoder!r}")
     _check_file(path)
     read = _read_soundfile if decoder == "soundfile" else _read_tfio
     try:
@@ -227,12 +229,12 @@ def mono_waveform(waveform, sample_rate, target_rate=SAMPLE_RATE, name="the wave
     if waveform.ndim == 2:
         waveform = waveform.mean(axis=int(np.argmin(waveform.shape)))
     if waveform.ndim != 1 or waveform.size == 0:
-        raise ValueError(f"{name}: expected a waveform (samples,) or (channels, samples); received shape "
+        raise UsageError(f"{name}: expected a waveform (samples,) or (channels, samples); received shape "
                          f"{waveform.shape}.")
     if not np.all(np.isfinite(waveform)):
-        raise ValueError(f"{name}: the waveform holds NaN or infinite samples.")
+        raise UsageError(f"{name}: the waveform holds NaN or infinite samples.")
     if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
-        raise ValueError(f"{name}: sample_rate {sample_rate!r} is outside {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz.")
+        raise UsageError(f"{name}: sample_rate {sample_rate!r} is outside {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz.")
     return resample(waveform, int(sample_rate), target_rate)
 
 
@@ -246,7 +248,7 @@ def resample(waveform, rate_in, rate_out=SAMPLE_RATE, resampler="soxr"):
 
         return tfio.audio.resample(np.asarray(waveform, "float32")[:, None], rate_in, rate_out).numpy()[:, 0]
     if resampler != "soxr":
-        raise ValueError(f"`resampler` must be 'soxr' or 'tfio'. Received: {resampler!r}")
+        raise UsageError(f"`resampler` must be 'soxr' or 'tfio'. Received: {resampler!r}")
     import soxr
 
     return soxr.resample(np.asarray(waveform, dtype="float32"), rate_in, rate_out, quality="HQ")

@@ -17,6 +17,8 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from keras_bat.data.audio import audio_info
+from keras_bat.errors import UsageError
+from keras_bat.registry import Registry
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif")
 SPEECH_COMMANDS_WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
@@ -80,7 +82,7 @@ class AudioDataset:
             return target
         if self.task == "frame":
             if time_patches is None:
-                raise ValueError("Frame targets need `time_patches`.")
+                raise UsageError("Frame targets need `time_patches`.")
             target = np.zeros((time_patches, self.num_classes), "float32")
             times = np.arange(time_patches) * patch_seconds
             for onset, offset, class_index in clip.label:
@@ -108,7 +110,7 @@ def balanced_sampling_weights(dataset, reduce="mean"):
         float64 array `(clips,)` that sums to 1.
     """
     if reduce not in ("mean", "first"):
-        raise ValueError(f"`reduce` must be 'mean' or 'first'. Received: {reduce!r}")
+        raise UsageError(f"`reduce` must be 'mean' or 'first'. Received: {reduce!r}")
     inverse = 1.0 / np.maximum(dataset.label_counts(), 1)
     weights = np.array([inverse[_label_indices(c.label)].mean() if reduce == "mean"
                         else inverse[_label_indices(c.label)[0]] for c in dataset.clips])
@@ -118,7 +120,7 @@ def balanced_sampling_weights(dataset, reduce="mean"):
 def _label_indices(label):
     indices = [label] if np.isscalar(label) else list(label)
     if not indices:
-        raise ValueError("A clip without labels cannot be weighted by class frequency.")
+        raise UsageError("A clip without labels cannot be weighted by class frequency.")
     return indices
 
 
@@ -153,7 +155,7 @@ def audioset(root, version="as20k"):
     root = Path(root)
     train_name = {"as20k": "balanced_train_segments", "as2m": "unbalanced_train_segments"}.get(version)
     if train_name is None:
-        raise ValueError(f"`version` must be 'as20k' or 'as2m'. Received: {version!r}")
+        raise UsageError(f"`version` must be 'as20k' or 'as2m'. Received: {version!r}")
     ontology = _read_json(root / "ontology.json")
     id_to_name = {entry["id"]: entry["name"] for entry in ontology}
     splits = {split: _audioset_segments(root, folder, id_to_name)
@@ -174,7 +176,7 @@ def _audioset_segments(root, folder, id_to_name):
             continue
         parts = [part.strip() for part in line.split(",", 3)]
         if len(parts) != 4:
-            raise ValueError(f"{csv_path}: expected 'YTID, start, end, \"labels\"', got {line!r}")
+            raise UsageError(f"{csv_path}: expected 'YTID, start, end, \"labels\"', got {line!r}")
         path = files.get(parts[0])
         if path is not None:
             mids = parts[3].replace('"', "").replace(" ", "").split(",")
@@ -194,7 +196,7 @@ def esc50(root, test_fold):
         dict `{"train": folds != test_fold, "test": fold == test_fold}`.
     """
     if test_fold not in range(1, 6):
-        raise ValueError(f"`test_fold` must be 1 to 5. Received: {test_fold!r}")
+        raise UsageError(f"`test_fold` must be 1 to 5. Received: {test_fold!r}")
     root = Path(root)
     rows = _read_csv(root / "meta" / "esc50.csv", ("filename", "fold", "target", "category"))
     names = {int(r["target"]): r["category"] for r in rows}
@@ -294,13 +296,13 @@ def dcase2016_task2(root, sample_rate_folder="48000"):
         for filename, events in _read_json(root / f"{split}.json").items():
             unknown = {e["label"] for e in events} - set(index)
             if unknown:
-                raise ValueError(f"{root / f'{split}.json'}: {filename} has labels missing from "
+                raise UsageError(f"{root / f'{split}.json'}: {filename} has labels missing from "
                                  f"labelvocabulary.csv: {sorted(unknown)}")
             label = tuple((e["start"] / 1000.0, e["end"] / 1000.0, index[e["label"]]) for e in events)
             clips.append(Clip(str(root / sample_rate_folder / split / filename), label))
         splits[split] = AudioDataset(clips, "frame", class_names, f"dcase2016_task2/{split}")
     if not splits:
-        raise ValueError(f"{root}: no train.json, valid.json or test.json found.")
+        raise UsageError(f"{root}: no train.json, valid.json or test.json found.")
     return splits
 
 
@@ -311,7 +313,7 @@ def librispeech(root, split="train-clean-100"):
     with `*.flac` and `<speaker>-<chapter>.trans.txt`), for character CTC."""
     folder = Path(root) / split
     if not folder.is_dir():
-        raise ValueError(f"LibriSpeech split folder not found: {folder}")
+        raise UsageError(f"LibriSpeech split folder not found: {folder}")
     clips = []
     for transcript in sorted(folder.glob("*/*/*.trans.txt")):
         for line in _read_lines(transcript):
@@ -328,7 +330,7 @@ def folder_dataset(root, name=None):
     root = Path(root)
     class_names = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
     if not class_names:
-        raise ValueError(f"{root}: expected one sub-folder of audio files per class.")
+        raise UsageError(f"{root}: expected one sub-folder of audio files per class.")
     clips = [Clip(str(path), i) for i, name_ in enumerate(class_names) for path in _files(root / name_)]
     return AudioDataset(clips, "multiclass", class_names, name or root.name)
 
@@ -345,7 +347,7 @@ def csv_dataset(csv_path, path_column="path", label_column="label", separator=";
     index = {n: i for i, n in enumerate(class_names)}
     unknown = sorted({n for names in labels for n in names} - set(index))
     if unknown:
-        raise ValueError(f"{csv_path}: labels not in class_names: {unknown}")
+        raise UsageError(f"{csv_path}: labels not in class_names: {unknown}")
     multilabel = any(len(names) != 1 for names in labels)
     clips = []
     for r, names in zip(rows, labels):
@@ -372,22 +374,22 @@ def labelled_dataset(root, test_fraction=0.2, seed=0, name=None):
         paths = [r["path"] for r in rows]
         repeated = sorted({p for p in paths if paths.count(p) > 1})
         if repeated:
-            raise ValueError(f"{root}: these paths are listed more than once: {repeated[:5]} (give one row per file, "
+            raise UsageError(f"{root}: these paths are listed more than once: {repeated[:5]} (give one row per file, "
                              "its labels separated by ';').")
         dataset = csv_dataset(root, name=name or root.stem)
         if "split" in rows[0]:
             splits = {r["split"].strip() for r in rows}
             if not splits <= {"train", "test"}:
-                raise ValueError(f"{root}: the split column takes train or test; found {sorted(splits)}.")
+                raise UsageError(f"{root}: the split column takes train or test; found {sorted(splits)}.")
             return {split: _subset(dataset, [c for c, r in zip(dataset.clips, rows) if r["split"].strip() == split])
                     for split in ("train", "test")}
         return _split_by_class(dataset, test_fraction, seed)
     if not root.is_dir():
-        raise ValueError(f"{root}: no such folder or CSV file of labelled recordings.")
+        raise UsageError(f"{root}: no such folder or CSV file of labelled recordings.")
     if (root / "train").is_dir() and (root / "test").is_dir():
         train, test = (_class_folders(root / split, name or root.name) for split in ("train", "test"))
         if train.class_names != test.class_names:
-            raise ValueError(f"{root}: train/ and test/ hold different classes: {train.class_names} and "
+            raise UsageError(f"{root}: train/ and test/ hold different classes: {train.class_names} and "
                              f"{test.class_names}.")
         return {"train": train, "test": test}
     return _split_by_class(_class_folders(root, name or root.name), test_fraction, seed)
@@ -396,7 +398,7 @@ def labelled_dataset(root, test_fraction=0.2, seed=0, name=None):
 def _class_folders(root, name):
     class_names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_names:
-        raise ValueError(f"{root}: expected one sub-folder of audio files per class (e.g. {root}/dog/*.wav).")
+        raise UsageError(f"{root}: expected one sub-folder of audio files per class (e.g. {root}/dog/*.wav).")
     clips, empty = [], []
     for index, class_name in enumerate(class_names):
         files = sorted(p for p in (root / class_name).rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
@@ -404,7 +406,7 @@ def _class_folders(root, name):
             empty.append(class_name)
         clips += [Clip(str(path), index) for path in files]
     if empty:
-        raise ValueError(f"{root}: the class folders {empty} hold no audio files ({', '.join(AUDIO_EXTENSIONS)}).")
+        raise UsageError(f"{root}: the class folders {empty} hold no audio files ({', '.join(AUDIO_EXTENSIONS)}).")
     return AudioDataset(clips, "multiclass", class_names, name)
 
 
@@ -412,7 +414,7 @@ def _split_by_class(dataset, test_fraction, seed):
     import hashlib
 
     if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must be between 0 and 1. Received: {test_fraction!r}")
+        raise UsageError(f"test_fraction must be between 0 and 1. Received: {test_fraction!r}")
 
     def rank(clip):
         where = Path(clip.path)  # its folder's and its own name: the same wherever the data set lies
@@ -439,10 +441,10 @@ def audio_files(root, extensions=AUDIO_EXTENSIONS, name=None):
     self-supervised pretraining."""
     root = Path(root)
     if not root.is_dir():
-        raise ValueError(f"Folder not found: {root}")
+        raise UsageError(f"Folder not found: {root}")
     paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in extensions and p.is_file())
     if not paths:
-        raise ValueError(f"{root}: no audio files ({', '.join(extensions)}) found.")
+        raise UsageError(f"{root}: no audio files ({', '.join(extensions)}) found.")
     return AudioDataset([Clip(str(p), None) for p in paths], "unlabeled", [], name or root.name)
 
 
@@ -451,7 +453,7 @@ def audio_files(root, extensions=AUDIO_EXTENSIONS, name=None):
 def _files(folder, extensions=AUDIO_EXTENSIONS):
     folder = Path(folder)
     if not folder.is_dir():
-        raise ValueError(f"Folder not found: {folder}")
+        raise UsageError(f"Folder not found: {folder}")
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in extensions)
 
 
@@ -465,7 +467,7 @@ def _read_json(path):
         with open(_existing(path), encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from None
+        raise UsageError(f"{path}: not valid JSON ({error})") from None
 
 
 def _read_csv(path, required):
@@ -473,13 +475,13 @@ def _read_csv(path, required):
         reader = csv.DictReader(f)
         missing = [c for c in required if c not in (reader.fieldnames or [])]
         if missing:
-            raise ValueError(f"{path}: missing columns {missing}; has {reader.fieldnames}")
+            raise UsageError(f"{path}: missing columns {missing}; has {reader.fieldnames}")
         return list(reader)
 
 
 def _existing(path):
     if not Path(path).is_file():
-        raise ValueError(f"File not found: {path}")
+        raise UsageError(f"File not found: {path}")
     return path
 
 
@@ -489,7 +491,7 @@ def _parse_indices(text, source):
         values = json.loads(text) if text.startswith("[") else [s for s in text.split(";") if s.strip()]
         return tuple(sorted(int(v) for v in values))
     except ValueError:
-        raise ValueError(f"{source}: cannot read class indices from {text!r}") from None
+        raise UsageError(f"{source}: cannot read class indices from {text!r}") from None
 
 
 # Registry -----------------------------------------------------------------------------
@@ -500,7 +502,7 @@ class DatasetReader(NamedTuple):
     default_root: str | None  # a folder under the run's output folder when `data.root` is not set
 
 
-READERS = {}
+READERS = Registry("dataset")
 
 
 def register_dataset(name, default_root=None):
@@ -512,9 +514,7 @@ def register_dataset(name, default_root=None):
     under its output folder (a dataset the reader writes itself)."""
 
     def register(read):
-        if name in READERS:
-            raise ValueError(f"A dataset called {name!r} is registered already.")
-        READERS[name] = DatasetReader(read, default_root)
+        READERS.register(name, DatasetReader(read, default_root))
         return read
 
     return register
@@ -522,8 +522,6 @@ def register_dataset(name, default_root=None):
 
 def dataset_reader(name):
     """The `DatasetReader` registered as `name`."""
-    if name not in READERS:
-        raise ValueError(f"Unknown dataset {name!r}; expected one of {sorted(READERS)}.")
     return READERS[name]
 
 
@@ -534,7 +532,7 @@ def read_dataset(name, root, split_names, fold=None, output_dir=None, **options)
     if root is None and reader.default_root and output_dir is not None:
         root = str(Path(output_dir) / reader.default_root)
     if root is None:
-        raise ValueError(f"data.root is not set: point it at your copy of {name!r} "
+        raise UsageError(f"data.root is not set: point it at your copy of {name!r} "
                          f"(e.g. --set data.root=/data/{name}).")
     return reader.read(root, tuple(split_names), fold, **options)
 

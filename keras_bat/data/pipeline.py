@@ -20,6 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from keras_bat.data.audio import SAMPLE_RATE, AudioDecodeError, load_audio
+from keras_bat.errors import UsageError
 from keras_bat.runtime import import_tensorflow
 
 
@@ -87,7 +88,7 @@ class ClipLoader:
     def __init__(self, dataset, clip_seconds, training, sample_rate=SAMPLE_RATE, noise_std=0.0,
                  patch_seconds=0.16, max_label_length=400, decoder="soundfile"):
         if clip_seconds <= 0:
-            raise ValueError(f"`clip_seconds` must be positive. Received: {clip_seconds}")
+            raise UsageError(f"`clip_seconds` must be positive. Received: {clip_seconds}")
         self.dataset = dataset
         self.clip_samples = int(round(clip_seconds * sample_rate))
         self.training = training
@@ -147,7 +148,7 @@ class Sampler:
 
     def __init__(self, num_clips, shuffle=True, weights=None, samples_per_epoch=None, seed=0):
         if num_clips == 0:
-            raise ValueError("The dataset has no clips.")
+            raise UsageError("The dataset has no clips.")
         self.num_clips = num_clips
         self.shuffle = shuffle
         self.weights = None if weights is None else np.asarray(weights, "float64") / np.sum(weights)
@@ -266,7 +267,7 @@ def make_pipeline(dataset, batch_size, clip_seconds, training=True, engine="tf",
     skipped = SkippedFiles() if skipped is None else skipped
     stream = StreamPosition(batch_size) if stream is None else stream
     if stream.global_batch_size != batch_size:
-        raise ValueError(f"The stream's batches of {stream.batch_size} on each of "
+        raise UsageError(f"The stream's batches of {stream.batch_size} on each of "
                          f"{stream.global_batch_size // stream.batch_size} processes do not make the batch of "
                          f"{batch_size}.")
     batch_size = stream.batch_size  # this process's part
@@ -276,7 +277,7 @@ def make_pipeline(dataset, batch_size, clip_seconds, training=True, engine="tf",
     if engine == "grain":
         data = _grain_pipeline(loader, sampler, batch_size, training, repeat, num_workers, skipped, stream)
         return data if with_targets else data.map(lambda batch: batch[0])
-    raise ValueError(f"`engine` must be 'tf' or 'grain'. Received: {engine!r}")
+    raise UsageError(f"`engine` must be 'tf' or 'grain'. Received: {engine!r}")
 
 
 def ordered_batches(loader, batch_size, num_workers=4, skipped=None, desc=None):

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from keras_bat.data.datasets import csv_dataset, dcase2016_task2, register_dataset
+from keras_bat.errors import UsageError
 
 SOUND_CLASSES = ("tone", "chirp", "harmonic_stack", "noise_burst", "click_train", "am_tone", "fm_tone",
                  "band_noise")
@@ -64,7 +65,7 @@ def synthesize_event(sound_class, seconds, rng, sample_rate=16000):
         spectrum[(frequencies < low) | (frequencies > low * rng.uniform(1.2, 1.6))] = 0
         x = np.fft.irfft(spectrum, n)
     else:
-        raise ValueError(f"Unknown sound class {sound_class!r}; expected one of {SOUND_CLASSES}.")
+        raise UsageError(f"Unknown sound class {sound_class!r}; expected one of {SOUND_CLASSES}.")
     x = x * _envelope(n, rng, sample_rate)
     return x / (np.max(np.abs(x)) + 1e-9)
 
@@ -119,7 +120,7 @@ def write_synthetic_dataset(folder, task="multiclass", splits=None, clip_seconds
     import soundfile
 
     if task not in ("multiclass", "multilabel", "frame"):
-        raise ValueError(f"`task` must be 'multiclass', 'multilabel' or 'frame'. Received: {task!r}")
+        raise UsageError(f"`task` must be 'multiclass', 'multilabel' or 'frame'. Received: {task!r}")
     folder = Path(folder).resolve()  # metadata paths that hold wherever the reader runs
     splits = splits or {"train": 256, "test": 128}
     arguments = {"task": task, "splits": splits, "clip_seconds": clip_seconds, "max_events": max_events,

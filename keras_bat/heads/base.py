@@ -3,6 +3,7 @@
 import numpy as np
 from keras import ops
 
+from keras_bat.errors import UsageError
 from keras_bat.layers.chunk_merge import WHOLE_CLIP_MERGES
 
 POOLINGS = ("cls", "mean", "frame")
@@ -86,7 +87,7 @@ def task_pooling(task, pooling):
 
 def check_pooling(pooling, allowed=POOLINGS, head="head"):
     if pooling not in allowed:
-        raise ValueError(f"{head} supports pooling in {allowed}. Received: pooling={pooling!r}")
+        raise UsageError(f"{head} supports pooling in {allowed}. Received: pooling={pooling!r}")
     return pooling
 
 
@@ -94,7 +95,7 @@ def check_features(features, head, needs=("cls_tokens", "patch_tokens")):
     """Checks that a head got the backbone's output dict (of tensors or of shapes)."""
     if not isinstance(features, dict) or any(key not in features for key in needs):
         got = sorted(features) if isinstance(features, dict) else type(features).__name__
-        raise ValueError(
+        raise UsageError(
             f"{head} expects the backbone's output dict with keys {list(needs)}. Received: {got}")
 
 

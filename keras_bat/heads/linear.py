@@ -5,6 +5,7 @@ import numpy as np
 from keras import ops
 
 from keras_bat.convert import mapping
+from keras_bat.errors import UsageError
 from keras_bat.heads.base import (
     HeadContract,
     LayerGateMixin,
@@ -201,7 +202,7 @@ class Head2Toe(_LinearProbe):
     def __init__(self, num_classes, pooling="cls", use_norm=False, dropout=0.0, lasso_weight=1e-4,
                  layer_wise_lasso=False, dim=None, **kwargs):
         if layer_wise_lasso and dim is None:
-            raise ValueError("Head2Toe(layer_wise_lasso=True) needs `dim`, the size of a layer's group.")
+            raise UsageError("Head2Toe(layer_wise_lasso=True) needs `dim`, the size of a layer's group.")
         group_size = dim if layer_wise_lasso else None
         regularizer = GroupLasso(lasso_weight, group_size) if lasso_weight else None
         super().__init__(num_classes, pooling, use_norm, dropout, kernel_regularizer=regularizer, **kwargs)
@@ -231,7 +232,7 @@ class Head2Toe(_LinearProbe):
     def feature_dim(self, features_shape):
         _, layers, dim = features_shape["cls_tokens"]
         if self.dim is not None and self.dim != dim:
-            raise ValueError(f"Head2Toe was configured with dim={self.dim}, the features have {dim}.")
+            raise UsageError(f"Head2Toe was configured with dim={self.dim}, the features have {dim}.")
         return layers * dim
 
     def official_parameters(self):
@@ -241,7 +242,7 @@ class Head2Toe(_LinearProbe):
 
     def official_layers_and_dim(self, shape):
         if self.dim is None:
-            raise ValueError("Build the Head2Toe head first (call it on features) or give it `dim`: "
+            raise UsageError("Build the Head2Toe head first (call it on features) or give it `dim`: "
                              "its weights do not tell the number of layers from their width.")
         return shape("fc.weight")[1] // self.dim, self.dim
 

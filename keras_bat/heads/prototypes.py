@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_bat.convert import mapping
+from keras_bat.errors import UsageError
 from keras_bat.heads.base import (
     HeadContract,
     LayerGateMixin,
@@ -32,7 +33,7 @@ class _PrototypeHead(HeadContract, Layer):
     def __init__(self, num_classes, num_prototypes=10000, pooling="cls", dropout=0.2, **kwargs):
         super().__init__(**kwargs)
         if num_prototypes < 1:
-            raise ValueError(f"`num_prototypes` must be positive. Received: {num_prototypes}")
+            raise UsageError(f"`num_prototypes` must be positive. Received: {num_prototypes}")
         self.num_classes = num_classes
         self.num_prototypes = num_prototypes
         self.pooling = pooling

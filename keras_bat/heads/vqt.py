@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from keras_bat.convert import mapping
+from keras_bat.errors import UsageError
 from keras_bat.heads.base import HeadContract, check_features, l2_normalize
 from keras_bat.layers.base import Layer
 from keras_bat.layers.dense import Dense
@@ -54,7 +55,7 @@ class VQTHead(HeadContract, Layer):
                  dropout=0.0, **kwargs):
         super().__init__(**kwargs)
         if num_query_tokens < 1:
-            raise ValueError(f"`num_query_tokens` must be positive. Received: {num_query_tokens}")
+            raise UsageError(f"`num_query_tokens` must be positive. Received: {num_query_tokens}")
         self.num_classes = num_classes
         self.depth = depth
         self.dim = dim
@@ -90,7 +91,7 @@ class VQTHead(HeadContract, Layer):
         cls = l2_normalize(features["cls_tokens"][:, -1])  # B, D
         queries = features["query_tokens"]  # B, L, Q, D
         if tuple(queries.shape[1:]) != tuple(self.query_tokens.shape):
-            raise ValueError(f"VQTHead expects query_tokens of shape (batch,) + {tuple(self.query_tokens.shape)}."
+            raise UsageError(f"VQTHead expects query_tokens of shape (batch,) + {tuple(self.query_tokens.shape)}."
                              f" Received: {tuple(queries.shape)}")
         queries = l2_normalize(ops.reshape(queries, (-1, self.depth, self.num_query_tokens * self.dim)))
         return ops.concatenate([cls, ops.reshape(queries, (-1, self.num_features - self.dim))], axis=-1)

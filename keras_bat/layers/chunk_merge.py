@@ -3,6 +3,8 @@ heads and the streamed evaluation share."""
 
 from keras import ops
 
+from keras_bat.errors import UsageError
+
 # How each backbone output merges over time chunks, as the backbone merges a long input's chunks.
 WHOLE_CLIP_MERGES = {"cls_tokens": "chunk_mean", "patch_tokens": 2, "query_tokens": "chunk_mean"}
 
@@ -34,7 +36,7 @@ class ChunkSummaries:
             elif merge in ("chunk_mean", "token_mean"):
                 self.values[name] = previous + value
             else:
-                raise ValueError(f"Unknown chunk merge {merge!r} for {name!r}: expected chunk_mean, token_mean, "
+                raise UsageError(f"Unknown chunk merge {merge!r} for {name!r}: expected chunk_mean, token_mean, "
                                  "min, max or a time axis.")
         self.chunks += 1
         self.time_patches += time_patches

@@ -8,9 +8,11 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_bat.errors import UsageError
 from keras_bat.layers.base import Layer
 from keras_bat.ops.frontend import (filter_bank_product, log_mel_spectrogram, normalise_db, power_to_db, rfft_power,
                                     stft_power)
+from keras_bat.registry import Registry
 
 # Filter banks and windows in NumPy --------------------------------------------
 
@@ -94,12 +96,12 @@ def hann_window(length, periodic=True):
 def _check_waveforms(waveforms, min_samples, layer_name):
     shape = tuple(waveforms.shape)
     if len(shape) != 2:
-        raise ValueError(
+        raise UsageError(
             f"{layer_name} expects waveforms of shape (batch, samples). "
             f"Received shape: {shape}"
         )
     if shape[1] is not None and shape[1] < min_samples:
-        raise ValueError(
+        raise UsageError(
             f"{layer_name} needs at least {min_samples} samples per waveform. "
             f"Received shape: {shape}"
         )
@@ -242,9 +244,9 @@ class LogMelSpectrogram(Frontend):
         for name, value in (("sample_rate", sample_rate), ("n_fft", n_fft),
                             ("hop_length", hop_length), ("num_mels", num_mels)):
             if int(value) != value or value <= 0:
-                raise ValueError(f"`{name}` must be a positive integer. Received: {value!r}")
+                raise UsageError(f"`{name}` must be a positive integer. Received: {value!r}")
         if time_frames is not None and (int(time_frames) != time_frames or time_frames <= 0):
-            raise ValueError(f"`time_frames` must be None or a positive integer. Received: {time_frames!r}")
+            raise UsageError(f"`time_frames` must be None or a positive integer. Received: {time_frames!r}")
         self.sample_rate = int(sample_rate)
         self.n_fft = int(n_fft)
         self.hop_length = int(hop_length)
@@ -348,9 +350,9 @@ class KaldiFbank(Frontend):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         if std is not None and std <= 0:
-            raise ValueError(f"`std` must be positive. Received: {std!r}")
+            raise UsageError(f"`std` must be positive. Received: {std!r}")
         if window not in KALDI_WINDOWS:
-            raise ValueError(f"`window` must be one of {KALDI_WINDOWS}. Received: {window!r}")
+            raise UsageError(f"`window` must be one of {KALDI_WINDOWS}. Received: {window!r}")
         self.sample_rate = int(sample_rate)
         self.num_mels = int(num_mels)
         self.frame_length_ms = float(frame_length_ms)
@@ -389,7 +391,7 @@ class KaldiFbank(Frontend):
         legacy = {name: build for name, build in FRONTENDS.items() if isinstance(build, KaldiSettings)}
         settings = legacy.get(str(encoder).lower())
         if settings is None:
-            raise ValueError(f"No legacy frontend for encoder {encoder!r}; expected one of {sorted(legacy)}.")
+            raise UsageError(f"No legacy frontend for encoder {encoder!r}; expected one of {sorted(legacy)}.")
         return settings.frontend(dataset, time_frames, **kwargs)
 
     def num_frames(self, num_samples):
@@ -402,7 +404,7 @@ class KaldiFbank(Frontend):
     def call(self, waveforms):
         _check_waveforms(waveforms, self.window_length, self.__class__.__name__)
         if waveforms.shape[1] is None:
-            raise ValueError("KaldiFbank frames a known number of samples; it cannot be traced for any length "
+            raise UsageError("KaldiFbank frames a known number of samples; it cannot be traced for any length "
                              "(e.g. exported for serving). Cut clips to a fixed length first.")
         waveforms = ops.cast(waveforms, "float32")
         if self.waveform_scale != 1.0:
@@ -438,22 +440,18 @@ class KaldiFbank(Frontend):
 # Registry ---------------------------------------------------------------------------
 # name -> build(num_mels, time_frames, dataset, use_kernels) -> Frontend. Encoders name their
 # frontend (`BATBackbone(frontend=...)`); the encoder families register theirs.
-FRONTENDS = {}
+FRONTENDS = Registry("frontend")
 
 
 def register_frontend(name, build):
     """Registers the frontend `name`: `build(num_mels, time_frames, dataset, use_kernels)`
     returns the layer (`dataset` names the statistics a frontend normalises with, where it
     has any)."""
-    if name in FRONTENDS:
-        raise ValueError(f"A frontend called {name!r} is registered already.")
-    FRONTENDS[name] = build
+    FRONTENDS.register(name, build)
 
 
 def build_frontend(name, time_frames=None, dataset="audioset", num_mels=128, use_kernels=None):
     """The registered frontend `name`, padding or cropping to `time_frames` (`None`: all frames)."""
-    if name not in FRONTENDS:
-        raise ValueError(f"Unknown frontend {name!r}; expected one of {sorted(FRONTENDS)}.")
     return FRONTENDS[name](num_mels=num_mels, time_frames=time_frames, dataset=dataset, use_kernels=use_kernels)
 
 
@@ -476,7 +474,7 @@ class KaldiSettings:
         """The `KaldiFbank` normalised with `dataset`'s statistics."""
         statistics = self.statistics.get(str(dataset).lower())
         if statistics is None:
-            raise ValueError(f"No statistics for dataset {dataset!r}; expected one of {sorted(self.statistics)}.")
+            raise UsageError(f"No statistics for dataset {dataset!r}; expected one of {sorted(self.statistics)}.")
         mean, std = statistics
         return KaldiFbank(mean=mean, std=std, time_frames=time_frames, **{**self.options, **kwargs})
 

@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_bat.errors import UsageError
+
 
 def inverse_block_mask(batch_size, time_patches, freq_patches, mask_ratio=0.8, block_size=5,
                        mask_prob_adjust=0.07, seed=None):
@@ -28,7 +30,7 @@ def inverse_block_mask(batch_size, time_patches, freq_patches, mask_ratio=0.8, b
         float32, 1 for removed patches.
     """
     if not 0.0 < mask_ratio < 1.0:
-        raise ValueError(f"`mask_ratio` must be in (0, 1). Received: {mask_ratio}")
+        raise UsageError(f"`mask_ratio` must be in (0, 1). Received: {mask_ratio}")
     num_patches = time_patches * freq_patches
     num_kept = int(num_patches * (1.0 - mask_ratio))
     num_centres = int(num_patches * (1.0 - mask_ratio + mask_prob_adjust) / block_size**2)

@@ -12,6 +12,7 @@ its own.
 import keras
 from keras import ops
 
+from keras_bat.errors import UsageError
 from keras_bat.layers.base import Layer
 from keras_bat.layers.position import sincos_position_table
 
@@ -19,7 +20,7 @@ from keras_bat.layers.position import sincos_position_table
 def _static_length(tensor, axis, what):
     length = tensor.shape[axis]
     if length is None:
-        raise ValueError(
+        raise UsageError(
             f"BAT needs a known number of {what} when it is traced. Received a tensor "
             f"of shape {tuple(tensor.shape)}; pad or crop clips to a fixed number of "
             "frames (e.g. `LogMelSpectrogram(time_frames=...)`)."
@@ -59,7 +60,7 @@ class PatchEmbedding(Layer):
     def __init__(self, dim, patch_size=16, num_mels=128, use_bias=True, **kwargs):
         super().__init__(**kwargs)
         if num_mels % patch_size:
-            raise ValueError(
+            raise UsageError(
                 f"`num_mels` must be a multiple of `patch_size`. Received: num_mels={num_mels}, "
                 f"patch_size={patch_size}")
         self.dim = dim
@@ -74,14 +75,14 @@ class PatchEmbedding(Layer):
 
     def _check(self, shape):
         if len(shape) != 3:
-            raise ValueError(
+            raise UsageError(
                 f"Expected a spectrogram of shape (batch, frames, {self.num_mels}). "
                 f"Received shape: {tuple(shape)}")
         if shape[2] is not None and shape[2] != self.num_mels:
-            raise ValueError(
+            raise UsageError(
                 f"Expected {self.num_mels} mel bins in the last axis. Received shape: {tuple(shape)}")
         if shape[1] is not None and shape[1] % self.patch_size:
-            raise ValueError(
+            raise UsageError(
                 f"The number of frames must be a multiple of the patch size {self.patch_size}. "
                 f"Received shape: {tuple(shape)} ({shape[1]} frames); pad or crop the "
                 "spectrogram, e.g. with `LogMelSpectrogram(time_frames=...)`.")
@@ -202,7 +203,7 @@ class ChunkTokens(Layer):
         """Flattens a one-chunk patch grid time-major and adds positions: `(B, N, D)`."""
         time_patches = _static_length(patch_grid, 1, "time patches")
         if time_patches > self.chunk_time_patches:
-            raise ValueError(f"Expected at most {self.chunk_time_patches} time patches (one chunk). "
+            raise UsageError(f"Expected at most {self.chunk_time_patches} time patches (one chunk). "
                              f"Received a patch grid of shape {tuple(patch_grid.shape)}.")
         tokens = ops.reshape(patch_grid, (-1, time_patches * self.freq_patches, self.dim))
         return tokens + ops.cast(self.pos_embed[None, : tokens.shape[1]], tokens.dtype)

@@ -2,11 +2,13 @@
 
 import numpy as np
 
+from keras_bat.errors import UsageError
+
 
 def sincos_1d(dim, positions):
     """Sine-cosine embedding of `positions` (any shape) -> `(num_positions, dim)`."""
     if dim % 2:
-        raise ValueError(f"Sine-cosine embeddings need an even width. Received: dim={dim}")
+        raise UsageError(f"Sine-cosine embeddings need an even width. Received: dim={dim}")
     omega = np.arange(dim // 2, dtype="float32") / (dim / 2.0)
     omega = 1.0 / 10000**omega  # dim / 2
     angles = np.einsum("m,d->md", positions.reshape(-1).astype("float32"), omega)

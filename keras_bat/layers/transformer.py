@@ -5,6 +5,7 @@ import random
 import keras
 from keras import ops
 
+from keras_bat.errors import UsageError
 from keras_bat.layers.base import Layer
 from keras_bat.layers.dense import Dense
 from keras_bat.ops import gated_attention, gelu
@@ -45,7 +46,7 @@ class DropPath(Layer):
     def __init__(self, rate=0.0, seed=None, **kwargs):
         super().__init__(**kwargs)
         if not 0.0 <= rate < 1.0:
-            raise ValueError(f"`rate` must be in [0, 1). Received: {rate!r}")
+            raise UsageError(f"`rate` must be in [0, 1). Received: {rate!r}")
         self.rate = float(rate)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed) if rate > 0 else None
@@ -100,7 +101,7 @@ class GatedSelfAttention(Layer):
                  use_kernels=None, **kwargs):
         super().__init__(**kwargs)
         if dim % num_heads:
-            raise ValueError(
+            raise UsageError(
                 f"`dim` must be divisible by `num_heads`. Received: dim={dim}, num_heads={num_heads}")
         self.dim = dim
         self.num_heads = num_heads

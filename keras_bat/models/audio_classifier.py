@@ -8,6 +8,7 @@ import numpy as np
 from keras import ops
 
 from keras_bat.convert.hub import download_preset, is_hub_uri
+from keras_bat.errors import UsageError
 from keras_bat.heads.base import CLASSIFICATION_TASKS
 from keras_bat.layers.chunk_merge import ChunkSummaries
 from keras_bat.models.backbone import encode_in_chunks, write_json, write_preset_metadata
@@ -87,7 +88,7 @@ class AudioClassifier(keras.Model):
         if backbone is not None:
             self.backbone.trainable = not freeze_backbone
         elif not freeze_backbone:
-            raise ValueError("freeze_backbone=False (finetuning) needs a backbone.")
+            raise UsageError("freeze_backbone=False (finetuning) needs a backbone.")
 
     def call(self, inputs, training=None):
         if self.backbone is None:  # precomputed features
@@ -121,7 +122,7 @@ class AudioClassifier(keras.Model):
             The outputs as a NumPy array.
         """
         if self.backbone is None:
-            raise ValueError("predict_long runs the backbone chunk by chunk; this model reads precomputed features.")
+            raise UsageError("predict_long runs the backbone chunk by chunk; this model reads precomputed features.")
         # The frontend runs a clip at a time: its STFT takes several times the waveform's memory.
         spectrograms = np.concatenate([keras.ops.convert_to_numpy(self._spectrograms(inputs[i:i + 1]))
                                        for i in range(len(inputs))])
@@ -143,7 +144,7 @@ class AudioClassifier(keras.Model):
         are the scores. The quantized layers are in the backbone's config, so `.keras` files
         load quantized; a task preset holds float weights (quantize after `from_preset`)."""
         if self.backbone is None:
-            raise ValueError("This model reads precomputed features: it has no backbone to quantize.")
+            raise UsageError("This model reads precomputed features: it has no backbone to quantize.")
         if not self.built:
             self(self.example_input())
         self.backbone.quantize(mode, config=config, filters=filters, **kwargs)
@@ -182,7 +183,7 @@ class AudioClassifier(keras.Model):
             x = self.frontend(self.augmentation.augment_waveforms(x))
         if self.augmentation.uses_mixup:
             if self.task == "ctc":
-                raise ValueError("Mixup cannot mix CTC transcripts; use it with classification tasks.")
+                raise UsageError("Mixup cannot mix CTC transcripts; use it with classification tasks.")
             if self.task == "multiclass" and len(y.shape) == 1:
                 y = ops.one_hot(ops.cast(y, "int32"), self.head.num_classes)
         if self.task == "ctc":
@@ -251,7 +252,7 @@ class AudioClassifier(keras.Model):
         if self.task != "ctc":
             return super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
         if not isinstance(y, dict) or "label_lengths" not in y or "labels" not in y:
-            raise ValueError(
+            raise UsageError(
                 "The ctc task needs labels and their lengths: pass y as "
                 "{'labels': (batch, max_length) int, 'label_lengths': (batch,) int}.")
         return training_loss(self, ctc_loss(y["labels"], y["label_lengths"], y_pred, y.get("logit_lengths")))
@@ -278,7 +279,7 @@ class AudioClassifier(keras.Model):
         names) and `task.weights.h5` (every weight but the backbone's), and `metadata.json`.
         A preset written under one backend loads under the others."""
         if self.backbone is None:
-            raise ValueError("A task preset carries its backbone: put the head back on one first "
+            raise UsageError("A task preset carries its backbone: put the head back on one first "
                              "(AudioClassifier(backbone, model.head, frontend=...)).")
         os.makedirs(directory, exist_ok=True)
         if not self.built:  # heads create their weights on the first call: make them before saving
@@ -304,7 +305,7 @@ class AudioClassifier(keras.Model):
                                if self.frontend.num_frames(n) == frames)
             return ops.zeros((1, samples), "float32")
         if self.backbone is None:
-            raise ValueError("A head on precomputed features has no example input; call it on features first.")
+            raise UsageError("A head on precomputed features has no example input; call it on features first.")
         return ops.zeros((1, self.backbone.patch_size, self.backbone.num_mels), "float32")
 
     @classmethod
@@ -314,7 +315,7 @@ class AudioClassifier(keras.Model):
         preset = os.fspath(preset)
         folder = download_preset(preset) if is_hub_uri(preset) else preset
         if not is_task_preset(folder):
-            raise ValueError(
+            raise UsageError(
                 f"{preset!r} holds no {TASK_CONFIG_FILE}: AudioClassifier.from_preset reads folders written by "
                 "AudioClassifier.save_to_preset. For a backbone preset, build "
                 "AudioClassifier(BATBackbone.from_preset(preset), head, ...).")
@@ -328,7 +329,7 @@ class AudioClassifier(keras.Model):
                 type(model.backbone).load_preset_weights(model.backbone, folder)
                 load_weights_skipping(model, os.path.join(folder, TASK_WEIGHTS_FILE), [model.backbone])
         if not isinstance(model, cls):
-            raise ValueError(f"{preset} holds a {type(model).__name__}, not an {cls.__name__}.")
+            raise UsageError(f"{preset} holds a {type(model).__name__}, not an {cls.__name__}.")
         return model
 
     @classmethod
@@ -342,26 +343,26 @@ class AudioClassifier(keras.Model):
 
 def _check_task(backbone, head, task):
     if task not in TASKS:
-        raise ValueError(f"`task` must be one of {TASKS}. Received: {task!r}")
+        raise UsageError(f"`task` must be one of {TASKS}. Received: {task!r}")
     pooling = getattr(head, "pooling", None)
     if task == "frame" and pooling != "frame":
-        raise ValueError(f"The frame task needs a head with pooling='frame'. Received: "
+        raise UsageError(f"The frame task needs a head with pooling='frame'. Received: "
                          f"{type(head).__name__} with pooling={pooling!r}.")
     if task in ("multiclass", "multilabel") and pooling == "frame":
-        raise ValueError(f"A head with pooling='frame' predicts per time patch; use task='frame' "
+        raise UsageError(f"A head with pooling='frame' predicts per time patch; use task='frame' "
                          f"(received task={task!r}).")
     tasks = getattr(head, "tasks", CLASSIFICATION_TASKS)
     if task not in tasks:
-        raise ValueError(f"A {type(head).__name__} serves the tasks {tasks}, not {task!r} (the ctc task goes "
+        raise UsageError(f"A {type(head).__name__} serves the tasks {tasks}, not {task!r} (the ctc task goes "
                          f"with an ASRHead).")
     reads_queries = getattr(head, "reads_query_tokens", False)
     if reads_queries and backbone is None:
-        raise ValueError(f"A {type(head).__name__} reads its query tokens inside the backbone; it cannot train "
+        raise UsageError(f"A {type(head).__name__} reads its query tokens inside the backbone; it cannot train "
                          "on precomputed features.")
     if reads_queries:
         expected = (backbone.depth, backbone.num_query_tokens, backbone.dim)
         if expected != (head.depth, head.num_query_tokens, head.dim):
-            raise ValueError(
+            raise UsageError(
                 "The VQT head and the backbone disagree: build the backbone with "
                 f"num_query_tokens={head.num_query_tokens} (depth {head.depth}, dim {head.dim}); "
                 f"it has depth {backbone.depth}, num_query_tokens {backbone.num_query_tokens}, dim {backbone.dim}.")

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_bat.errors import UsageError
 from keras_bat.layers.frontend import fit_frames
 from keras_bat.layers.patching import whole_patch_frames
 
@@ -42,7 +43,7 @@ class AudioEmbedder(keras.Model):
     def __init__(self, backbone, frontend=None, layers="mean", scene_pooling="cls", **kwargs):
         super().__init__(**kwargs)
         if scene_pooling not in SCENE_POOLINGS:
-            raise ValueError(f"`scene_pooling` must be one of {SCENE_POOLINGS}. Received: {scene_pooling!r}")
+            raise UsageError(f"`scene_pooling` must be one of {SCENE_POOLINGS}. Received: {scene_pooling!r}")
         self.backbone = backbone
         self.backbone.trainable = False
         self.frontend = frontend if frontend is not None else backbone.make_frontend()
@@ -75,7 +76,7 @@ class AudioEmbedder(keras.Model):
         spectrogram = self.frontend(waveforms)
         frames = spectrogram.shape[1]
         if frames is None:
-            raise ValueError("AudioEmbedder needs a known number of frames when it is traced for any length: give it "
+            raise UsageError("AudioEmbedder needs a known number of frames when it is traced for any length: give it "
                              "a frontend with `time_frames` (e.g. `backbone.make_frontend(time_frames=1024)`).")
         spectrogram = fit_frames(spectrogram, whole_patch_frames(frames, self.backbone.patch_size))
         features = self.backbone(spectrogram, training=False)
@@ -112,20 +113,20 @@ def block_weights(layers, depth):
     """float32 `(depth,)` weights summing to 1 for an `AudioEmbedder` `layers` option."""
     if isinstance(layers, str):
         if layers not in ("mean", "last"):
-            raise ValueError(f"`layers` must be 'mean', 'last', block indices or {depth} weights. "
+            raise UsageError(f"`layers` must be 'mean', 'last', block indices or {depth} weights. "
                              f"Received: {layers!r}")
         weights = np.ones(depth) if layers == "mean" else np.eye(depth)[-1]
         return (weights / weights.sum()).astype("float32")
     values = np.asarray(layers)
     if values.ndim != 1 or values.size == 0:
-        raise ValueError(f"`layers` must be a flat list of block indices or weights. Received: {layers!r}")
+        raise UsageError(f"`layers` must be a flat list of block indices or weights. Received: {layers!r}")
     if np.issubdtype(values.dtype, np.integer):
         if values.min() < -depth or values.max() >= depth:
-            raise ValueError(f"Block indices must lie in [-{depth}, {depth}). Received: {layers!r}")
+            raise UsageError(f"Block indices must lie in [-{depth}, {depth}). Received: {layers!r}")
         weights = np.bincount(values % depth, minlength=depth).astype("float64")
     else:
         if values.size != depth or values.min() < 0 or values.sum() <= 0:
-            raise ValueError(f"Layer weights must be {depth} non-negative numbers, not all zero. "
+            raise UsageError(f"Layer weights must be {depth} non-negative numbers, not all zero. "
                              f"Received: {layers!r}")
         weights = values.astype("float64")
     return (weights / weights.sum()).astype("float32")

@@ -12,6 +12,7 @@ import keras
 from keras_bat.convert.checkpoints import (CONFIG_FILE, METADATA_FILE, WEIGHTS_FILE, read_preset_config,
                                           read_state_dict, save_official_weights)
 from keras_bat.convert.hub import download_preset, is_hub_uri
+from keras_bat.errors import UsageError
 from keras_bat.layers.chunk_merge import WHOLE_CLIP_MERGES, ChunkSummaries
 from keras_bat.layers.frontend import build_frontend
 from keras_bat.layers.base import symbolic
@@ -152,6 +153,9 @@ class EncoderModel(keras.Model):
 
     builtin_presets = {}
     frontend = "log_mel"
+    # Whether the backbone takes a padding mask beside the spectrogram (encoders that do set it
+    # per instance).
+    use_padding_mask = False
     # Whether the outputs on real patches are the same when masked patches follow them (with
     # `use_padding_mask`): true where tokens meet only through masked attention.
     padding_is_exact = False
@@ -206,12 +210,12 @@ class EncoderModel(keras.Model):
             alpha: float, the update's scale numerator. Defaults to `rank`.
         """
         if self.lora_rank is not None:
-            raise ValueError(f"LoRA is already enabled on this {type(self).__name__} (rank {self.lora_rank}).")
+            raise UsageError(f"LoRA is already enabled on this {type(self).__name__} (rank {self.lora_rank}).")
         if int(rank) != rank or rank <= 0:
-            raise ValueError(f"The LoRA rank must be a positive integer. Received: {rank!r}")
+            raise UsageError(f"The LoRA rank must be a positive integer. Received: {rank!r}")
         layers = self.lora_layers()
         if not layers:
-            raise ValueError(f"{type(self).__name__} has no layers for LoRA: its attention layers name their "
+            raise UsageError(f"{type(self).__name__} has no layers for LoRA: its attention layers name their "
                              "projections in `lora_targets`.")
         for layer in layers:
             layer.enable_lora(int(rank), lora_alpha=alpha)
@@ -307,7 +311,7 @@ class EncoderModel(keras.Model):
         found = cls.recognise_checkpoint(state)
         if found is None:
             keys = sorted(state)[:3]
-            raise ValueError(f"{source} holds no {cls.__name__} weights (keys such as {keys}); "
+            raise UsageError(f"{source} holds no {cls.__name__} weights (keys such as {keys}); "
                              "keras_bat.models.encoders.backbone_from_source recognises every registered encoder.")
         config, load = found
         model = cls(**{**config, **overrides})
@@ -323,7 +327,7 @@ class EncoderModel(keras.Model):
             return dict(cls.builtin_presets[preset]["config"])
         found = read_preset_config(os.fspath(preset))
         if found is None:
-            raise ValueError(f"Unknown preset {preset!r}: expected one of {sorted(cls.builtin_presets)} or a "
+            raise UsageError(f"Unknown preset {preset!r}: expected one of {sorted(cls.builtin_presets)} or a "
                              f"directory holding {CONFIG_FILE}.")
         return dict(found[1])
 
@@ -368,7 +372,7 @@ class EncoderModel(keras.Model):
         `frontend` or `make_frontend()`) and `metadata.json` (keras-bat and Keras versions, the
         backend it was saved under, the parameter count)."""
         if any(layer.quantization_mode is not None for layer in self._flatten_layers()):
-            raise ValueError(
+            raise UsageError(
                 f"This {type(self).__name__} is quantized: a preset holds float weights under their official "
                 "names. Save the float model's preset and quantize after loading it (from_preset(...).quantize"
                 "('int8')), or save the quantized model as a .keras file (model.save('model.keras')).")

@@ -8,7 +8,9 @@ from typing import Callable, NamedTuple
 
 from keras_bat.convert.checkpoints import CONFIG_FILE, WEIGHTS_FILE, read_state_dict
 from keras_bat.convert.hub import download_preset, is_hub_uri
+from keras_bat.errors import UsageError
 from keras_bat.models.backbone import EncoderModel
+from keras_bat.registry import Registry
 
 
 class Encoder(NamedTuple):
@@ -17,7 +19,7 @@ class Encoder(NamedTuple):
     load_weights: Callable  # (backbone, checkpoint) -> backbone
 
 
-ENCODERS = {}
+ENCODERS = Registry("encoder")
 
 
 def register_encoder(name, backbone_class, load_weights, fixed_arguments=None, presets=None):
@@ -34,10 +36,8 @@ def register_encoder(name, backbone_class, load_weights, fixed_arguments=None, p
             for a release published with weights); the class's `from_preset`
             builds them with the fixed arguments added.
     """
-    if name in ENCODERS:
-        raise ValueError(f"An encoder called {name!r} is registered already.")
     fixed_arguments = dict(fixed_arguments or {})
-    ENCODERS[name] = Encoder(backbone_class, fixed_arguments, load_weights)
+    ENCODERS.register(name, Encoder(backbone_class, fixed_arguments, load_weights))
     # Each class keeps its own table (not its base class's).
     backbone_class.builtin_presets = dict(backbone_class.__dict__.get("builtin_presets", {}))
     for preset, entry in (presets or {}).items():
@@ -49,8 +49,6 @@ def register_encoder(name, backbone_class, load_weights, fixed_arguments=None, p
 
 def get_encoder(name):
     """The `Encoder` entry of `name` (`bat`, `eat`, `sslam`, `beats` or one registered since)."""
-    if name not in ENCODERS:
-        raise ValueError(f"Unknown encoder {name!r}; expected one of {sorted(ENCODERS)}.")
     return ENCODERS[name]
 
 
@@ -87,7 +85,7 @@ def encoder_name(backbone_class, config):
                    config.get(key, _default(backbone_class, key)) == value
                    for key, value in encoder.fixed_arguments.items())]
     if not fitting:
-        raise ValueError(f"No encoder matches a {backbone_class.__name__} with config {config}.")
+        raise UsageError(f"No encoder matches a {backbone_class.__name__} with config {config}.")
     return max(fitting)[1]
 
 
@@ -106,7 +104,7 @@ def encoder_of_source(source):
         if os.path.isfile(os.path.join(folder, WEIGHTS_FILE)):
             backbone_class, config = recognise_checkpoint(read_state_dict(folder), source)
             return encoder_name(backbone_class, config)
-    raise ValueError(f"{source!r} is neither a preset name ({', '.join(_preset_names())}), a preset folder nor "
+    raise UsageError(f"{source!r} is neither a preset name ({', '.join(_preset_names())}), a preset folder nor "
                      "hf://owner/repo[/subfolder]: set model.encoder to name its encoder.")
 
 
@@ -125,7 +123,7 @@ def preset_directory_class(directory):
     config = EncoderModel.preset_config(directory)  # raises for a folder without config.json
     backbone_class = own_config_class(directory)
     if backbone_class is None:
-        raise ValueError(f"{directory}/{CONFIG_FILE} fits no encoder's constructor: {sorted(config)}.")
+        raise UsageError(f"{directory}/{CONFIG_FILE} fits no encoder's constructor: {sorted(config)}.")
     return backbone_class
 
 
@@ -169,7 +167,7 @@ def backbone_from_source(source, encoder=None, checkpoint_key=None, architecture
         backbone_class = next((e.backbone_class for e in ENCODERS.values()
                                if architecture in e.backbone_class.builtin_presets), None)
     if backbone_class is None:
-        raise ValueError(f"Unknown architecture {architecture!r}: expected a preset name or a preset directory.")
+        raise UsageError(f"Unknown architecture {architecture!r}: expected a preset name or a preset directory.")
     name = encoder or encoder_name(backbone_class, backbone_class.preset_config(architecture))
     return build_encoder(name, architecture, read_state_dict(source, checkpoint_key))
 
@@ -182,7 +180,7 @@ def recognise_checkpoint(state, source="the checkpoint"):
         found = backbone_class.recognise_checkpoint(state)
         if found is not None:
             return backbone_class, found[0]
-    raise ValueError(f"{source} holds no encoder keras-bat knows ({', '.join(c.__name__ for c in classes)}): "
+    raise UsageError(f"{source} holds no encoder keras-bat knows ({', '.join(c.__name__ for c in classes)}): "
                      f"no key marks one of their layouts (keys such as {sorted(state)[:3]}).")
 
 

@@ -3,6 +3,7 @@
 from keras import ops
 from keras.backend import standardize_dtype
 
+from keras_bat.errors import UsageError
 from keras_bat.ops.dispatch import use_kernel
 
 
@@ -50,7 +51,7 @@ def gated_attention(query, key, value, gate=None, key_mask=None, key_offset=0, b
         Tensor `(batch, query_length, num_heads, head_dim)`.
     """
     if key_mask is not None and key_lengths is not None:
-        raise ValueError("Pass the padding as key_mask or as key_lengths, not both.")
+        raise UsageError("Pass the padding as key_mask or as key_lengths, not both.")
     if use_kernel(query, use_kernels, "attention") and _kernel_takes(query, key_lengths, bias, use_kernels is True):
         lengths = key_lengths if key_mask is None else _padding_lengths(key_mask, key_offset, use_kernels is True)
         if key_mask is None or lengths is not None:
@@ -93,7 +94,7 @@ def _kernel_takes(query, key_lengths, bias, required):
         return False  # use_kernels=True runs it wherever it can
     reason = unsupported_reason(query)
     if reason is not None and required:
-        raise ValueError(f"The fused attention kernel cannot take these inputs: {reason}.")
+        raise UsageError(f"The fused attention kernel cannot take these inputs: {reason}.")
     return reason is None
 
 
@@ -110,6 +111,6 @@ def _padding_lengths(key_mask, key_offset, required):
     if torch.equal(prefix, valid):
         return (counts + key_offset).to(torch.int32)
     if required:
-        raise ValueError("The fused attention kernel takes padding masks (valid keys first, then padding); "
+        raise UsageError("The fused attention kernel takes padding masks (valid keys first, then padding); "
                          "this key_mask has another pattern. Use use_kernels=None or False.")
     return None

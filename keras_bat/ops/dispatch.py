@@ -12,6 +12,8 @@ import os
 
 import keras
 
+from keras_bat.errors import UsageError
+
 _SWITCH_ENV = "KERAS_BAT_USE_KERNELS"
 
 
@@ -33,7 +35,7 @@ def resolve_use_kernels(use_kernels=None):
     choices = {"auto": None, "": None, "1": True, "on": True, "true": True,
                "0": False, "off": False, "false": False}
     if value not in choices:
-        raise ValueError(f"{_SWITCH_ENV} must be one of auto, on, off. Received: {value!r}")
+        raise UsageError(f"{_SWITCH_ENV} must be one of auto, on, off. Received: {value!r}")
     return choices[value]
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import keras
 
+from keras_bat.errors import UsageError
+
 KINDS = ("data_parallel", "model_parallel")
 
 
@@ -53,15 +55,15 @@ def make_distribution(kind, model_parallel=2, devices=None):
         `keras.distribution.set_distribution` before building models.
     """
     if keras.backend.backend() != "jax":
-        raise ValueError(f"keras.distribution runs on the JAX backend; this is {keras.backend.backend()}. "
+        raise UsageError(f"keras.distribution runs on the JAX backend; this is {keras.backend.backend()}. "
                          "Set KERAS_BACKEND=jax (see the README for the other backends).")
     if kind not in KINDS:
-        raise ValueError(f"`kind` must be one of {KINDS}. Received: {kind!r}")
+        raise UsageError(f"`kind` must be one of {KINDS}. Received: {kind!r}")
     devices = devices or keras.distribution.list_devices()
     if kind == "data_parallel":
         return keras.distribution.DataParallel(devices=devices)
     if model_parallel < 1 or len(devices) % model_parallel:
-        raise ValueError(f"model_parallel={model_parallel} must divide the {len(devices)} devices.")
+        raise UsageError(f"model_parallel={model_parallel} must divide the {len(devices)} devices.")
     mesh = keras.distribution.DeviceMesh((len(devices) // model_parallel, model_parallel), ["batch", "model"],
                                          devices)
     return keras.distribution.ModelParallel(layout_map=encoder_layout_map(mesh), batch_dim_name="batch")
@@ -105,7 +107,7 @@ def set_tf_strategy(kind, batch_sizes=None):
     import tensorflow as tf
 
     if kind != "data_parallel":
-        raise ValueError(f"distribution.kind={kind} is keras.distribution's (JAX backend); the TensorFlow backend "
+        raise UsageError(f"distribution.kind={kind} is keras.distribution's (JAX backend); the TensorFlow backend "
                          "runs data_parallel (tf.distribute.MirroredStrategy). Set KERAS_BACKEND=jax.")
     strategy = tf.distribute.get_strategy()
     if not isinstance(strategy, tf.distribute.MirroredStrategy):  # not set by an earlier run of this process
@@ -121,7 +123,7 @@ def require_batches_split(batch_sizes, parts, what):
     `parts` equal parts (`what`: the devices or processes they split over)."""
     for setting, batch_size in (batch_sizes or {}).items():
         if batch_size % parts:
-            raise ValueError(f"{setting}={batch_size} does not split over the {parts} {what}: "
+            raise UsageError(f"{setting}={batch_size} does not split over the {parts} {what}: "
                              f"use a multiple of {parts}.")
 
 
@@ -152,14 +154,14 @@ def process_settings(config):
         return None
     if values["coordinator"] is None or values["process_id"] is None:
         missing = [name for name in ("coordinator", "process_id") if values[name] is None]
-        raise ValueError(f"A run of {count} processes needs {' and '.join(f'distribution.{m}' for m in missing)} "
+        raise UsageError(f"A run of {count} processes needs {' and '.join(f'distribution.{m}' for m in missing)} "
                          f"(or {' and '.join(PROCESS_VARIABLES[m] for m in missing)}).")
     index = _whole_number(values["process_id"], "process_id", 0)
     if index >= count:
-        raise ValueError(f"distribution.process_id={index} must be below num_processes={count}.")
+        raise UsageError(f"distribution.process_id={index} must be below num_processes={count}.")
     coordinator = str(values["coordinator"]).split(",")[0]  # Keras' form lists every job; the first coordinates
     if ":" not in coordinator:
-        raise ValueError(f"distribution.coordinator={coordinator!r} must be host:port.")
+        raise UsageError(f"distribution.coordinator={coordinator!r} must be host:port.")
     return coordinator, count, index
 
 
@@ -169,7 +171,7 @@ def _whole_number(value, name, least):
     except (TypeError, ValueError):
         number = None
     if number is None or number != float(value) or number < least:
-        raise ValueError(f"distribution.{name} must be a whole number >= {least}. Received: {value!r}")
+        raise UsageError(f"distribution.{name} must be a whole number >= {least}. Received: {value!r}")
     return number
 
 
@@ -190,11 +192,11 @@ def start_processes(config, run_config=None, batch_sizes=None):
     if count:  # (under SLURM, JAX counts them when they join)
         require_batches_split(batch_sizes, count, "processes")
     if config.get("kind") == "model_parallel":
-        raise ValueError("distribution.kind=model_parallel runs within one process; several processes "
+        raise UsageError("distribution.kind=model_parallel runs within one process; several processes "
                          "take data_parallel (a model axis across hosts would need every checkpoint "
                          "gathered across them).")
     if keras.backend.backend() != "jax":
-        raise ValueError(f"A run over several processes needs the JAX backend; this is {keras.backend.backend()}. "
+        raise UsageError(f"A run over several processes needs the JAX backend; this is {keras.backend.backend()}. "
                          "Set KERAS_BACKEND=jax (presets it writes load under every backend).")
     import jax
 
@@ -216,7 +218,7 @@ def refuse_tf_multi_worker():
     which Keras 3's `fit` does not run; refused with the way that works."""
     cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
     if sum(len(tasks) for tasks in cluster.values()) > 1:
-        raise ValueError("TF_CONFIG describes a cluster of several tasks, for tf.distribute."
+        raise UsageError("TF_CONFIG describes a cluster of several tasks, for tf.distribute."
                          "MultiWorkerMirroredStrategy, which Keras 3's model.fit does not run (it fails on the "
                          "strategy's per-replica batches: keras-team/keras#20585). Over several hosts use the JAX "
                          "backend (distribution.num_processes, see the README); on one host the TensorFlow backend "
@@ -344,7 +346,7 @@ def check_same_settings(run_config):
     differ = [name for i, name in enumerate(names) if len(set(every[:, i].tolist())) > 1]
     if differ:
         processes = [p for p in range(len(every)) if not np.array_equal(every[p], every[jax.process_index()])]
-        raise ValueError(f"The processes run different settings: {', '.join(differ)} of process "
+        raise UsageError(f"The processes run different settings: {', '.join(differ)} of process "
                          f"{jax.process_index()} differ from those of process(es) {processes}; start every "
                          "process with the same recipe and --set options.")
 
@@ -366,5 +368,5 @@ class ProcessShard:
 
     def local_batch_size(self, batch_size):
         if batch_size % self.count:
-            raise ValueError(f"A batch of {batch_size} does not split over {self.count} processes.")
+            raise UsageError(f"A batch of {batch_size} does not split over {self.count} processes.")
         return batch_size // self.count

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_bat.errors import UsageError
 from keras_bat.ops.keras_internals import scale_loss_for_replicas
 
 
@@ -93,7 +94,7 @@ def ctc_loss(labels, label_lengths, log_probs, logit_lengths=None, blank_index=0
         blank_index: int, the CTC blank. Defaults to `0`.
     """
     if label_lengths is None:
-        raise ValueError("CTC needs the label lengths: pass y as {'labels': ..., 'label_lengths': ...}.")
+        raise UsageError("CTC needs the label lengths: pass y as {'labels': ..., 'label_lengths': ...}.")
     batch = ops.shape(log_probs)[0]
     if logit_lengths is None:
         logit_lengths = ops.full((batch,), log_probs.shape[1], dtype="int32")

@@ -4,6 +4,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_bat.errors import UsageError
+
 
 def average_precision(y_true, y_score):
     """Exact average precision of one class (tied scores form one threshold).
@@ -50,7 +52,7 @@ def mean_average_precision(y_true, y_score, average="macro"):
     if average == "micro":
         return average_precision(y_true.ravel(), y_score.ravel())
     if average != "macro":
-        raise ValueError(f"`average` must be 'macro' or 'micro'. Received: {average!r}")
+        raise UsageError(f"`average` must be 'macro' or 'micro'. Received: {average!r}")
     scores = [average_precision(y_true[:, c], y_score[:, c]) for c in range(y_true.shape[1])]
     return float(np.nanmean(scores)) if not np.all(np.isnan(scores)) else float("nan")
 
@@ -120,7 +122,7 @@ class MeanAveragePrecision(keras.metrics.Metric):
 
     def __init__(self, num_classes, average="macro", from_logits=True, num_bins=1000, name=None, **kwargs):
         if average not in ("macro", "micro"):
-            raise ValueError(f"`average` must be 'macro' or 'micro'. Received: {average!r}")
+            raise UsageError(f"`average` must be 'macro' or 'micro'. Received: {average!r}")
         super().__init__(name=name or f"{average}_mAP", **kwargs)
         self.num_classes, self.average = num_classes, average
         self.from_logits, self.num_bins = from_logits, num_bins
@@ -269,7 +271,7 @@ def error_rates(references, hypotheses):
 
     references, hypotheses = list(references), list(hypotheses)
     if len(references) != len(hypotheses) or not references:
-        raise ValueError(f"Need as many hypotheses as references (at least one); received "
+        raise UsageError(f"Need as many hypotheses as references (at least one); received "
                          f"{len(references)} references and {len(hypotheses)} hypotheses.")
     return {"wer": jiwer.wer(references, hypotheses), "cer": jiwer.cer(references, hypotheses)}
 

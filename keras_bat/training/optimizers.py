@@ -4,6 +4,7 @@ import re
 
 import keras
 
+from keras_bat.errors import UsageError
 from keras_bat.ops.keras_internals import adam_moments, uses_weight_decay, variable_index
 from keras_bat.ops.optimizer_updates import adam_update_in_place, scale_in_place, updates_in_place
 
@@ -53,7 +54,7 @@ class ScaledAdamW(keras.optimizers.AdamW):
 
     def __init__(self, no_decay_names=PROBE_NO_DECAY, layer_decay=None, depth=None, **kwargs):
         if layer_decay is not None and depth is None:
-            raise ValueError("`layer_decay` needs `depth`, the number of encoder blocks.")
+            raise UsageError("`layer_decay` needs `depth`, the number of encoder blocks.")
         super().__init__(**kwargs)
         self.no_decay_names = tuple(no_decay_names)
         self.layer_decay = layer_decay

@@ -24,6 +24,7 @@ import time
 import keras
 import numpy as np
 
+from keras_bat.errors import UsageError
 from keras_bat.training.distribution import is_writer, process_0_says, process_count, process_index
 
 INDEX_FILE = "latest.json"
@@ -97,14 +98,14 @@ class TrainingBackup:
         with np.load(path) as arrays:
             values = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
         if len(values) != len(variables) or any(tuple(v.shape) != a.shape for v, a in zip(variables, values)):
-            raise ValueError(f"The backup {path!r} was written by another model or optimizer "
+            raise UsageError(f"The backup {path!r} was written by another model or optimizer "
                              f"({len(values)} arrays for {len(variables)} variables); delete {self.directory!r} "
                              "to start the run afresh.")
         for variable, value in zip(variables, values):
             variable.assign(value)
         if process_count() > 1:
             if len(index.get("positions", ())) != process_count():
-                raise ValueError(f"The backup {path!r} was written by a run of {len(index.get('positions', [0]))} "
+                raise UsageError(f"The backup {path!r} was written by a run of {len(index.get('positions', [0]))} "
                                  f"process(es), not {process_count()}; resume it with as many, or delete "
                                  f"{self.directory!r}.")
             index = {**index, "position": index["positions"][process_index()]}

@@ -5,6 +5,8 @@ import math
 import keras
 from keras import ops
 
+from keras_bat.errors import UsageError
+
 
 @keras.saving.register_keras_serializable(package="keras_bat")
 class WarmupCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
@@ -24,7 +26,7 @@ class WarmupCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
 
     def __init__(self, base_lr, warmup_steps, total_steps, min_lr=1e-6):
         if total_steps <= warmup_steps:
-            raise ValueError(f"`total_steps` ({total_steps}) must exceed `warmup_steps` ({warmup_steps}).")
+            raise UsageError(f"`total_steps` ({total_steps}) must exceed `warmup_steps` ({warmup_steps}).")
         self.base_lr = float(base_lr)
         self.warmup_steps = int(warmup_steps)
         self.total_steps = int(total_steps)

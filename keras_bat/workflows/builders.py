@@ -4,6 +4,7 @@ import numpy as np
 
 from keras_bat.data.audio import SAMPLE_RATE
 from keras_bat.data.datasets import read_dataset
+from keras_bat.errors import UsageError
 from keras_bat.heads import get_head
 from keras_bat.workflows.feature_cache import feature_shapes
 
@@ -17,7 +18,7 @@ def build_splits(data, output_dir, fold=None):
 def require_split(splits, name, what):
     """The split `name` of `splits`, or an error naming the splits there are."""
     if name not in splits:
-        raise ValueError(f"The dataset has no {what} split {name!r}; it has {sorted(splits)}.")
+        raise UsageError(f"The dataset has no {what} split {name!r}; it has {sorted(splits)}.")
     return splits[name]
 
 
@@ -31,7 +32,7 @@ def build_backbone(model, num_query_tokens=0, use_padding_mask=False):
     name = model.get("encoder", "bat")
     if name == "auto":
         if isinstance(model["backbone"], dict):
-            raise ValueError("model.encoder=auto reads the encoder off a preset name, folder or Hub URI; "
+            raise UsageError("model.encoder=auto reads the encoder off a preset name, folder or Hub URI; "
                              "with a dict of constructor arguments as model.backbone, name the encoder.")
         name = encoder_of_source(model["backbone"])
     overrides = {"num_query_tokens": num_query_tokens}
@@ -44,7 +45,7 @@ def build_backbone(model, num_query_tokens=0, use_padding_mask=False):
     try:
         return build_encoder(name, model["backbone"], model["weights"], model["checkpoint_key"], **overrides)
     except TypeError as error:
-        raise ValueError(f"model.backbone / model settings do not fit a {get_encoder(name).backbone_class.__name__}: "
+        raise UsageError(f"model.backbone / model settings do not fit a {get_encoder(name).backbone_class.__name__}: "
                          f"{error}") from error
 
 

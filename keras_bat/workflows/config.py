@@ -13,6 +13,8 @@ import os
 
 import yaml
 
+from keras_bat.errors import UsageError
+
 DEFAULTS = {
     "name": "run",
     "output_dir": None,  # default: runs/<name>
@@ -174,20 +176,20 @@ def validate(config):
             node = node[section]
         node[name] = check_setting(key, node[name], rule)
     if config["train"]["lora_rank"] is not None and not config["train"]["finetune"]:
-        raise ValueError(f"Setting train.lora_rank={config['train']['lora_rank']} trains LoRA factors of the encoder: "
+        raise UsageError(f"Setting train.lora_rank={config['train']['lora_rank']} trains LoRA factors of the encoder: "
                          "it needs train.finetune=true (keras-bat finetune --variant lora).")
     return config
 
 
 def check_setting(key, value, rule):
-    """`value` as setting `key` takes it (see `SETTINGS`), or a `ValueError` that says why not."""
+    """`value` as setting `key` takes it (see `SETTINGS`), or a `UsageError` that says why not."""
     rule, _, optional = rule.partition("|")
     if value is None and optional == "none":
         return None
     kind = None if "/" in rule else next(k for k in ("int", "float", "bool", "str", "list", "dict", "preset")
                                          if rule.startswith(k))
     expected = _describe_rule(rule, kind, optional)
-    problem = ValueError(f"Setting {key}={value!r}: expected {expected}.")
+    problem = UsageError(f"Setting {key}={value!r}: expected {expected}.")
     if kind is None:  # choices
         if isinstance(value, bool) and {"on", "off"} <= set(rule.split("/")):
             value = "on" if value else "off"  # YAML 1.1 reads on / off as booleans
@@ -242,10 +244,10 @@ def merge(base, update, path=""):
     for key, value in (update or {}).items():
         where = f"{path}{key}"
         if key not in merged:
-            raise ValueError(f"Unknown config key {where!r}; known keys here: {sorted(merged)}")
+            raise UsageError(f"Unknown config key {where!r}; known keys here: {sorted(merged)}")
         if isinstance(merged[key], dict) and key != "options" and not (where == "model.backbone"):
             if not isinstance(value, dict):
-                raise ValueError(f"Config key {where!r} is a section; received {value!r}")
+                raise UsageError(f"Config key {where!r} is a section; received {value!r}")
             merged[key] = merge(merged[key], value, f"{where}.")
         else:
             merged[key] = copy.deepcopy(value)
@@ -257,7 +259,7 @@ def parse_overrides(overrides):
     result = {}
     for item in overrides or []:
         if "=" not in item:
-            raise ValueError(f"Overrides look like section.key=value; received {item!r}")
+            raise UsageError(f"Overrides look like section.key=value; received {item!r}")
         key, value = item.split("=", 1)
         node = result
         parts = key.strip().split(".")
@@ -288,7 +290,7 @@ def load_config(path=None, variant=None, overrides=None, base=None):
         recipe = read_recipe(path)
         unknown = set(recipe) - {"base", "variants", "description"}
         if unknown:
-            raise ValueError(f"{path}: top-level keys must be base, variants, description; got {sorted(unknown)}")
+            raise UsageError(f"{path}: top-level keys must be base, variants, description; got {sorted(unknown)}")
         config = merge(config, recipe.get("base"))
         variants = recipe.get("variants") or {}
     if variant is not None:
@@ -308,7 +310,7 @@ def variant_settings(variants, variant, path=None):
         return [variants[variant]]
     if variant == "lora":
         return [variants.get("finetune") or {}, LORA_VARIANT]
-    raise ValueError(f"Unknown variant {variant!r} in {path or 'the demo config'}; "
+    raise UsageError(f"Unknown variant {variant!r} in {path or 'the demo config'}; "
                      f"available: {sorted({*variants, 'lora'})}")
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from keras_bat.data.audio import SAMPLE_RATE, AudioDecodeError, audio_info, load_window, waveform_window
 from keras_bat.data.datasets import audio_files
+from keras_bat.errors import UsageError
 from keras_bat.layers.patching import whole_patch_frames
 from keras_bat.models.backbone import encode_chunk
 from keras_bat.workflows.builders import build_backbone
@@ -32,10 +33,10 @@ def parse_layers(layers, depth):
     try:
         indices = [int(part) for part in str(layers).split(",")]
     except ValueError:
-        raise ValueError(f"--layers must be all, last, mean or block indices like 0,5,11. Received: {layers!r}") \
+        raise UsageError(f"--layers must be all, last, mean or block indices like 0,5,11. Received: {layers!r}") \
             from None
     if any(not -depth <= i < depth for i in indices):
-        raise ValueError(f"--layers {layers}: the backbone has blocks 0 to {depth - 1}.")
+        raise UsageError(f"--layers {layers}: the backbone has blocks 0 to {depth - 1}.")
     return [i % depth for i in indices]
 
 
@@ -256,9 +257,9 @@ def run_embed(folder, output, backbone="bat_base", weights=None, checkpoint_key=
     from tqdm.auto import tqdm
 
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a whole number >= 1. Received: {batch_size!r}")
+        raise UsageError(f"batch_size must be a whole number >= 1. Received: {batch_size!r}")
     if clip_seconds is not None and not clip_seconds > 0:
-        raise ValueError(f"clip_seconds must be > 0 seconds. Received: {clip_seconds!r}")
+        raise UsageError(f"clip_seconds must be > 0 seconds. Received: {clip_seconds!r}")
     dataset = audio_files(folder)
     identity = {"folder": str(Path(folder).resolve()), "encoder": encoder,
                 "backbone": backbone if not os.path.isdir(str(backbone)) else file_fingerprint(backbone),
@@ -366,7 +367,7 @@ def run_embed(folder, output, backbone="bat_base", weights=None, checkpoint_key=
         f.writelines(f"{path}\t{reason}\n" for path, reason in skipped)
     if clip_embeddings.rows == 0:
         run.mark("failed", reason="no file could be read")
-        raise ValueError(f"{folder}: none of the {len(dataset.clips)} audio files could be read; "
+        raise UsageError(f"{folder}: none of the {len(dataset.clips)} audio files could be read; "
                          f"{skipped_text(skipped, output)}")
     centers = streamer.frontend.patch_centers(2, model.patch_size)
     write_json_atomically(output / "info.json", {

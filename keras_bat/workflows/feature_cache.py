@@ -16,6 +16,7 @@ import keras
 import numpy as np
 
 from keras_bat.data.pipeline import ClipLoader, ordered_batches
+from keras_bat.errors import UsageError
 from keras_bat.models.backbone import encode_whole_clips
 
 META_FILE = "cache.json"
@@ -39,7 +40,7 @@ def feature_shapes(backbone, time_frames, tokens):
         grid = (time_frames // backbone.patch_size, backbone.num_mels // backbone.patch_size)
         shapes["patch_tokens"] = (backbone.depth, *grid, backbone.dim)
     elif tokens != "cls":
-        raise ValueError(f"`tokens` must be 'cls' or 'all'. Received: {tokens!r}")
+        raise UsageError(f"`tokens` must be 'cls' or 'all'. Received: {tokens!r}")
     return shapes
 
 
@@ -73,7 +74,7 @@ class FeatureCache:
         self.folder = Path(folder)
         meta_path = self.folder / META_FILE
         if not meta_path.exists():
-            raise ValueError(f"{self.folder} holds no feature cache ({META_FILE} missing).")
+            raise UsageError(f"{self.folder} holds no feature cache ({META_FILE} missing).")
         self.meta = json.loads(meta_path.read_text())
         self.features = {name: np.load(self.folder / f"{name}.npy", mmap_mode="r")[:self.meta["clips"]]
                          for name in self.meta["shapes"]}
@@ -94,7 +95,7 @@ class FeatureCache:
         folder = Path(folder)
         size = estimate_bytes(len(dataset), backbone, frontend.time_frames, tokens)
         if size > budget_gb * 1e9:
-            raise ValueError(f"A feature cache of {dataset.name} would take {size / 1e9:.1f} GB (> budget "
+            raise UsageError(f"A feature cache of {dataset.name} would take {size / 1e9:.1f} GB (> budget "
                              f"{budget_gb} GB); raise the budget or probe without the cache.")
         folder.mkdir(parents=True, exist_ok=True)
         shapes = feature_shapes(backbone, frontend.time_frames, tokens)
@@ -155,7 +156,7 @@ class _CacheBatches(keras.utils.PyDataset):
         self.start_batch = start_batch
         self.batches_per_pass = -(-len(cache) // batch_size) if not shuffle else len(cache) // batch_size
         if self.batches_per_pass == 0:
-            raise ValueError(f"The cache holds {len(cache)} clips, fewer than one batch of {batch_size}.")
+            raise UsageError(f"The cache holds {len(cache)} clips, fewer than one batch of {batch_size}.")
         self.epoch = 0
 
     def __len__(self):

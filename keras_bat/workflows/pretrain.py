@@ -10,6 +10,7 @@ import keras
 import yaml
 
 from keras_bat.data.pipeline import SkippedFiles, StreamPosition, make_pipeline
+from keras_bat.errors import UsageError
 from keras_bat.training.distribution import (ProcessShard, is_writer, own_folder, process_0_says,
                                              setup_distribution, writer_first)
 from keras_bat.training.resume import fit_resumable
@@ -61,7 +62,7 @@ def run_pretrain(config):
     epochs = max(1, -(-settings["steps"] // settings["steps_per_epoch"]))
     export = settings["export"]
     if export not in ("teacher", "student"):
-        raise ValueError(f"pretrain.export must be teacher or student. Received: {export!r}")
+        raise UsageError(f"pretrain.export must be teacher or student. Received: {export!r}")
     snapshots = Snapshots(pretrainer, output_dir / "snapshots", settings["snapshot_steps"], settings["steps_per_epoch"],
                           export)
     history = fit_resumable(pretrainer, train_data, epochs, settings["steps_per_epoch"], shared_dir / "backup",
@@ -88,7 +89,7 @@ class Snapshots(keras.callbacks.Callback):
         super().__init__()
         steps = sorted(int(step) for step in steps or [])
         if any(step % steps_per_epoch for step in steps):
-            raise ValueError(f"pretrain.snapshot_steps must be multiples of pretrain.steps_per_epoch "
+            raise UsageError(f"pretrain.snapshot_steps must be multiples of pretrain.steps_per_epoch "
                              f"({steps_per_epoch}); received {steps}.")
         self.pretrainer, self.folder, self.steps = pretrainer, Path(folder), steps
         self.steps_per_epoch, self.export = steps_per_epoch, export

@@ -23,6 +23,7 @@ import yaml
 from keras_bat.data.datasets import CharTokenizer, balanced_sampling_weights
 from keras_bat.data.pipeline import (ClipLoader, SkippedFiles, SkippedFilesLogger, StreamPosition, make_pipeline,
                                      ordered_batches)
+from keras_bat.errors import UsageError
 from keras_bat.training.metrics import (cross_validation_summary, error_rates, event_based_f1, frames_to_events,
                                         mean_average_precision, multilabel_scores)
 from keras_bat.training.distribution import (ProcessShard, is_writer, own_folder, setup_distribution,
@@ -216,7 +217,7 @@ def predict(model, dataset, clip_seconds, batch_size, num_workers=4, skipped=Non
         clips += [dataset.clips[i] for i in indices]
         targets += batch_targets
     if not clips:
-        raise ValueError(f"No clip of {dataset.name} could be decoded; see the skipped files.")
+        raise UsageError(f"No clip of {dataset.name} could be decoded; see the skipped files.")
     return clips, np.concatenate(outputs), targets
 
 
@@ -254,7 +255,7 @@ def task_metrics(task, clips, outputs, targets, evaluate_config):
         hypotheses = [tokenizer.decode(ids) for ids in ctc_greedy_decode(outputs)]
         references = [tokenizer.decode(tokenizer.encode(c.label)) for c in clips]
         return error_rates(references, hypotheses)
-    raise ValueError(f"Cannot evaluate a {task!r} dataset.")
+    raise UsageError(f"Cannot evaluate a {task!r} dataset.")
 
 
 def save_layer_gate_plot(head, path):

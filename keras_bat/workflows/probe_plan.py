@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 from keras_bat.data.datasets import AudioDataset
+from keras_bat.errors import UsageError
 from keras_bat.heads import get_head
 from keras_bat.training.distribution import process_count
 from keras_bat.workflows.builders import augmentation_active, build_run_backbone, require_split
@@ -62,7 +63,7 @@ def feature_cache_mode(train):
     """`train.feature_cache` as `auto`, `on` or `off` (YAML reads on / off as booleans)."""
     mode = {True: "on", False: "off"}.get(train["feature_cache"], train["feature_cache"])
     if mode not in ("auto", "on", "off"):
-        raise ValueError(f"train.feature_cache must be auto, on or off. Received: {mode!r}")
+        raise UsageError(f"train.feature_cache must be auto, on or off. Received: {mode!r}")
     return mode
 
 
@@ -94,12 +95,12 @@ def plan_feature_cache(config, head_class, task, backbone, num_clips):
         ("the run spans several processes (each would build the cache)", process_count() > 1)) if present]
     if obstacles:
         if mode == "on":
-            raise ValueError(f"train.feature_cache=on, but the cache cannot serve this run: {'; '.join(obstacles)}.")
+            raise UsageError(f"train.feature_cache=on, but the cache cannot serve this run: {'; '.join(obstacles)}.")
         return None, 0, tuple(obstacles)
     size = estimate_bytes(num_clips, backbone, config["model"]["time_frames"], tokens)
     if size > train["cache_budget_gb"] * 1e9:
         message = f"feature cache of {size / 1e9:.1f} GB exceeds train.cache_budget_gb={train['cache_budget_gb']}"
         if mode == "on":
-            raise ValueError(message + "; raise the budget or set train.feature_cache=off.")
+            raise UsageError(message + "; raise the budget or set train.feature_cache=off.")
         return None, size, (message,)
     return tokens, size, ()

@@ -18,6 +18,7 @@ import numpy as np
 
 from keras_bat.data.audio import AudioDecodeError, audio_info, mono_waveform
 from keras_bat.data.datasets import AUDIO_EXTENSIONS
+from keras_bat.errors import UsageError
 from keras_bat.layers.chunk_merge import ChunkSummaries
 from keras_bat.ops import no_gradients
 from keras_bat.workflows.embed import RecordingEncoder
@@ -40,7 +41,7 @@ class EventDecoder:
 
     def __init__(self, thresholds, window=1):
         if int(window) != window or window < 1 or window % 2 == 0:
-            raise ValueError(f"The median filter's window must be an odd number of frames >= 1. Received: {window!r}")
+            raise UsageError(f"The median filter's window must be an odd number of frames >= 1. Received: {window!r}")
         self.thresholds = np.asarray(thresholds, "float32")
         self.half = int(window) // 2
         self.context = None  # the last frames not yet filtered, and the left context
@@ -123,9 +124,9 @@ class AudioTagger:
 
     def __init__(self, model, top_k=5, thresholds=DEFAULT_THRESHOLD, median_filter=0.5, batch_size=4):
         if model.backbone is None:
-            raise ValueError("AudioTagger needs a model with its backbone (this one reads precomputed features).")
+            raise UsageError("AudioTagger needs a model with its backbone (this one reads precomputed features).")
         if model.task not in ("multiclass", "multilabel", "frame"):
-            raise ValueError(f"AudioTagger labels classification models; this one's task is {model.task!r}.")
+            raise UsageError(f"AudioTagger labels classification models; this one's task is {model.task!r}.")
         if not model.built:  # heads create their weights on their first call
             model(model.example_input())
         self.model = model
@@ -133,7 +134,7 @@ class AudioTagger:
         num_classes = model.head.num_classes
         self.label_names = list(model.label_names or [f"class_{i}" for i in range(num_classes)])
         if len(self.label_names) != num_classes:
-            raise ValueError(f"The model has {num_classes} outputs but {len(self.label_names)} label names.")
+            raise UsageError(f"The model has {num_classes} outputs but {len(self.label_names)} label names.")
         self.thresholds = _class_thresholds(thresholds, self.label_names)
         self.frame_level = model.task == "frame"
         query_tokens = None
@@ -144,7 +145,7 @@ class AudioTagger:
         self.streamer = RecordingEncoder(model.backbone, _positive_int(batch_size, "batch_size"),
                                          frontend=model.frontend, query_tokens=query_tokens)
         if not median_filter >= 0:
-            raise ValueError(f"median_filter must be >= 0 seconds. Received: {median_filter!r}")
+            raise UsageError(f"median_filter must be >= 0 seconds. Received: {median_filter!r}")
         patches = int(round(median_filter / self.seconds_per_patch))
         self.median_window = max(1, patches + (patches % 2 == 0))
 
@@ -157,7 +158,7 @@ class AudioTagger:
 
         model = load_model_source(preset)
         if not isinstance(model, AudioClassifier):
-            raise ValueError(f"{preset} is an encoder without a head ({type(model).__name__}): tagging needs a task "
+            raise UsageError(f"{preset} is an encoder without a head ({type(model).__name__}): tagging needs a task "
                              "preset (keras-bat probe / finetune write one to <run>/preset).")
         return cls(model, **kwargs)
 
@@ -204,7 +205,7 @@ class AudioTagger:
         top_k = self.top_k if top_k is None else _positive_int(top_k, "top_k")
         events = self.frame_level if events is None else bool(events)
         if events and not self.frame_level:
-            raise ValueError(f"Events need a frame-level head (task 'frame'); this model's task is "
+            raise UsageError(f"Events need a frame-level head (task 'frame'); this model's task is "
                              f"{self.model.task!r}: it gives clip labels only.")
         name = "waveform" if isinstance(source, np.ndarray) else os.fspath(source)
         result = {"source": name, "status": "ok", "seconds": 0.0, "labels": [], "detail": ""}
@@ -213,7 +214,7 @@ class AudioTagger:
         try:
             if isinstance(source, np.ndarray) or not isinstance(source, (str, os.PathLike)):
                 if sample_rate is None:
-                    raise ValueError("A waveform needs its sample_rate.")
+                    raise UsageError("A waveform needs its sample_rate.")
                 audio, info = mono_waveform(source, sample_rate, self.sample_rate), None
                 samples = len(audio)
             else:
@@ -293,7 +294,7 @@ def expand_inputs(inputs):
             found = sorted(str(p) for p in Path(item).rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS
                            and p.is_file())
             if not found:
-                raise ValueError(f"{item}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) found.")
+                raise UsageError(f"{item}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) found.")
             expanded += found
         else:
             expanded.append(item)
@@ -308,13 +309,13 @@ def parse_thresholds(text):
         pairs = [part.split("=", 1) for part in text.split(",") if part.strip()]
         return {name.strip(): float(value) for name, value in pairs}
     except ValueError:
-        raise ValueError(f"--threshold takes a probability (0.3) or label=value pairs (dog=0.3,rain=0.6). "
+        raise UsageError(f"--threshold takes a probability (0.3) or label=value pairs (dog=0.3,rain=0.6). "
                          f"Received: {text!r}") from None
 
 
 def _positive_int(value, name):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a whole number >= 1. Received: {value!r}")
+        raise UsageError(f"{name} must be a whole number >= 1. Received: {value!r}")
     return int(value)
 
 
@@ -322,17 +323,17 @@ def _class_thresholds(thresholds, label_names):
     if isinstance(thresholds, dict):
         unknown = sorted(set(thresholds) - set(label_names))
         if unknown:
-            raise ValueError(f"Thresholds for unknown labels {unknown}; the model's labels are {label_names}.")
+            raise UsageError(f"Thresholds for unknown labels {unknown}; the model's labels are {label_names}.")
         values = [thresholds.get(name, DEFAULT_THRESHOLD) for name in label_names]
     elif np.ndim(thresholds) == 0:
         values = [thresholds] * len(label_names)
     else:
         values = list(thresholds)
         if len(values) != len(label_names):
-            raise ValueError(f"{len(values)} thresholds for {len(label_names)} classes.")
+            raise UsageError(f"{len(values)} thresholds for {len(label_names)} classes.")
     values = np.asarray(values, "float32")
     if not np.all((values >= 0) & (values <= 1)):
-        raise ValueError(f"Thresholds are probabilities between 0 and 1. Received: {thresholds!r}")
+        raise UsageError(f"Thresholds are probabilities between 0 and 1. Received: {thresholds!r}")
     return values
 
 
@@ -358,7 +359,7 @@ class ResultsFile:
     def __init__(self, path, identity, overwrite=False):
         self.path = Path(path)
         if self.path.suffix.lower() not in (".csv", ".json"):
-            raise ValueError(f"--output {path}: the results file must end in .csv or .json.")
+            raise UsageError(f"--output {path}: the results file must end in .csv or .json.")
         self.format = self.path.suffix.lower()[1:]
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.run_file = self.path.with_name(self.path.name + ".run.json")
@@ -431,7 +432,7 @@ def run_tag(inputs, model, output, top_k=5, events=False, thresholds=DEFAULT_THR
     tagger = AudioTagger.from_preset(model, top_k=top_k, thresholds=thresholds, median_filter=median_filter,
                                      batch_size=batch_size)
     if events and not tagger.frame_level:
-        raise ValueError(f"--events needs a frame-level head (task 'frame'); {model} has task "
+        raise UsageError(f"--events needs a frame-level head (task 'frame'); {model} has task "
                          f"{tagger.model.task!r}.")
     paths = expand_inputs([os.fspath(item) for item in inputs])
     identity = {"inputs": [os.path.abspath(p) for p in paths], "files": [_fingerprint(p) for p in paths],

@@ -8,6 +8,7 @@ from keras import ops
 from keras_bat.convert.bat import (backbone_parameters, bat_checkpoint_config, checkpoint_time_patches,
                                    load_official_weights)
 from keras_bat.convert.eat import eat_checkpoint_config, load_eat_weights
+from keras_bat.errors import UsageError
 from keras_bat.layers.frontend import FRONTENDS
 from keras_bat.layers.patching import ChunkTokens, MergeChunks, PatchEmbedding
 from keras_bat.layers.transformer import TransformerBlock
@@ -85,9 +86,9 @@ class BATBackbone(EncoderModel):
                  layer_norm_epsilon=1e-6, use_padding_mask=False, num_query_tokens=0,
                  use_kernels=None, frontend="log_mel", dtype=None, **kwargs):
         if depth < 1:
-            raise ValueError(f"`depth` must be at least 1. Received: {depth}")
+            raise UsageError(f"`depth` must be at least 1. Received: {depth}")
         if frontend not in FRONTENDS:
-            raise ValueError(f"`frontend` must be one of {sorted(FRONTENDS)}. Received: {frontend!r}")
+            raise UsageError(f"`frontend` must be one of {sorted(FRONTENDS)}. Received: {frontend!r}")
         # === Layers ===
         freq_patches = num_mels // patch_size
         patch_embed = PatchEmbedding(dim, patch_size, num_mels, dtype=dtype, name="patch_embed")

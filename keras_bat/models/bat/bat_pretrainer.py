@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_bat.errors import UsageError
 from keras_bat.layers.decoder import MaskedDecoder
 from keras_bat.layers.masking import inverse_block_mask
 from keras_bat.models.bat.bat_backbone import BATBackbone
@@ -71,7 +72,7 @@ class BATPretrainer(keras.Model):
         patch = encoder.get("patch_size", 16)
         max_time_patches = encoder.get("chunk_time_patches", 64)
         if time_frames % patch or not 0 < time_frames // patch <= max_time_patches:
-            raise ValueError(
+            raise UsageError(
                 f"`time_frames` must be a positive multiple of {patch} and at most "
                 f"{max_time_patches * patch} (one chunk). Received: {time_frames}")
         # As in the official pretraining, the encoders' sine-cosine table is built
@@ -253,7 +254,7 @@ class BATPretrainer(keras.Model):
     def export_backbone(self, which="teacher"):
         """A standalone `BATBackbone` with the student's or the teacher's weights."""
         if which not in ("student", "teacher"):
-            raise ValueError(f"`which` must be 'student' or 'teacher'. Received: {which!r}")
+            raise UsageError(f"`which` must be 'student' or 'teacher'. Received: {which!r}")
         source = self.student if which == "student" else self.teacher
         backbone = BATBackbone(**{**self.encoder_config, "dropout": 0.0, "drop_path_rate": 0.0})
         backbone.set_weights(source.get_weights())

@@ -8,6 +8,7 @@ from keras import ops
 
 from keras_bat.convert.beats import beats_checkpoint_config, beats_parameters, load_beats_weights
 from keras_bat.convert.checkpoints import WEIGHTS_FILE
+from keras_bat.errors import UsageError
 from keras_bat.layers.base import Layer
 from keras_bat.layers.patching import ChunkTokens, MergeChunks, PatchEmbedding
 from keras_bat.models.backbone import EncoderModel, encoder_inputs, run_blocks
@@ -91,7 +92,7 @@ class BEATsBackbone(EncoderModel):
                  max_distance=800, num_query_tokens=0, use_padding_mask=False, layer_norm_epsilon=1e-5,
                  use_kernels=None, dtype=None, **kwargs):
         if depth < 1:
-            raise ValueError(f"`depth` must be at least 1. Received: {depth}")
+            raise UsageError(f"`depth` must be at least 1. Received: {depth}")
         # === Layers ===
         freq_patches = num_mels // patch_size
         patch_embed = PatchEmbedding(embed_dim, patch_size, num_mels, use_bias=False, dtype=dtype,

@@ -7,6 +7,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_bat.errors import UsageError
 from keras_bat.layers.base import Layer
 from keras_bat.layers.dense import Dense
 from keras_bat.ops import gated_attention, gelu
@@ -90,7 +91,7 @@ class ConvPositionEmbedding(Layer):
     def __init__(self, dim, kernel_size=128, groups=16, **kwargs):
         super().__init__(**kwargs)
         if dim % groups:
-            raise ValueError(f"`dim` must be divisible by `groups`. Received: dim={dim}, groups={groups}")
+            raise UsageError(f"`dim` must be divisible by `groups`. Received: dim={dim}, groups={groups}")
         self.dim = dim
         self.kernel_size = kernel_size
         self.groups = groups
@@ -152,7 +153,7 @@ class BEATsAttention(Layer):
     def __init__(self, dim, num_heads, use_kernels=None, **kwargs):
         super().__init__(**kwargs)
         if dim % num_heads:
-            raise ValueError(f"`dim` must be divisible by `num_heads`. Received: dim={dim}, num_heads={num_heads}")
+            raise UsageError(f"`dim` must be divisible by `num_heads`. Received: dim={dim}, num_heads={num_heads}")
         self.dim = dim
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
