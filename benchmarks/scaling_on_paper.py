@@ -44,7 +44,7 @@ def communication_seconds(parameters, hosts, gbit):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--step-ms", type=float, default=276.9,
-                        help="measured single-device step, ms (default: the README's JAX BAT pretraining step, "
+                        help="measured single-device step, ms (default: docs/kernels.md's JAX BAT pretraining step, "
                              "12 clips x 16 views, ViT-B, bfloat16, one H200)")
     parser.add_argument("--backbone", default="bat_base")
     parser.add_argument("--decoder-depth", type=int, default=6)

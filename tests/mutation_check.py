@@ -137,6 +137,10 @@ MUTATIONS = [
     Mutation("CLI: any ValueError is a user's mistake", "keras_bat/cli/__init__.py",
              "USER_ERRORS = (UsageError, OSError)", "USER_ERRORS = (ValueError, OSError)",
              ["tests/test_cli.py::test_an_internal_bug_keeps_its_traceback"]),
+    Mutation("tag: label=value thresholds taken in sorted label order", "keras_bat/workflows/tag.py",
+             "values = [thresholds.get(name, DEFAULT_THRESHOLD) for name in label_names]",
+             "values = [thresholds[name] for name in sorted(thresholds)]",
+             ["tests/test_workflows_tag.py::test_events_equal_those_of_the_whole_clip_frame_probabilities"]),
     # --- Converters ---
     Mutation("converter: the attention gate not transposed", "keras_bat/convert/bat.py",
              'params.update(linear(f"{name}.attn.gate", block.attn.gate))',

@@ -21,7 +21,7 @@ def test_tfio_decoding_equals_soundfile(tmp_path, extension, options, rate):
     reference = load_audio(path, offset=0.25, duration=0.5)
     decoded = load_audio(path, offset=0.25, duration=0.5, decoder="tfio")
     assert decoded.shape == reference.shape
-    np.testing.assert_allclose(decoded, reference, atol=1e-6)  # README: the same samples within 1e-6
+    np.testing.assert_allclose(decoded, reference, atol=1e-6)  # docs/command_line.md: the same samples within 1e-6
 
 
 @pytest.mark.parametrize("kind", ["file not found", "empty file", "corrupt header", "not audio", "NaN samples",

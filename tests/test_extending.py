@@ -1,4 +1,4 @@
-"""The README's "Adding a head, an encoder, a dataset or a frontend": a toy of each, written
+"""docs/extending.md's "Adding a head, an encoder, a dataset or a frontend": a toy of each, written
 here and added through the registries alone, runs a whole probe (`keras-bat probe`) from a
 folder of recordings to results and a task preset that loads again."""
 

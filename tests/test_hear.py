@@ -81,7 +81,7 @@ def test_hearvalidator_passes(preset):
             pytest.fail("hearvalidator is not installed")
         pytest.skip("hearvalidator is not installed (pip install -e '.[hear]')")
     commands = [[sys.executable, "-m", "keras_bat", "hear-validate", "-m", preset, "-d", "cpu"]]
-    if keras.backend.backend() == "tensorflow":  # the validator's own entry point too (under torch see the README)
+    if keras.backend.backend() == "tensorflow":  # the validator's own entry point too (under torch see docs/hear.md)
         commands.append([sys.executable, "-m", "hearvalidator.validate", "keras_bat.hear", "-m", preset])
     for command in commands:
         result = subprocess.run(command, capture_output=True, text=True)

@@ -21,10 +21,10 @@ from keras_bat.workflows.tag import AudioTagger, EventDecoder
 LABELS = ["bird", "rain", "siren"]
 
 
-def small_model(head, task, num_query_tokens=0):
+def small_model(head, task, num_query_tokens=0, labels=LABELS):
     keras.utils.set_random_seed(0)
     backbone = BATBackbone(dim=32, depth=2, num_heads=2, chunk_time_patches=4, num_query_tokens=num_query_tokens)
-    return AudioClassifier(backbone, head, frontend=LogMelSpectrogram(), task=task, label_names=LABELS)
+    return AudioClassifier(backbone, head, frontend=LogMelSpectrogram(), task=task, label_names=labels)
 
 
 def sound(seconds, seed=0):
@@ -93,29 +93,32 @@ def test_streamed_event_decoding_equals_the_whole_clip(window):
         EventDecoder([0.5], 4)
 
 
-def test_events_equal_those_of_the_whole_clip_frame_probabilities(tmp_path):
-    model = small_model(CGP(3, 8, "frame"), "frame")
+@pytest.mark.parametrize("labels, by_name", [(LABELS, False), (["siren", "bird", "rain"], True)],
+                         ids=["sorted labels, a list", "unsorted labels, label=value"])
+def test_events_equal_those_of_the_whole_clip_frame_probabilities(tmp_path, labels, by_name):
+    model = small_model(CGP(3, 8, "frame"), "frame", labels=labels)
     waveform = sound(9.3)
     path = write(tmp_path / "field.wav", waveform, subtype="FLOAT")
     probabilities = 1 / (1 + np.exp(-whole_clip_outputs(model, waveform).astype("float64")))
     thresholds = thresholds_between(probabilities)  # events of every class
-    tagger = AudioTagger(model, thresholds=list(thresholds), median_filter=0.5, batch_size=3)
+    given = {labels[i]: thresholds[i] for i in (2, 0, 1)} if by_name else list(thresholds)  # a dict in any order
+    tagger = AudioTagger(model, thresholds=given, median_filter=0.5, batch_size=3)
     assert tagger.median_window == 3  # 0.5 s of 0.16 s patches
     result = tagger(path)
     assert result["status"] == "ok" and result["seconds"] == pytest.approx(9.3)
     expected = reference_events(probabilities, thresholds, 3)
     assert len(expected) > 6
     found = sorted((round(e["onset"] / 0.16), e["label"], e["score"], e["offset"]) for e in result["events"])
-    assert [(first, LABELS[label]) for first, _, label, _ in sorted(expected, key=lambda e: (e[0], LABELS[e[2]]))] \
+    assert [(first, labels[label]) for first, _, label, _ in sorted(expected, key=lambda e: (e[0], labels[e[2]]))] \
         == [(first, label) for first, label, _, _ in found]
-    by_start = {(first, LABELS[label]): (end, score) for first, end, label, score in expected}
+    by_start = {(first, labels[label]): (end, score) for first, end, label, score in expected}
     for first, label, score, offset in found:
         end, expected_score = by_start[(first, label)]
         assert offset == pytest.approx(min(end * 0.16, 9.3))
         assert score == pytest.approx(expected_score, abs=2e-5)
     # Clip scores: each class's highest frame probability, best first.
     peaks = probabilities.max(axis=0)
-    assert [entry["label"] for entry in result["labels"]] == [LABELS[i] for i in np.argsort(-peaks, kind="stable")]
+    assert [entry["label"] for entry in result["labels"]] == [labels[i] for i in np.argsort(-peaks, kind="stable")]
     np.testing.assert_allclose([entry["score"] for entry in result["labels"]], np.sort(peaks)[::-1], atol=2e-5)
 
 

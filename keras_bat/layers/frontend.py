@@ -183,7 +183,8 @@ class Frontend(Layer):
             yield self.normalise_frames(chunk, statistics) if self.normalises_per_clip else chunk
 
     def _raw_chunks(self, read, num_frames, chunk_frames):
-        full_window = np.subtract(*self.frame_span(0, chunk_frames)[::-1])
+        start, stop = self.frame_span(0, chunk_frames)
+        full_window = stop - start
         for first in range(0, num_frames, chunk_frames):
             count = min(chunk_frames, num_frames - first)
             window = read(*self.frame_span(first, count))

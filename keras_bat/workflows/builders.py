@@ -65,10 +65,11 @@ def build_head(head, num_classes, task, backbone):
 def build_classifier(config, dataset, backbone, frontend, cache_tokens=None):
     """Backbone + head + frontend + augmentation, compiled as the config says;
     with `cache_tokens` (what a feature cache holds), the head alone, trained on
-    precomputed features."""
+    precomputed features. Prints how many parameters train."""
     from keras_bat.data.augment import AudioAugmentation
     from keras_bat.models import AudioClassifier
     from keras_bat.training import WarmupCosineDecay, paper_adamw
+    from keras_bat.training.distribution import is_writer
 
     train, augment, cached = config["train"], config["augment"], cache_tokens is not None
     head = build_head(config["head"], dataset.num_classes, dataset.task, backbone)
@@ -89,6 +90,8 @@ def build_classifier(config, dataset, backbone, frontend, cache_tokens=None):
                feature_shapes(backbone, config["model"]["time_frames"], cache_tokens).items()})
     else:
         model(np.zeros((1, int(round(config["data"]["clip_seconds"] * SAMPLE_RATE))), "float32"))
+    if is_writer():  # a run over several processes reports once
+        print(trainable_parameters_text(model))
     return model
 
 

@@ -29,7 +29,7 @@ from keras_bat.training.metrics import (cross_validation_summary, error_rates, e
 from keras_bat.training.distribution import (ProcessShard, is_writer, own_folder, setup_distribution,
                                              start_processes, writer_first)
 from keras_bat.training.resume import fit_resumable
-from keras_bat.workflows.builders import build_classifier, build_splits, save_task_preset, trainable_parameters_text
+from keras_bat.workflows.builders import build_classifier, build_splits, save_task_preset
 from keras_bat.workflows.config import DEFAULTS
 from keras_bat.workflows.feature_cache import FeatureCache
 from keras_bat.workflows.probe_plan import feature_cache_mode, plan_probe
@@ -104,8 +104,6 @@ def train_and_evaluate(config, run_dir, fold=None):
     if plan.uses_feature_cache:  # the encoder runs once per clip; train the head alone
         train_cache, eval_cache = feature_caches(plan, config, skipped)
         model = build_classifier(config, train_set, backbone, plan.frontend, cache_tokens=plan.cache_tokens)
-        if is_writer():
-            print(trainable_parameters_text(model))
 
         def train_data(position):  # the cache's stream counts batches
             return (train_cache.dataset(train["batch_size"], steps_per_epoch=train["steps_per_epoch"],
@@ -123,8 +121,6 @@ def train_and_evaluate(config, run_dir, fold=None):
         if feature_cache_mode(train) == "auto":
             print(f"feature cache off: {'; '.join(plan.no_cache_reasons)}.")
         model = build_classifier(config, train_set, backbone, plan.frontend)
-        if is_writer():
-            print(trainable_parameters_text(model))
         weights = (balanced_sampling_weights(train_set, data["balanced_sampling"])
                    if data["balanced_sampling"] else None)
         pipeline_args = dict(clip_seconds=data["clip_seconds"], engine=data["engine"],

@@ -1,4 +1,4 @@
-"""The README's serving example, run as written: export a probe, serve it without Keras."""
+"""The serving example of docs/serving.md, run as written: export a probe, serve it without Keras."""
 
 import re
 import subprocess
@@ -11,16 +11,16 @@ import pytest
 from keras_bat import AudioClassifier, BATBackbone, LogMelSpectrogram
 from keras_bat.heads import CGP
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "serving.md"
 
 
 def serving_blocks():
-    text = README.read_text()
+    text = PAGE.read_text()
     section = text.split("<!-- serving example")[1].split("<!-- end of serving example -->")[0]
     return re.findall(r"```(bash|python)\n(.*?)```", section, re.S)
 
 
-def test_readme_serving_example_runs(tmp_path):
+def test_serving_example_runs(tmp_path):
     if keras.backend.backend() != "tensorflow":
         pytest.skip("run in the TensorFlow pass (the export itself is tested on every backend in test_export.py)")
     AudioClassifier(BATBackbone(dim=32, depth=2, num_heads=4), CGP(3, 8),
