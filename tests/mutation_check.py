@@ -141,6 +141,13 @@ MUTATIONS = [
              "values = [thresholds.get(name, DEFAULT_THRESHOLD) for name in label_names]",
              "values = [thresholds[name] for name in sorted(thresholds)]",
              ["tests/test_workflows_tag.py::test_events_equal_those_of_the_whole_clip_frame_probabilities"]),
+    Mutation("Hub: a URI resolved again on every use", "keras_bat/convert/hub.py",
+             "    if key not in _RESOLVED or not os.path.isdir(_RESOLVED[key]):", "    if True:",
+             ["tests/test_convert_hub.py::test_a_probe_on_a_release_asks_the_hub_once_and_reads_its_weights_once"]),
+    Mutation("encoder of a release named by loading its tensors", "keras_bat/models/encoders.py",
+             "recognise_checkpoint(checkpoint_shapes(folder), source)",
+             "recognise_checkpoint(read_state_dict(folder), source)",
+             ["tests/test_convert_hub.py::test_a_probe_on_a_release_asks_the_hub_once_and_reads_its_weights_once"]),
     # --- Converters ---
     Mutation("converter: the attention gate not transposed", "keras_bat/convert/bat.py",
              'params.update(linear(f"{name}.attn.gate", block.attn.gate))',

@@ -152,3 +152,25 @@ def test_a_task_preset_uploaded_to_the_hub_loads_back_by_uri(hub, tmp_path, monk
                                        "model.safetensors": official_file(BATBackbone(**{**BAT, "dim": 64}))}
     with pytest.raises(ValueError, match=r"shape.*\(128,\).*\(64,\)|\(64,\).*\(128,\)"):
         AudioClassifier.from_preset("hf://me/mismatch")
+
+
+def test_a_probe_on_a_release_asks_the_hub_once_and_reads_its_weights_once(hub, releases, monkeypatch):
+    """`model.encoder=auto` names the family from the weights' names and shapes (the safetensors
+    header), then builds the backbone: one download, one read of the tensors."""
+    import safetensors.numpy
+
+    from keras_bat.workflows.builders import build_backbone
+
+    reads = []
+    load_file = safetensors.numpy.load_file
+    monkeypatch.setattr(safetensors.numpy, "load_file", lambda *args, **kwargs: reads.append(args) or
+                        load_file(*args, **kwargs))
+    model = {"encoder": "auto", "backbone": "hf://lab/beats-release", "weights": None, "checkpoint_key": None,
+             "drop_path": 0.0, "dtype": None}
+    backbone = build_backbone(model)
+    assert type(backbone) is BEATsBackbone and len(reads) == 1, reads
+    assert_same_features(backbone, releases["models"]["beats"])
+    asked = [path for path in hub.requests if path == "/api/models/lab/beats-release/revision/main"]
+    assert len(asked) == 1, hub.requests
+    build_backbone(model)  # the same source again in this process: the Hub is not asked again
+    assert hub.requests.count("/api/models/lab/beats-release/revision/main") == 1, hub.requests

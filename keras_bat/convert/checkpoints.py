@@ -2,6 +2,7 @@
 preset folders, as flat `{name: float32 NumPy array}` dicts."""
 
 import os
+from typing import NamedTuple
 
 import keras
 import numpy as np
@@ -103,6 +104,36 @@ def read_state_dict(source, checkpoint_key=None):
                 break
     return {name: _to_numpy(value) for name, value in state.items() if not isinstance(value, dict)
             and hasattr(value, "shape")}
+
+
+class TensorShape(NamedTuple):
+    """A checkpoint entry's shape, read without its values: what recognising an encoder needs."""
+
+    shape: tuple
+
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+
+def checkpoint_shapes(source):
+    """`{name: TensorShape}` of a checkpoint: a `.safetensors` file (or a folder holding
+    `model.safetensors`) is read from its header alone, without loading a tensor; other
+    formats are read whole (`read_state_dict`)."""
+    path = os.fspath(source)
+    if os.path.isdir(path):
+        path = os.path.join(path, WEIGHTS_FILE)
+    if not path.endswith(".safetensors"):
+        return {name: TensorShape(tuple(value.shape)) for name, value in read_state_dict(path).items()}
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No checkpoint file at {path!r}.")
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="numpy") as file:
+            return {name: TensorShape(tuple(file.get_slice(name).get_shape())) for name in file.keys()}
+    except Exception as error:
+        raise UsageError(f"Could not read the safetensors file {path!r}: {error}") from error
 
 
 def save_official_weights(model, path, parameters=None):

@@ -48,13 +48,28 @@ def upload_preset(uri, preset, commit_message=None):
     api.create_repo(repo_id, exist_ok=True)
     info = api.upload_folder(repo_id=repo_id, folder_path=preset, path_in_repo=subfolder,
                              commit_message=commit_message or f"Upload keras-bat preset {os.path.basename(preset)}")
+    for key in [key for key in _RESOLVED if parse_hub_uri(key[0])[0] == repo_id]:  # the repository changed
+        del _RESOLVED[key]
     return info.commit_url
 
 
 def download_preset(uri):
     """The local folder of `uri` (`hf://owner/repo[/subfolder]`), downloaded into the Hugging
-    Face cache unless it is there already; offline (`HF_HUB_OFFLINE=1`) it is read from the cache."""
+    Face cache unless it is there already; offline (`HF_HUB_OFFLINE=1`) it is read from the cache.
+    The Hub is asked once per process (and endpoint and cache): later calls get the same folder."""
     huggingface_hub = _huggingface_hub(uri)
+    from huggingface_hub import constants
+
+    key = (uri, constants.ENDPOINT, constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE)
+    if key not in _RESOLVED or not os.path.isdir(_RESOLVED[key]):
+        _RESOLVED[key] = _download(huggingface_hub, uri)
+    return _RESOLVED[key]
+
+
+_RESOLVED = {}  # (uri, endpoint, cache, offline) -> local folder
+
+
+def _download(huggingface_hub, uri):
     from huggingface_hub import constants, errors
 
     repo_id, subfolder = parse_hub_uri(uri)

@@ -6,7 +6,7 @@ import inspect
 import os
 from typing import Callable, NamedTuple
 
-from keras_bat.convert.checkpoints import CONFIG_FILE, WEIGHTS_FILE, read_state_dict
+from keras_bat.convert.checkpoints import CONFIG_FILE, WEIGHTS_FILE, checkpoint_shapes, read_state_dict
 from keras_bat.convert.hub import download_preset, is_hub_uri
 from keras_bat.errors import UsageError
 from keras_bat.models.backbone import EncoderModel
@@ -101,8 +101,8 @@ def encoder_of_source(source):
         owner = own_config_class(folder)
         if owner is not None:
             return encoder_name(owner, owner.preset_config(folder))
-        if os.path.isfile(os.path.join(folder, WEIGHTS_FILE)):
-            backbone_class, config = recognise_checkpoint(read_state_dict(folder), source)
+        if os.path.isfile(os.path.join(folder, WEIGHTS_FILE)):  # the family named by the weights' names
+            backbone_class, config = recognise_checkpoint(checkpoint_shapes(folder), source)
             return encoder_name(backbone_class, config)
     raise UsageError(f"{source!r} is neither a preset name ({', '.join(_preset_names())}), a preset folder nor "
                      "hf://owner/repo[/subfolder]: set model.encoder to name its encoder.")
