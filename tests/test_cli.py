@@ -9,6 +9,7 @@ from pathlib import Path
 
 import keras
 import pytest
+from helpers import in_one_backend_pass
 
 from keras_bat import BATBackbone
 from keras_bat.data import write_synthetic_dataset
@@ -49,6 +50,7 @@ MISTAKES_BEFORE_ANY_MODEL = [
     (["pretrain", "--set", "data.clip_seconds=[1,2]"], r"Setting data.clip_seconds=\[1, 2\]: expected a number > 0"),
     (["probe", "--set", "train.lr=fast"], r"Setting train.lr='fast': expected a number > 0"),
     (["probe", "--set", "head.dropout=1.5"], r"Setting head.dropout=1.5: expected a number from 0 to 1"),
+    (["probe", "--set", "evaluate.median_filter=4"], r"Setting evaluate.median_filter=4: expected an odd number"),
     (["probe", "--set", "train.feature_cache=maybe"], r"expected one of auto, on, off"),
     (["demo", "--set", "model.dtype=fp8"], r"Setting model.dtype='fp8': expected one of float32"),
     (["probe", "--set", "head.type=nope"], r"Unknown head type 'nope'"),
@@ -164,6 +166,7 @@ def test_help_and_info_answer_without_importing_keras_or_a_backend(arguments):
     assert result.stdout.strip()
 
 
+@in_one_backend_pass("torch", "python -m keras_bat")
 def test_python_m_keras_bat_is_the_command():
     result = subprocess.run([sys.executable, "-m", "keras_bat", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "COMMAND" in result.stdout and "keras-bat" in result.stdout

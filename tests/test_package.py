@@ -1,6 +1,8 @@
 import importlib
 from pathlib import Path
 
+from helpers import in_one_backend_pass
+
 import keras_bat
 
 
@@ -21,6 +23,7 @@ def test_kernels_folder_installs_under_its_import_name():
         assert (installed / name).read_bytes() == (source / name).read_bytes(), name
 
 
+@in_one_backend_pass("torch", "building the packages")
 def test_every_package_folder_is_installed(tmp_path):
     """setup.py finds the packages: a new folder (an encoder family) is built into the wheel unlisted."""
     import subprocess

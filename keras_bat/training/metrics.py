@@ -208,22 +208,82 @@ class ClassAccuracy(keras.metrics.MeanMetricWrapper):
 
 # --- Sound event detection -----------------------------------------------------------
 
-def frames_to_events(probabilities, patch_seconds=0.16, threshold=0.3, median_filter=3):
-    """Events `(onset_s, offset_s, class_index)` from frame-wise probabilities
-    `(time_patches, classes)`: median filter over time, threshold, runs of
-    active patches (the reference's DCASE2016 post-processing)."""
-    from scipy.ndimage import median_filter as scipy_median_filter
+class EventDecoder:
+    """Sound events from a stream of frame probabilities `(frames, classes)`, block by block:
+    each class's probabilities median-filtered over `window` frames (edges repeat the first and
+    last frame, as `scipy.ndimage.median_filter(..., mode="nearest")`), an event wherever the
+    filtered probability is at or above the class's threshold, scored by the highest unfiltered
+    probability inside it. Keeps `window - 1` frames, whatever the stream's length.
 
+    Args:
+        thresholds: array `(classes,)`, each class's threshold.
+        window: odd int >= 1, the median filter's length in frames (1: no filtering).
+    """
+
+    def __init__(self, thresholds, window=1):
+        if int(window) != window or window < 1 or window % 2 == 0:
+            raise UsageError(f"The median filter's window must be an odd number of frames >= 1. Received: {window!r}")
+        self.thresholds = np.asarray(thresholds, "float32")
+        self.half = int(window) // 2
+        self.context = None  # the last frames not yet filtered, and the left context
+        self.frame = 0  # index of the next filtered frame
+        self.onsets = np.full(len(self.thresholds), -1)
+        self.peaks = np.zeros(len(self.thresholds), "float32")
+
+    def add(self, probabilities):
+        """Adds the next frames; returns the events that ended among them, `(first frame, end
+        frame (exclusive), class, score)`."""
+        probabilities = np.asarray(probabilities, "float32")
+        if not len(probabilities):
+            return []
+        if self.context is None:
+            self.context = np.repeat(probabilities[:1], self.half, axis=0)
+        return self._filter(np.concatenate([self.context, probabilities]))
+
+    def finish(self):
+        """The events still open at the end of the stream (and those the last frames end)."""
+        if self.context is None:
+            return []
+        events = self._filter(np.concatenate([self.context, np.repeat(self.context[-1:], self.half, axis=0)]))
+        for label in np.flatnonzero(self.onsets >= 0):
+            events.append((int(self.onsets[label]), self.frame, int(label), float(self.peaks[label])))
+        self.onsets[:] = -1
+        return events
+
+    def _filter(self, frames):
+        ready = len(frames) - 2 * self.half
+        if ready <= 0:
+            self.context = frames
+            return []
+        windows = np.lib.stride_tricks.sliding_window_view(frames, 2 * self.half + 1, axis=0)
+        filtered = np.median(windows, axis=-1)
+        events = self._threshold(filtered >= self.thresholds, frames[self.half:self.half + ready])
+        self.context = frames[ready:]
+        return events
+
+    def _threshold(self, active, raw):
+        events = []
+        for row, probabilities in zip(active, raw):
+            starting = row & (self.onsets < 0)
+            self.onsets[starting] = self.frame
+            self.peaks[starting] = 0.0
+            self.peaks[row] = np.maximum(self.peaks[row], probabilities[row])
+            for label in np.flatnonzero(~row & (self.onsets >= 0)):
+                events.append((int(self.onsets[label]), self.frame, int(label), float(self.peaks[label])))
+                self.onsets[label] = -1
+            self.frame += 1
+        return events
+
+
+def frames_to_events(probabilities, patch_seconds=0.16, threshold=0.3, median_filter=3):
+    """Events `(onset_s, offset_s, class_index)` of a whole clip's frame-wise probabilities
+    `(time_patches, classes)`, by `EventDecoder`: a median filter of `median_filter` (odd)
+    patches, a threshold, runs of active patches (the reference's DCASE2016 post-processing)."""
     probabilities = np.asarray(probabilities, "float32")
-    if median_filter and median_filter > 1:
-        probabilities = scipy_median_filter(probabilities, size=(median_filter, 1), mode="nearest")
-    active = probabilities >= threshold
-    events = []
-    for c in range(active.shape[1]):
-        edges = np.diff(np.concatenate([[0], active[:, c].astype("int8"), [0]]))
-        for start, end in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)):
-            events.append((start * patch_seconds, end * patch_seconds, c))
-    return sorted(events)
+    thresholds = np.broadcast_to(np.asarray(threshold, "float32"), probabilities.shape[1:])
+    decoder = EventDecoder(thresholds, median_filter)
+    events = decoder.add(probabilities) + decoder.finish()
+    return sorted((first * patch_seconds, end * patch_seconds, label) for first, end, label, _ in events)
 
 
 def event_based_f1(reference, estimated, collar=0.2):

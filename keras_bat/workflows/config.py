@@ -175,6 +175,9 @@ def validate(config):
         for section in sections:
             node = node[section]
         node[name] = check_setting(key, node[name], rule)
+    if config["evaluate"]["median_filter"] % 2 == 0:
+        raise UsageError(f"Setting evaluate.median_filter={config['evaluate']['median_filter']}: expected an odd "
+                         "number of time patches (the filter is centred on each patch).")
     if config["train"]["lora_rank"] is not None and not config["train"]["finetune"]:
         raise UsageError(f"Setting train.lora_rank={config['train']['lora_rank']} trains LoRA factors of the encoder: "
                          "it needs train.finetune=true (keras-bat finetune --variant lora).")

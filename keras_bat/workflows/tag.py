@@ -21,77 +21,11 @@ from keras_bat.data.datasets import AUDIO_EXTENSIONS
 from keras_bat.errors import UsageError
 from keras_bat.layers.chunk_merge import ChunkSummaries
 from keras_bat.ops import no_gradients
+from keras_bat.training.metrics import EventDecoder
 from keras_bat.workflows.embed import RecordingEncoder
 from keras_bat.workflows.run_folder import file_fingerprint, write_json_atomically
 
 DEFAULT_THRESHOLD = 0.5
-
-
-class EventDecoder:
-    """Sound events from a stream of frame probabilities `(frames, classes)`, block by block:
-    each class's probabilities median-filtered over `window` frames (edges repeat the first and
-    last frame, as `scipy.ndimage.median_filter(..., mode="nearest")`), an event wherever the
-    filtered probability is at or above the class's threshold, scored by the highest unfiltered
-    probability inside it. Keeps `window - 1` frames, whatever the stream's length.
-
-    Args:
-        thresholds: array `(classes,)`, each class's threshold.
-        window: odd int >= 1, the median filter's length in frames (1: no filtering).
-    """
-
-    def __init__(self, thresholds, window=1):
-        if int(window) != window or window < 1 or window % 2 == 0:
-            raise UsageError(f"The median filter's window must be an odd number of frames >= 1. Received: {window!r}")
-        self.thresholds = np.asarray(thresholds, "float32")
-        self.half = int(window) // 2
-        self.context = None  # the last frames not yet filtered, and the left context
-        self.frame = 0  # index of the next filtered frame
-        self.onsets = np.full(len(self.thresholds), -1)
-        self.peaks = np.zeros(len(self.thresholds), "float32")
-
-    def add(self, probabilities):
-        """Adds the next frames; returns the events that ended among them, `(first frame, end
-        frame (exclusive), class, score)`."""
-        probabilities = np.asarray(probabilities, "float32")
-        if not len(probabilities):
-            return []
-        if self.context is None:
-            self.context = np.repeat(probabilities[:1], self.half, axis=0)
-        return self._filter(np.concatenate([self.context, probabilities]))
-
-    def finish(self):
-        """The events still open at the end of the stream (and those the last frames end)."""
-        if self.context is None:
-            return []
-        events = self._filter(np.concatenate([self.context, np.repeat(self.context[-1:], self.half, axis=0)]))
-        for label in np.flatnonzero(self.onsets >= 0):
-            events.append((int(self.onsets[label]), self.frame, int(label), float(self.peaks[label])))
-        self.onsets[:] = -1
-        return events
-
-    def _filter(self, frames):
-        ready = len(frames) - 2 * self.half
-        if ready <= 0:
-            self.context = frames
-            return []
-        windows = np.lib.stride_tricks.sliding_window_view(frames, 2 * self.half + 1, axis=0)
-        filtered = np.median(windows, axis=-1)
-        events = self._threshold(filtered >= self.thresholds, frames[self.half:self.half + ready])
-        self.context = frames[ready:]
-        return events
-
-    def _threshold(self, active, raw):
-        events = []
-        for row, probabilities in zip(active, raw):
-            starting = row & (self.onsets < 0)
-            self.onsets[starting] = self.frame
-            self.peaks[starting] = 0.0
-            self.peaks[row] = np.maximum(self.peaks[row], probabilities[row])
-            for label in np.flatnonzero(~row & (self.onsets >= 0)):
-                events.append((int(self.onsets[label]), self.frame, int(label), float(self.peaks[label])))
-                self.onsets[label] = -1
-            self.frame += 1
-        return events
 
 
 class AudioTagger:
