@@ -148,6 +148,9 @@ MUTATIONS = [
              "recognise_checkpoint(checkpoint_shapes(folder), source)",
              "recognise_checkpoint(read_state_dict(folder), source)",
              ["tests/test_convert_hub.py::test_a_probe_on_a_release_asks_the_hub_once_and_reads_its_weights_once"]),
+    Mutation("frame targets on BAT's 0.16 s grid whatever the encoder", "keras_bat/workflows/probe.py",
+             "patch_seconds = backbone.seconds_per_patch(plan.frontend)", "patch_seconds = 0.16",
+             ["tests/test_extending.py::test_frame_targets_and_events_follow_the_encoders_time_grid"]),
     # --- Converters ---
     Mutation("converter: the attention gate not transposed", "keras_bat/convert/bat.py",
              'params.update(linear(f"{name}.attn.gate", block.attn.gate))',

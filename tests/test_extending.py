@@ -214,6 +214,22 @@ def test_a_new_encoder_family_is_one_folder(tmp_path):
     assert len(rows) == 6 and all(Path(row["path"]).parent.name == row["label"] for row in rows), rows
 
 
+def test_frame_targets_and_events_follow_the_encoders_time_grid(tmp_path, registered):
+    """The toy encoder's time patches are 4 frames (0.04 s), not BAT's 16 (0.16 s): a frame-level
+    probe trains on targets and decodes events on the encoder's own grid."""
+    backbone = build_encoder("patch_mean", "patch_mean_tiny")
+    assert backbone.seconds_per_patch() == pytest.approx(0.04)
+    assert build_encoder("bat", {"dim": 32, "depth": 1, "num_heads": 2}).seconds_per_patch() == pytest.approx(0.16)
+    out = tmp_path / "run"
+    assert main(["probe", "--set", "data.options={task: frame, splits: {train: 8, test: 4}, clip_seconds: 0.64}",
+                 "data.clip_seconds=0.64", "data.num_workers=0", "model.encoder=patch_mean",
+                 "model.backbone=patch_mean_tiny", "model.time_frames=64", "head.type=linear",
+                 "train.batch_size=4", "train.steps=4", "train.steps_per_epoch=2", "train.warmup_steps=1",
+                 "train.verbose=0", "train.feature_cache=off", f"output_dir={out}"]) == 0
+    metrics = json.loads((out / "results.json").read_text())["metrics"]
+    assert 0.0 < metrics["frame_micro_mAP"] <= 1.0 and 0.0 <= metrics["event_f1"] <= 1.0
+
+
 def test_registries_refuse_a_second_entry_of_a_name(registered):
     with pytest.raises(ValueError, match="registered already"):
         register_frontend("band_energies", BandEnergies)

@@ -229,7 +229,8 @@ class StreamPosition:
 
 def make_pipeline(dataset, batch_size, clip_seconds, training=True, engine="tf", repeat=False,
                   weights=None, samples_per_epoch=None, noise_std=0.0, num_workers=4, seed=0,
-                  skipped=None, max_label_length=400, with_targets=True, decoder="soundfile", stream=None):
+                  skipped=None, max_label_length=400, with_targets=True, decoder="soundfile", stream=None,
+                  patch_seconds=0.16):
     """Batches of `(waveforms (batch, samples), targets)` from a dataset.
 
     Args:
@@ -243,11 +244,12 @@ def make_pipeline(dataset, batch_size, clip_seconds, training=True, engine="tf",
             in `fit`). Defaults to `False`.
         weights, samples_per_epoch: class-balanced sampling (see `Sampler`).
         noise_std: float, Gaussian noise in training (HSN).
-        num_workers: int, parallel decoding threads. Defaults to 4.
+        num_workers: int, parallel decoding threads (0: one clip at a time). Defaults to 4.
         seed: int.
         skipped: `SkippedFiles` that records bad files (a new one if `None`;
             read it back as `pipeline.skipped` for grain, or pass your own).
         max_label_length: int, for CTC.
+        patch_seconds: float, the encoder's time patch, the grid of frame targets. Defaults to 0.16.
         with_targets: bool, `False` yields waveforms only (pretraining).
         decoder: `"soundfile"` or `"tfio"` (tensorflow-io's decoders, from
             the `[tfio]` stack).
@@ -261,7 +263,7 @@ def make_pipeline(dataset, batch_size, clip_seconds, training=True, engine="tf",
         `tf.data.Dataset` or grain `IterDataset`, ready for `model.fit`.
     """
     loader = ClipLoader(dataset, clip_seconds, training, noise_std=noise_std, max_label_length=max_label_length,
-                        decoder=decoder)
+                        decoder=decoder, patch_seconds=patch_seconds)
     sampler = Sampler(len(dataset), shuffle=training, weights=weights, samples_per_epoch=samples_per_epoch,
                       seed=seed)
     skipped = SkippedFiles() if skipped is None else skipped
@@ -350,7 +352,7 @@ def _tf_pipeline(loader, sampler, batch_size, training, repeat, num_workers, ski
 
     data = tf.data.Dataset.from_generator(lambda: _stream(sampler, repeat, stream), output_signature=(
         tf.TensorSpec((), tf.int64), tf.TensorSpec((), tf.int64), tf.TensorSpec((), tf.int64)))
-    data = data.map(tf_load, num_parallel_calls=num_workers, deterministic=True)
+    data = data.map(tf_load, num_parallel_calls=num_workers or None, deterministic=True)  # 0: one at a time
     data = data.filter(_is_loaded).map(_drop_flag)
     return data.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
 

@@ -298,6 +298,12 @@ class EncoderModel(keras.Model):
             return class_name == cls.__name__
         return isinstance(config, dict) and set(config) <= set(inspect.signature(cls.__init__).parameters)
 
+    def seconds_per_patch(self, frontend=None):
+        """Seconds between two time patches, the grid of frame-level targets, outputs and events:
+        a patch's frames times the hop of `frontend` (the one this encoder reads by default)."""
+        frontend = frontend or self.make_frontend()
+        return self.patch_size * frontend.hop_length / frontend.sample_rate
+
     @classmethod
     def recognise_checkpoint(cls, state):
         """`(constructor arguments, load)` of the official encoder in a state dict, read off its

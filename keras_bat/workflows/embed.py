@@ -125,7 +125,7 @@ class RecordingEncoder:
 
     @property
     def seconds_per_patch(self):
-        return self.backbone.patch_size * self.frontend.hop_length / self.frontend.sample_rate
+        return self.backbone.seconds_per_patch(self.frontend)
 
     def encode(self, source, clip_samples, info=None):
         """Yields the backbone's outputs on one recording, a batch of chunks at a time, as dicts

@@ -101,7 +101,7 @@ class FeatureCache:
         shapes = feature_shapes(backbone, frontend.time_frames, tokens)
         arrays = {name: np.lib.format.open_memmap(folder / f"{name}.npy", "w+", "uint16", (len(dataset), *shape))
                   for name, shape in shapes.items()}
-        loader = ClipLoader(dataset, clip_seconds, training=False)
+        loader = ClipLoader(dataset, clip_seconds, training=False, patch_seconds=backbone.seconds_per_patch(frontend))
         kept, targets = [], []
         for indices, waveforms, batch_targets in ordered_batches(
                 loader, batch_size, num_workers, skipped, desc=f"caching {dataset.name}" if verbose else None):

@@ -100,6 +100,7 @@ def train_and_evaluate(config, run_dir, fold=None):
     config = {**config, "train": train}
     skipped = SkippedFiles()
     epochs = max(1, -(-train["steps"] // train["steps_per_epoch"]))
+    patch_seconds = backbone.seconds_per_patch(plan.frontend)  # the time grid of frame targets and events
     eval_batch_size = train["eval_batch_size"] or train["batch_size"]
     if plan.uses_feature_cache:  # the encoder runs once per clip; train the head alone
         train_cache, eval_cache = feature_caches(plan, config, skipped)
@@ -116,7 +117,7 @@ def train_and_evaluate(config, run_dir, fold=None):
         outputs = model.predict(eval_cache.dataset(eval_batch_size, shuffle=False), verbose=0)
         clips = [eval_set.clips[i] for i in eval_cache.meta["clip_indices"]]
         metrics = task_metrics(eval_set.task, clips, np.asarray(outputs), list(eval_cache.targets),
-                               config["evaluate"])
+                               config["evaluate"], patch_seconds)
     else:
         if feature_cache_mode(train) == "auto":
             print(f"feature cache off: {'; '.join(plan.no_cache_reasons)}.")
@@ -125,7 +126,7 @@ def train_and_evaluate(config, run_dir, fold=None):
                    if data["balanced_sampling"] else None)
         pipeline_args = dict(clip_seconds=data["clip_seconds"], engine=data["engine"],
                              num_workers=data["num_workers"], seed=config["seed"], skipped=skipped,
-                             max_label_length=data["max_label_length"])
+                             max_label_length=data["max_label_length"], patch_seconds=patch_seconds)
 
         shard = ProcessShard.of_this_process()
 
@@ -144,7 +145,7 @@ def train_and_evaluate(config, run_dir, fold=None):
         # Every process evaluates every clip (the same computation on each, as JAX's processes run one
         # program); process 0 writes.
         metrics = evaluate(model, eval_set, data["clip_seconds"], eval_batch_size, config["evaluate"],
-                           data["num_workers"], skipped, data["max_label_length"])
+                           data["num_workers"], skipped, data["max_label_length"], patch_seconds)
     plot = save_layer_gate_plot(model.head, run_dir / "layer_weights.png")
     write_skipped(skipped, run_dir / "skipped_files.txt")
     preset = save_task_preset(model, backbone, plan.frontend, train_set, run_dir / "preset")
@@ -195,7 +196,8 @@ def _tensorboard_missing():
     return missing
 
 
-def predict(model, dataset, clip_seconds, batch_size, num_workers=4, skipped=None, max_label_length=400):
+def predict(model, dataset, clip_seconds, batch_size, num_workers=4, skipped=None, max_label_length=400,
+            patch_seconds=0.16):
     """Model outputs for every clip of `dataset` (fixed clip handling), with
     the clips that decoded; bad files are skipped and recorded. The encoder
     runs one time chunk of the batch's clips at a time and the head keeps only
@@ -205,7 +207,8 @@ def predict(model, dataset, clip_seconds, batch_size, num_workers=4, skipped=Non
     Returns:
         `(clips, outputs (n, ...), targets)`.
     """
-    loader = ClipLoader(dataset, clip_seconds, training=False, max_label_length=max_label_length)
+    loader = ClipLoader(dataset, clip_seconds, training=False, max_label_length=max_label_length,
+                        patch_seconds=patch_seconds)
     clips, outputs, targets = [], [], []
     for indices, waveforms, batch_targets in ordered_batches(loader, batch_size, num_workers, skipped,
                                                              desc=f"evaluating {dataset.name}"):
@@ -218,17 +221,17 @@ def predict(model, dataset, clip_seconds, batch_size, num_workers=4, skipped=Non
 
 
 def evaluate(model, dataset, clip_seconds, batch_size, evaluate_config=None, num_workers=4, skipped=None,
-             max_label_length=400):
+             max_label_length=400, patch_seconds=0.16):
     """The task's final metrics on `dataset`, computed exactly on all clips:
     accuracy (multiclass), macro mAP, mean ROC AUC and d-prime (multilabel), frame-wise micro mAP and
     event-based onset F1 (frame), WER and CER (ctc)."""
     evaluate_config = evaluate_config or DEFAULTS["evaluate"]
     clips, outputs, targets = predict(model, dataset, clip_seconds, batch_size, num_workers, skipped,
-                                      max_label_length)
-    return task_metrics(dataset.task, clips, outputs, targets, evaluate_config)
+                                      max_label_length, patch_seconds)
+    return task_metrics(dataset.task, clips, outputs, targets, evaluate_config, patch_seconds)
 
 
-def task_metrics(task, clips, outputs, targets, evaluate_config):
+def task_metrics(task, clips, outputs, targets, evaluate_config, patch_seconds=0.16):
     """The final metrics of a task from model outputs and targets per clip."""
     if task == "multiclass":
         return {"accuracy": float(np.mean(np.argmax(outputs, -1) == np.array(targets)))}
@@ -237,8 +240,8 @@ def task_metrics(task, clips, outputs, targets, evaluate_config):
         return {name: scores[name] for name in ("mAP", "mAUC", "d_prime")}
     if task == "frame":
         probabilities = 1.0 / (1.0 + np.exp(-outputs))
-        estimated = {c.path: frames_to_events(p, threshold=evaluate_config["event_threshold"],
-                                              median_filter=evaluate_config["median_filter"])
+        estimated = {c.path: frames_to_events(p, patch_seconds, evaluate_config["event_threshold"],
+                                              evaluate_config["median_filter"])
                      for c, p in zip(clips, probabilities)}
         reference = {c.path: list(c.label) for c in clips}
         events = event_based_f1(reference, estimated, collar=evaluate_config["collar"])
