@@ -11,14 +11,16 @@ class Registry:
     here, so a new component is registered once and found everywhere.
 
     Example:
-    >>> HEADS = Registry("head type")
-    >>> HEADS.register("cgp", CGP)
+    >>> HEADS = Registry("head type", {"cgp": CGP})
+    >>> HEADS.register("linear", LinearHead)
     >>> HEADS["cgp"], sorted(HEADS)
     """
 
-    def __init__(self, kind):
+    def __init__(self, kind, entries=None):
         self.kind = kind
         self._entries = {}
+        for name, entry in (entries or {}).items():
+            self.register(name, entry)
 
     def register(self, name, entry):
         """Adds `entry` as `name` (a name is registered once) and returns it."""

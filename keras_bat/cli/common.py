@@ -4,6 +4,7 @@ import argparse
 import ast
 import importlib.util
 import json
+from pathlib import Path
 
 BACKENDS = ("tensorflow", "jax", "torch")
 
@@ -43,7 +44,7 @@ def positive(kind):
 def library_defaults(module, function):
     """The defaults of `module.function`'s keyword arguments, read from its source without
     importing it (the module imports Keras): the command line's defaults are the library's."""
-    tree = ast.parse(open(importlib.util.find_spec(module).origin).read())
+    tree = ast.parse(Path(importlib.util.find_spec(module).origin).read_text())
     constants = {target.id: node.value for node in tree.body if isinstance(node, ast.Assign)
                  for target in node.targets if isinstance(target, ast.Name)}
     definition = next(node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef) and node.name == function)

@@ -9,10 +9,8 @@ from keras_bat.registry import Registry
 
 # The heads a recipe names with `head.type`; a new head is its module and one line here (or
 # `register_head` from outside the package).
-HEADS = Registry("head type")
-for _name, _head in {"cgp": CGP, "linear": LinearHead, "lcgp": LayerMixedLinear, "h2t": Head2Toe, "pb": ProtoBin,
-                     "vqt": VQTHead, "asr": ASRHead}.items():
-    HEADS.register(_name, _head)
+HEADS = Registry("head type", {"cgp": CGP, "linear": LinearHead, "lcgp": LayerMixedLinear, "h2t": Head2Toe,
+                               "pb": ProtoBin, "vqt": VQTHead, "asr": ASRHead})
 
 
 def register_head(name, head_class):
