@@ -14,7 +14,8 @@ from keras_bat.data.audio import load_audio, load_window
 from keras_bat.layers.frontend import fit_frames
 from keras_bat.layers.patching import whole_patch_frames
 from keras_bat.models import BATBackbone, BEATsBackbone
-from keras_bat.workflows.embed import RecordingEncoder, parse_layers
+from keras_bat.models import RecordingStream
+from keras_bat.workflows.embed import parse_layers
 
 # Chunks of 4 time patches (64 frames, 0.64 s), so that a few seconds make several chunks.
 BACKBONES = {
@@ -62,17 +63,17 @@ def test_streamed_chunks_equal_the_whole_clip(encoder, batch_size, seconds, tmp_
     waveform = load_audio(path)
     expected_cls, expected_frames = whole_clip_features(backbone, waveform)
 
-    streamer = RecordingEncoder(backbone, batch_size)
-    outputs = list(streamer.encode(path, len(waveform)))
+    streamer = RecordingStream(backbone, batch_size=batch_size)
+    outputs = [features for _, features in streamer.encode(path, len(waveform))]
     cls_tokens = np.concatenate([features["cls_tokens"] for features in outputs])
     frames = np.concatenate([features["patch_tokens"].mean(axis=3).transpose(0, 2, 1, 3).reshape(-1, 2, 32)
                              for features in outputs])
-    chunks = -(-streamer.layout(len(waveform))[1] // 4)
+    chunks = -(-streamer.time_patches(len(waveform)) // 4)
     assert len(cls_tokens) == chunks > 3  # several chunks, the last one shorter
     np.testing.assert_allclose(cls_tokens.mean(axis=0), expected_cls, atol=1e-5)
     np.testing.assert_allclose(frames, expected_frames.transpose(1, 0, 2), atol=1e-5)
     # The same recording in memory streams to the same features.
-    in_memory = list(streamer.encode(waveform, len(waveform)))
+    in_memory = [features for _, features in streamer.encode(waveform, len(waveform))]
     for features, expected in zip(in_memory, outputs):
         for name, value in expected.items():
             np.testing.assert_allclose(features[name], value, atol=1e-6)

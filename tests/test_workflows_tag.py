@@ -14,8 +14,7 @@ from helpers import to_numpy
 from keras_bat.cli import main
 from keras_bat.heads import CGP, LinearHead, VQTHead
 from keras_bat.layers import LogMelSpectrogram
-from keras_bat.models import AudioClassifier, BATBackbone
-from keras_bat.workflows.embed import RecordingEncoder
+from keras_bat.models import AudioClassifier, BATBackbone, RecordingStream
 from keras_bat.workflows.tag import AudioTagger, EventDecoder
 
 LABELS = ["bird", "rain", "siren"]
@@ -39,9 +38,10 @@ def sound(seconds, seed=0):
 def whole_clip_outputs(model, waveform):
     """`predict_long` on the whole clip's spectrogram, its frames cut to whole patches as the
     streamed path cuts them."""
-    frames, patches = RecordingEncoder(model.backbone, frontend=model.frontend).layout(len(waveform))
-    spectrogram = to_numpy(model.frontend(waveform[None]))[:, :frames]
-    spectrogram = np.pad(spectrogram, [(0, 0), (0, patches * model.backbone.patch_size - frames), (0, 0)])
+    frames, padded = RecordingStream(model.backbone, model.frontend).layout(len(waveform))
+    whole = type(model.frontend).from_config({**model.frontend.get_config(), "time_frames": None})
+    spectrogram = to_numpy(whole(waveform[None]))[:, :frames]
+    spectrogram = np.pad(spectrogram, [(0, 0), (0, padded - frames), (0, 0)])
     return model.predict_long(spectrogram)[0]
 
 
@@ -152,6 +152,33 @@ def test_clip_labels_equal_the_whole_clip_at_any_rate_and_channel_count(name, tm
         assert [e["label"] for e in other["labels"]] == [e["label"] for e in as_rows["labels"]]
         np.testing.assert_allclose([e["score"] for e in other["labels"]], [e["score"] for e in as_rows["labels"]],
                                    atol=1e-4)
+
+
+@pytest.mark.parametrize("task", ["multiclass", "frame"])
+def test_clip_length_policy_short_clips_as_in_training_long_ones_whole(task):
+    """A model trained on 2.56 s clips (`time_frames=256`): a shorter recording is zero-padded to
+    2.56 s as in training, so it gets `model(waveform)`'s scores; a longer one is streamed whole,
+    not cropped to 2.56 s as `model(waveform)` crops it."""
+    model = small_model(CGP(3, 8, "frame" if task == "frame" else "mean"), task)
+    model = AudioClassifier(model.backbone, model.head, frontend=LogMelSpectrogram(time_frames=256), task=task,
+                            label_names=LABELS)
+    tagger = AudioTagger(model, top_k=3, batch_size=2)
+    short, long = sound(1.5, seed=2), sound(6.1, seed=3)
+    called = to_numpy(model.probabilities(model(short[None])))[0].astype("float64")
+    if task == "frame":  # the clip score of a class: its highest probability over the clip's own 10 patches
+        assert called.shape == (16, 3)
+        called = called[:10].max(axis=0)
+    scores = {entry["label"]: entry["score"] for entry in tagger(short, sample_rate=16000)["labels"]}
+    np.testing.assert_allclose([scores[name] for name in LABELS], called, atol=2e-5)
+
+    whole = whole_clip_outputs(model, long).astype("float64")
+    cropped = to_numpy(model.probabilities(model(long[None])))[0].astype("float64")
+    expected = to_numpy(model.probabilities(whole)).astype("float64")
+    if task == "frame":
+        expected, cropped = expected.max(axis=0), cropped.max(axis=0)
+    scores = {entry["label"]: entry["score"] for entry in tagger(long, sample_rate=16000)["labels"]}
+    np.testing.assert_allclose([scores[name] for name in LABELS], expected, atol=2e-5)
+    assert np.abs(expected - cropped).max() > 1e-3  # streaming whole is not the crop
 
 
 def test_bad_inputs_fail_alone_with_their_reason(tmp_path):

@@ -11,6 +11,9 @@ import numpy as np
 from keras_bat.errors import UsageError
 
 SAMPLE_RATE = 16000
+# BAT's time patch (16 frames of 10 ms): the default grid of frame targets and events; a probe
+# passes its encoder's own (`EncoderModel.seconds_per_patch`).
+PATCH_SECONDS = 0.16
 # Sample rates outside this range are not audio a model of 16 kHz can use.
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 768000
 

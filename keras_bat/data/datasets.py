@@ -16,7 +16,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from keras_bat.data.audio import audio_info
+from keras_bat.data.audio import PATCH_SECONDS, audio_info
 from keras_bat.errors import UsageError
 from keras_bat.registry import Registry
 
@@ -65,7 +65,7 @@ class AudioDataset:
     def subset(self, indices, name=None):
         return AudioDataset([self.clips[i] for i in indices], self.task, self.class_names, name or self.name)
 
-    def target(self, clip, time_patches=None, patch_seconds=0.16):
+    def target(self, clip, time_patches=None, patch_seconds=PATCH_SECONDS):
         """The training target of `clip` as a NumPy array.
 
         Frame targets are `(time_patches, classes)`: a patch is active when its

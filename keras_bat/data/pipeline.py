@@ -19,7 +19,7 @@ import keras
 import numpy as np
 from tqdm.auto import tqdm
 
-from keras_bat.data.audio import SAMPLE_RATE, AudioDecodeError, load_audio
+from keras_bat.data.audio import PATCH_SECONDS, SAMPLE_RATE, AudioDecodeError, load_audio
 from keras_bat.errors import UsageError
 from keras_bat.runtime import import_tensorflow
 
@@ -80,13 +80,13 @@ class ClipLoader:
         sample_rate: int. Defaults to 16000.
         noise_std: float, Gaussian noise added in training (0.02 for the
             reference's HSN recipe). Defaults to `0.0`.
-        patch_seconds: float, time patch length for frame targets. Defaults to `0.16`.
+        patch_seconds: float, time patch length for frame targets. Defaults to BAT's, `0.16`.
         max_label_length: int, CTC labels are padded or cut to this length.
         decoder: `"soundfile"` or `"tfio"` (see `load_audio`).
     """
 
     def __init__(self, dataset, clip_seconds, training, sample_rate=SAMPLE_RATE, noise_std=0.0,
-                 patch_seconds=0.16, max_label_length=400, decoder="soundfile"):
+                 patch_seconds=PATCH_SECONDS, max_label_length=400, decoder="soundfile"):
         if clip_seconds <= 0:
             raise UsageError(f"`clip_seconds` must be positive. Received: {clip_seconds}")
         self.dataset = dataset
@@ -230,7 +230,7 @@ class StreamPosition:
 def make_pipeline(dataset, batch_size, clip_seconds, training=True, engine="tf", repeat=False,
                   weights=None, samples_per_epoch=None, noise_std=0.0, num_workers=4, seed=0,
                   skipped=None, max_label_length=400, with_targets=True, decoder="soundfile", stream=None,
-                  patch_seconds=0.16):
+                  patch_seconds=PATCH_SECONDS):
     """Batches of `(waveforms (batch, samples), targets)` from a dataset.
 
     Args:

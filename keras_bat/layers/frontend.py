@@ -279,7 +279,10 @@ class LogMelSpectrogram(Frontend):
     def window_frames(self, window):
         """dB frames `(frames, num_mels)` of a window `(samples,)` laid out by `frame_span`."""
         window = ops.cast(ops.convert_to_tensor(window)[None], "float32")
-        return power_to_db(stft_power(window, self._window, self.hop_length, center=False), self._filter_bank)[0]
+        if getattr(self, "_streamed_filter_bank", None) is None:  # on the device once, not once per window
+            self._streamed_filter_bank = ops.convert_to_tensor(self._filter_bank)
+        return power_to_db(stft_power(window, self._window, self.hop_length, center=False),
+                           self._streamed_filter_bank)[0]
 
     def frame_statistics(self, frames):
         return float(ops.max(frames)), float(ops.min(frames))

@@ -7,12 +7,13 @@ its folder alone (see tests/test_extending.py)."""
 import importlib
 import pkgutil
 
-from keras_bat.models.backbone import EncoderModel, RandomWeightsWarning, encode_in_chunks
+from keras_bat.models.backbone import EncoderModel, RandomWeightsWarning
 from keras_bat.models.bat import BATBackbone, BATPretrainer
 from keras_bat.models.beats import BEATsBackbone
 from keras_bat.models.audio_classifier import AudioClassifier
 from keras_bat.models.audio_embedder import AudioEmbedder
 from keras_bat.models.encoders import ENCODERS, get_encoder, register_encoder
+from keras_bat.models.streaming import ChunkEncoder, RecordingStream
 
 for _family in pkgutil.iter_modules(__path__):
     if _family.ispkg:
@@ -24,6 +25,6 @@ BEATS_PRESETS = BEATsBackbone.builtin_presets
 
 __all__ = [
     "AudioClassifier", "AudioEmbedder", "BACKBONE_PRESETS", "BATBackbone", "BATPretrainer", "BEATS_PRESETS",
-    "BEATsBackbone", "ENCODERS", "EncoderModel", "RandomWeightsWarning", "encode_in_chunks", "get_encoder",
-    "register_encoder",
+    "BEATsBackbone", "ChunkEncoder", "ENCODERS", "EncoderModel", "RandomWeightsWarning", "RecordingStream",
+    "get_encoder", "register_encoder",
 ]

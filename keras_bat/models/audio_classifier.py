@@ -4,14 +4,14 @@ import json
 import os
 
 import keras
-import numpy as np
 from keras import ops
 
 from keras_bat.convert.hub import download_preset, is_hub_uri
 from keras_bat.errors import UsageError
 from keras_bat.heads.base import CLASSIFICATION_TASKS
 from keras_bat.layers.chunk_merge import ChunkSummaries
-from keras_bat.models.backbone import encode_in_chunks, write_json, write_preset_metadata
+from keras_bat.models.backbone import write_json, write_preset_metadata
+from keras_bat.models.streaming import ChunkEncoder, HeadChunkSummary
 from keras_bat.ops import no_gradients
 from keras_bat.ops.keras_internals import load_weights_skipping, save_weights_skipping
 from keras_bat.training.losses import AsymmetricLoss, SoftmaxCrossEntropy, ctc_loss, training_loss
@@ -104,15 +104,14 @@ class AudioClassifier(keras.Model):
         return self.head(features, training=training)
 
     def predict_long(self, inputs):
-        """The model's outputs on a batch of clips of any length, in inference
-        mode, with memory that does not grow with the clips' length: the
-        backbone runs one time chunk of every clip at a time
-        (`encode_in_chunks`), the head keeps only what its pooling needs of
-        each chunk (`chunk_summary`) and predicts from the merged summaries.
-        Equal to `model(inputs)` (the backbone encodes long inputs chunk by
-        chunk too). What still grows with the length is small: the inputs, and
-        the frontend's transient memory for one clip (about 65 MB per minute of
-        audio).
+        """The model's outputs on a batch of clips, in inference mode, with memory that does
+        not grow with the clips' length: the backbone runs one time chunk of every clip at a
+        time and the head keeps only what its pooling needs of each chunk (`chunk_summary`,
+        computed with the chunk's encoding on the device), then predicts from the merged
+        summaries (`keras_bat.models.streaming`). Equal to `model(inputs)`: the clips are those
+        the frontend makes, at its `time_frames` where it fixes them (to stream a recording
+        whole, use `AudioTagger`). What still grows with the length is small: the inputs, and
+        the frontend's transient memory for one clip (about 65 MB per minute of audio).
 
         Args:
             inputs: waveforms `(batch, samples)` (with a frontend) or
@@ -123,20 +122,34 @@ class AudioClassifier(keras.Model):
         """
         if self.backbone is None:
             raise UsageError("predict_long runs the backbone chunk by chunk; this model reads precomputed features.")
+        if not self.built:  # heads create their weights on their first call
+            self(self.example_input())
         # The frontend runs a clip at a time: its STFT takes several times the waveform's memory.
-        spectrograms = np.concatenate([keras.ops.convert_to_numpy(self._spectrograms(inputs[i:i + 1]))
-                                       for i in range(len(inputs))])
-        query_tokens = None
-        if getattr(self.head, "reads_query_tokens", False):
-            query_tokens = keras.ops.convert_to_numpy(self.head.batch_query_tokens(len(spectrograms)))
+        spectrograms = ops.concatenate([self._spectrograms(inputs[i:i + 1]) for i in range(len(inputs))])
+        encoder = self.chunk_encoder()
+        keep = encoder.step.keep
+        query_tokens = self.head.batch_query_tokens(1) if getattr(self.head, "reads_query_tokens", False) else None
         summaries = ChunkSummaries()
-        with no_gradients():  # else torch would keep every chunk's head activations for a backward pass
-            for time_patches, features in encode_in_chunks(self.backbone, spectrograms, query_tokens):
-                if not self.head.built:  # heads create their weights on their first call
-                    self.head(features, training=False)
-                summaries.add(self.head.chunk_summary(features), time_patches)
+        for time_patches, outputs in encoder.chunks(spectrograms, query_tokens):
+            summaries.add({name: (value, keep.merges[name]) for name, value in outputs.items()}, time_patches)
+        with no_gradients():  # else torch would keep the head's activations for a backward pass
             outputs = self.head.call_on_summary(summaries.result(), training=False)
         return keras.ops.convert_to_numpy(outputs)
+
+    def chunk_encoder(self):
+        """The `ChunkEncoder` of the backbone with the head's chunk summary (`HeadChunkSummary`,
+        its `step.keep`), made once per model so that its compiled call is kept."""
+        if getattr(self, "_chunk_encoder", None) is None:
+            self._chunk_encoder = ChunkEncoder(self.backbone, HeadChunkSummary(self.head))
+        return self._chunk_encoder
+
+    def probabilities(self, logits):
+        """The task's probabilities of its logits: softmax over classes for `multiclass`,
+        sigmoid per class for `multilabel` and `frame`."""
+        if self.task not in CLASSIFICATION_TASKS:
+            raise UsageError(f"The {self.task} task has no class probabilities.")
+        logits = ops.cast(logits, "float32")
+        return ops.softmax(logits, axis=-1) if self.task == "multiclass" else ops.sigmoid(logits)
 
     def quantize(self, mode=None, config=None, filters=None, **kwargs):
         """Quantizes the backbone's layers (`keras.Model.quantize`: `"int8"`, `"float8"`, ...);
@@ -149,6 +162,7 @@ class AudioClassifier(keras.Model):
             self(self.example_input())
         self.backbone.quantize(mode, config=config, filters=filters, **kwargs)
         self.train_function = self.test_function = self.predict_function = None
+        self._chunk_encoder = None
         self._post_quantize(mode)
 
     def _takes_waveforms(self, inputs):

@@ -1,6 +1,6 @@
 """What every encoder model shares: its inputs, the blocks run over time chunks
-with optional query tokens, chunked encoding of long inputs, its frontend, config
-round trips and preset directories."""
+with optional query tokens, its frontend and time grid, config round trips and preset
+directories (long inputs stream through `keras_bat.models.streaming`)."""
 
 import inspect
 import json
@@ -13,11 +13,9 @@ from keras_bat.convert.checkpoints import (CONFIG_FILE, METADATA_FILE, WEIGHTS_F
                                           read_state_dict, save_official_weights)
 from keras_bat.convert.hub import download_preset, is_hub_uri
 from keras_bat.errors import UsageError
-from keras_bat.layers.chunk_merge import WHOLE_CLIP_MERGES, ChunkSummaries
 from keras_bat.layers.frontend import build_frontend
 from keras_bat.layers.base import symbolic
 from keras_bat.layers.patching import KeyLengthsWithQueries, PrependQueries
-from keras_bat.ops import no_gradients
 
 
 def encoder_inputs(num_mels, depth, dim, use_padding_mask=False, num_query_tokens=0):
@@ -60,45 +58,6 @@ def run_blocks(blocks, tokens, key_lengths, chunk_weights, query_tokens=None, dt
         tokens = x[:, num_queries:]
         block_outputs.append(tokens)
     return block_outputs, query_outputs
-
-
-def encode_in_chunks(backbone, spectrograms, query_tokens=None):
-    """Runs `backbone` over `spectrograms` `(batch, frames, mels)` one time chunk
-    (`chunk_time_patches` patches) at a time: the k-th chunk of every clip in one
-    forward pass, as the backbone encodes long inputs (`frames` a multiple of the
-    patch size). Memory does not grow with the clips' length.
-
-    Yields:
-        `(time_patches, features)`: the chunk's length in time patches and the
-        backbone's outputs on it (backend tensors).
-    """
-    chunk_frames = backbone.chunk_time_patches * backbone.patch_size
-    for start in range(0, spectrograms.shape[1], chunk_frames):
-        chunk = spectrograms[:, start:start + chunk_frames]
-        inputs = chunk if query_tokens is None else {"spectrogram": chunk, "query_tokens": query_tokens}
-        yield chunk.shape[1] // backbone.patch_size, encode_chunk(backbone, inputs, chunk.shape[1] == chunk_frames)
-
-
-def encode_chunk(backbone, inputs, full_chunk):
-    """The backbone's outputs (backend tensors) on one chunk in inference mode: a full chunk
-    through the compiled `predict_on_batch` (one compiled shape per batch size; under JAX twice
-    as fast as an eager call on a CPU), a shorter last chunk eagerly, so that no compiled call
-    sees a second length."""
-    if full_chunk:
-        return keras.tree.map_structure(keras.ops.convert_to_tensor, backbone.predict_on_batch(inputs))
-    with no_gradients():
-        return backbone(inputs, training=False)
-
-
-def encode_whole_clips(backbone, spectrograms, names=("cls_tokens", "patch_tokens")):
-    """The backbone's outputs `names` on whole clips, encoded a chunk at a time
-    (`encode_in_chunks`): class tokens averaged over chunks, patch tokens
-    concatenated along time, as NumPy arrays. Beyond the outputs themselves,
-    memory does not grow with the clips' length."""
-    summaries = ChunkSummaries()
-    for time_patches, features in encode_in_chunks(backbone, keras.ops.convert_to_numpy(spectrograms)):
-        summaries.add({name: (features[name], WHOLE_CLIP_MERGES[name]) for name in names}, time_patches)
-    return {name: keras.ops.convert_to_numpy(value) for name, value in summaries.result().items()}
 
 
 FRONTEND_FILE = "frontend.json"

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_bat.data.audio import PATCH_SECONDS
 from keras_bat.errors import UsageError
 
 
@@ -275,7 +276,7 @@ class EventDecoder:
         return events
 
 
-def frames_to_events(probabilities, patch_seconds=0.16, threshold=0.3, median_filter=3):
+def frames_to_events(probabilities, patch_seconds=PATCH_SECONDS, threshold=0.3, median_filter=3):
     """Events `(onset_s, offset_s, class_index)` of a whole clip's frame-wise probabilities
     `(time_patches, classes)`, by `EventDecoder`: a median filter of `median_filter` (odd)
     patches, a threshold, runs of active patches (the reference's DCASE2016 post-processing)."""

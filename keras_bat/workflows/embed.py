@@ -1,11 +1,11 @@
 """Embeddings of a folder of recordings, each at its own length, streamed.
 
-Each file is framed a window at a time (`keras_bat.data.audio.load_window`),
-normalised as the frontend normalises the whole clip (a first pass gathers the
-clip's statistics), and encoded chunk by chunk exactly as the backbone encodes
-long inputs (`chunk_time_patches` per chunk, class tokens averaged over
-chunks, patch tokens concatenated); results are written to `.npy` files as
-they come. Memory does not grow with the recordings' length.
+Each file streams through `keras_bat.models.RecordingStream`: framed a window
+at a time, normalised as the frontend normalises the whole clip, and encoded
+chunk by chunk exactly as the backbone encodes long inputs, the selected
+blocks' tokens picked on the device (`EmbeddingRows`); class tokens are
+averaged over chunks, frame rows written to `.npy` files as they come. Memory
+does not grow with the recordings' length.
 """
 
 import csv
@@ -13,13 +13,13 @@ import io
 import os
 from pathlib import Path
 
+import keras
 import numpy as np
 
-from keras_bat.data.audio import SAMPLE_RATE, AudioDecodeError, audio_info, load_window, waveform_window
+from keras_bat.data.audio import SAMPLE_RATE, AudioDecodeError, audio_info
 from keras_bat.data.datasets import audio_files
 from keras_bat.errors import UsageError
-from keras_bat.layers.patching import whole_patch_frames
-from keras_bat.models.backbone import encode_chunk
+from keras_bat.models.streaming import RecordingStream
 from keras_bat.workflows.builders import build_backbone
 from keras_bat.workflows.run_folder import RunFolder, digest, file_fingerprint, write_json_atomically
 
@@ -93,115 +93,22 @@ class RowFile:
             self.file.close()
 
 
-class RecordingEncoder:
-    """Streams recordings through a backbone, a chunk of `chunk_time_patches` at a time.
+class EmbeddingRows(keras.layers.Layer):
+    """What `keras-bat embed` keeps of each chunk, on the device: the selected blocks' class
+    tokens `(chunks, layers, dim)` and, with `frames`, their patch tokens averaged over
+    frequency `(chunks, layers, time patches, dim)`."""
 
-    Args:
-        backbone: a `BATBackbone` or `BEATsBackbone`.
-        batch_size: int, chunks per forward pass.
-        frontend: the frontend that makes its spectrograms; `None` takes the
-            backbone's (`make_frontend()`).
-        query_tokens: optional array `(1, depth, query tokens, dim)`, the query
-            tokens a VQT head reads inside the backbone.
-    """
+    def __init__(self, layers, frames, **kwargs):
+        super().__init__(**kwargs)
+        self.layer_indices, self.frames = list(layers), frames
+        self.built = True
 
-    def __init__(self, backbone, batch_size=8, frontend=None, query_tokens=None):
-        self.backbone = backbone
-        self.frontend = frontend or backbone.make_frontend()
-        self.batch_size = batch_size
-        self.query_tokens = query_tokens
-        self.chunk_frames = backbone.chunk_time_patches * backbone.patch_size
-        # A backbone that takes a padding mask and whose outputs on real patches do not depend on
-        # masked ones runs a shorter last chunk zero-padded to a power of two of patches: a few
-        # shapes for every file, where each new shape costs JAX a compilation of every operation.
-        self.pad_last_chunk = backbone.use_padding_mask and backbone.padding_is_exact
-
-    def layout(self, clip_samples):
-        """`(frames, time patches)` of a clip of `clip_samples` samples: the frontend's frames
-        that whole patches hold (see `whole_patch_frames`)."""
-        frames = self.frontend.num_frames(clip_samples)
-        padded = whole_patch_frames(frames, self.backbone.patch_size)
-        return min(frames, padded), padded // self.backbone.patch_size
-
-    @property
-    def seconds_per_patch(self):
-        return self.backbone.seconds_per_patch(self.frontend)
-
-    def encode(self, source, clip_samples, info=None):
-        """Yields the backbone's outputs on one recording, a batch of chunks at a time, as dicts
-        of NumPy arrays (`cls_tokens (chunks, depth, dim)`, `patch_tokens (chunks, depth, time
-        patches, freq patches, dim)`, and `query_tokens` with query tokens); the last chunk comes
-        alone when it is shorter.
-
-        Args:
-            source: an audio file's path, or a mono waveform at the frontend's sample rate.
-            clip_samples: int, the clip's length: the file's first samples, zero-padded past its end.
-            info: the file's `audio_info`, when the caller has it.
-        """
-        import keras
-
-        if isinstance(source, np.ndarray):
-            def read(start, stop):
-                return waveform_window(source, start, stop)
-        else:
-            info = info or audio_info(source)
-
-            def read(start, stop):
-                return load_window(source, start, stop, clip_samples, self.frontend.sample_rate, info)
-        batch = []
-        for chunk in self.frontend.stream_frames(read, clip_samples, self.chunk_frames,
-                                                 keep_frames=self.layout(clip_samples)[0]):
-            chunk = keras.ops.convert_to_numpy(chunk)
-            pad = -len(chunk) % self.backbone.patch_size  # zero frames, as the frontend pads a clip
-            if pad or len(chunk) < self.chunk_frames:
-                if batch:
-                    yield self._run(np.stack(batch))
-                    batch = []
-                yield self._run(np.pad(chunk, [(0, pad), (0, 0)])[None])
-                continue
-            batch.append(chunk)
-            if len(batch) == self.batch_size:
-                yield self._run(np.stack(batch))
-                batch = []
-        if batch:
-            yield self._run(np.stack(batch))
-
-    def _run(self, spectrograms):
-        """The backbone's outputs as NumPy arrays. A batch of fewer full chunks than
-        `batch_size` (a file's last) is zero-padded to a power of two, so that the compiled
-        call sees a handful of shapes, not one per count; so is a shorter last chunk's time,
-        with those patches masked, where `pad_last_chunk`."""
-        import keras
-
-        count, frames = spectrograms.shape[:2]
-        full_chunk = frames == self.chunk_frames
-        if full_chunk and count < self.batch_size:
-            spectrograms = _pad_axis(spectrograms, 0, min(self.batch_size, _power_of_two(count)))
-        patches = frames // self.backbone.patch_size
-        if not full_chunk and self.pad_last_chunk:
-            spectrograms = _pad_axis(spectrograms, 1, self.backbone.patch_size * _power_of_two(patches))
-        inputs = {"spectrogram": spectrograms}
-        if self.backbone.use_padding_mask:
-            real_frames = np.arange(spectrograms.shape[1]) < frames
-            inputs["padding_mask"] = np.broadcast_to(real_frames, spectrograms.shape[:2])
-        if self.query_tokens is not None:
-            inputs["query_tokens"] = np.repeat(self.query_tokens, len(spectrograms), axis=0)
-        features = encode_chunk(self.backbone, inputs if len(inputs) > 1 else spectrograms, full_chunk)
-        outputs = {name: keras.ops.convert_to_numpy(value)[:count].astype("float32", copy=False)
-                   for name, value in features.items()}
-        outputs["patch_tokens"] = outputs["patch_tokens"][:, :, :patches]
-        return outputs
-
-
-def _power_of_two(count):
-    return 1 << (count - 1).bit_length()
-
-
-def _pad_axis(array, axis, size):
-    """`array` zero-padded at the end of `axis` to `size`."""
-    widths = [(0, 0)] * array.ndim
-    widths[axis] = (0, size - array.shape[axis])
-    return np.pad(array, widths)
+    def call(self, features):
+        indices = keras.ops.convert_to_tensor(self.layer_indices, "int32")
+        rows = {"cls_tokens": keras.ops.take(features["cls_tokens"], indices, axis=1)}
+        if self.frames:
+            rows["frame_tokens"] = keras.ops.mean(keras.ops.take(features["patch_tokens"], indices, axis=1), axis=3)
+        return rows
 
 
 MANIFEST_COLUMNS = ["path", "seconds", "status", "clip_row", "first_frame", "frames", "detail"]
@@ -253,7 +160,6 @@ def run_embed(folder, output, backbone="bat_base", weights=None, checkpoint_key=
     Returns:
         dict: output folder, files embedded, skipped files (path, reason), shape.
     """
-    import keras
     from tqdm.auto import tqdm
 
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -274,8 +180,8 @@ def run_embed(folder, output, backbone="bat_base", weights=None, checkpoint_key=
 
     model = build_backbone({"encoder": encoder, "backbone": backbone, "weights": weights,
                             "checkpoint_key": checkpoint_key, "drop_path": 0.0, "dtype": None}, use_padding_mask=True)
-    streamer = RecordingEncoder(model, batch_size)
     selected = parse_layers(layers, model.depth)
+    streamer = RecordingStream(model, batch_size=batch_size, keep=EmbeddingRows(selected, frames))
     reduce = (lambda x: x.mean(axis=-2, keepdims=True)) if layers == "mean" else (lambda x: x)
     width = 1 if layers == "mean" else len(selected)
 
@@ -319,19 +225,17 @@ def run_embed(folder, output, backbone="bat_base", weights=None, checkpoint_key=
             first_frame, left, patches = frame_embeddings.rows if frames else 0, samples / SAMPLE_RATE, 0
             if status != "failed":
                 cls_sum, chunks = 0.0, 0
-                patches = streamer.layout(samples)[1]
+                patches = streamer.time_patches(samples)
                 try:
-                    for features in streamer.encode(clip.path, samples, info):
-                        cls_tokens, patch_tokens = features["cls_tokens"], features["patch_tokens"]
-                        cls_sum = cls_sum + cls_tokens[:, selected].sum(axis=0)
+                    for _, rows in streamer.encode(clip.path, samples, info):
+                        cls_tokens = rows["cls_tokens"]
+                        cls_sum = cls_sum + cls_tokens.sum(axis=0)
                         chunks += len(cls_tokens)
                         if frames:
-                            tokens = patch_tokens[:, selected].mean(axis=3).transpose(0, 2, 1, 3)  # chunks, T, L, D
+                            tokens = rows["frame_tokens"].transpose(0, 2, 1, 3)  # chunks, T, L, D
                             tokens = reduce(tokens.reshape(-1, len(selected), model.dim))
                             frame_embeddings.write(tokens[:first_frame + patches - frame_embeddings.rows])
                         step = min(len(cls_tokens) * chunk_seconds, left)
-                        # Every block's tokens of a batch are large: let them go before the next is encoded.
-                        features = cls_tokens = patch_tokens = tokens = None
                         progress.update(step)
                         left -= step
                 except AudioDecodeError as error:  # read while embedding: no rows

@@ -17,7 +17,7 @@ import numpy as np
 
 from keras_bat.data.pipeline import ClipLoader, ordered_batches
 from keras_bat.errors import UsageError
-from keras_bat.models.backbone import encode_whole_clips
+from keras_bat.models.streaming import ChunkEncoder, SelectOutputs, encode_whole_clips
 
 META_FILE = "cache.json"
 
@@ -102,10 +102,11 @@ class FeatureCache:
         arrays = {name: np.lib.format.open_memmap(folder / f"{name}.npy", "w+", "uint16", (len(dataset), *shape))
                   for name, shape in shapes.items()}
         loader = ClipLoader(dataset, clip_seconds, training=False, patch_seconds=backbone.seconds_per_patch(frontend))
+        encoder = ChunkEncoder(backbone, SelectOutputs(shapes))
         kept, targets = [], []
         for indices, waveforms, batch_targets in ordered_batches(
                 loader, batch_size, num_workers, skipped, desc=f"caching {dataset.name}" if verbose else None):
-            features = encode_whole_clips(backbone, frontend(keras.ops.convert_to_tensor(waveforms)), list(shapes))
+            features = encode_whole_clips(encoder, frontend(keras.ops.convert_to_tensor(waveforms)))
             row = len(kept)
             for name in shapes:
                 arrays[name][row:row + len(indices)] = to_bfloat16_bits(keras.ops.convert_to_numpy(features[name]))

@@ -145,7 +145,7 @@ def train_and_evaluate(config, run_dir, fold=None):
         # Every process evaluates every clip (the same computation on each, as JAX's processes run one
         # program); process 0 writes.
         metrics = evaluate(model, eval_set, data["clip_seconds"], eval_batch_size, config["evaluate"],
-                           data["num_workers"], skipped, data["max_label_length"], patch_seconds)
+                           data["num_workers"], skipped, data["max_label_length"])
     plot = save_layer_gate_plot(model.head, run_dir / "layer_weights.png")
     write_skipped(skipped, run_dir / "skipped_files.txt")
     preset = save_task_preset(model, backbone, plan.frontend, train_set, run_dir / "preset")
@@ -196,8 +196,7 @@ def _tensorboard_missing():
     return missing
 
 
-def predict(model, dataset, clip_seconds, batch_size, num_workers=4, skipped=None, max_label_length=400,
-            patch_seconds=0.16):
+def predict(model, dataset, clip_seconds, batch_size, num_workers=4, skipped=None, max_label_length=400):
     """Model outputs for every clip of `dataset` (fixed clip handling), with
     the clips that decoded; bad files are skipped and recorded. The encoder
     runs one time chunk of the batch's clips at a time and the head keeps only
@@ -208,7 +207,7 @@ def predict(model, dataset, clip_seconds, batch_size, num_workers=4, skipped=Non
         `(clips, outputs (n, ...), targets)`.
     """
     loader = ClipLoader(dataset, clip_seconds, training=False, max_label_length=max_label_length,
-                        patch_seconds=patch_seconds)
+                        patch_seconds=model.backbone.seconds_per_patch(model.frontend))
     clips, outputs, targets = [], [], []
     for indices, waveforms, batch_targets in ordered_batches(loader, batch_size, num_workers, skipped,
                                                              desc=f"evaluating {dataset.name}"):
@@ -221,24 +220,28 @@ def predict(model, dataset, clip_seconds, batch_size, num_workers=4, skipped=Non
 
 
 def evaluate(model, dataset, clip_seconds, batch_size, evaluate_config=None, num_workers=4, skipped=None,
-             max_label_length=400, patch_seconds=0.16):
+             max_label_length=400):
     """The task's final metrics on `dataset`, computed exactly on all clips:
     accuracy (multiclass), macro mAP, mean ROC AUC and d-prime (multilabel), frame-wise micro mAP and
     event-based onset F1 (frame), WER and CER (ctc)."""
     evaluate_config = evaluate_config or DEFAULTS["evaluate"]
     clips, outputs, targets = predict(model, dataset, clip_seconds, batch_size, num_workers, skipped,
-                                      max_label_length, patch_seconds)
-    return task_metrics(dataset.task, clips, outputs, targets, evaluate_config, patch_seconds)
+                                      max_label_length)
+    return task_metrics(dataset.task, clips, outputs, targets, evaluate_config,
+                        model.backbone.seconds_per_patch(model.frontend))
 
 
-def task_metrics(task, clips, outputs, targets, evaluate_config, patch_seconds=0.16):
-    """The final metrics of a task from model outputs and targets per clip."""
+def task_metrics(task, clips, outputs, targets, evaluate_config, patch_seconds=None):
+    """The final metrics of a task from model outputs and targets per clip; `patch_seconds`, the
+    encoder's time patch (`EncoderModel.seconds_per_patch`), is the frame task's time grid."""
     if task == "multiclass":
         return {"accuracy": float(np.mean(np.argmax(outputs, -1) == np.array(targets)))}
     if task == "multilabel":
         scores = multilabel_scores(np.stack(targets), outputs)
         return {name: scores[name] for name in ("mAP", "mAUC", "d_prime")}
     if task == "frame":
+        if patch_seconds is None:
+            raise UsageError("The frame task's events need the encoder's patch_seconds.")
         probabilities = 1.0 / (1.0 + np.exp(-outputs))
         estimated = {c.path: frames_to_events(p, patch_seconds, evaluate_config["event_threshold"],
                                               evaluate_config["median_filter"])

@@ -1,10 +1,13 @@
 """Labels and sound events of recordings in one call: `AudioTagger`, and the `keras-bat tag` run
 that writes them for a folder of files.
 
-Every recording is streamed through the task model at its own length, a chunk at a time
-(`RecordingEncoder`, as `keras-bat embed` streams): a clip-level head keeps its constant-size
-chunk summaries (`chunk_summary`), a frame-level head turns each chunk into frame probabilities
-that go straight into the event decoder. Memory does not grow with a recording's length.
+Every recording is streamed whole through the task model, a chunk at a time
+(`keras_bat.models.RecordingStream`, as `keras-bat embed` streams), the head run in the same
+call as the backbone: a clip-level head keeps its constant-size chunk summaries
+(`chunk_summary`), a frame-level head turns each chunk into the model's frame probabilities,
+which go straight into the event decoder; only these leave the device. A recording shorter than
+the model's training length (its frontend's `time_frames`) is zero-padded to it, as in
+training. Memory does not grow with a recording's length.
 """
 
 import csv
@@ -20,9 +23,9 @@ from keras_bat.data.audio import AudioDecodeError, audio_info, mono_waveform
 from keras_bat.data.datasets import AUDIO_EXTENSIONS
 from keras_bat.errors import UsageError
 from keras_bat.layers.chunk_merge import ChunkSummaries
+from keras_bat.models.streaming import FrameProbabilities, HeadChunkSummary, RecordingStream
 from keras_bat.ops import no_gradients
 from keras_bat.training.metrics import EventDecoder
-from keras_bat.workflows.embed import RecordingEncoder
 from keras_bat.workflows.run_folder import file_fingerprint, write_json_atomically
 
 DEFAULT_THRESHOLD = 0.5
@@ -71,13 +74,9 @@ class AudioTagger:
             raise UsageError(f"The model has {num_classes} outputs but {len(self.label_names)} label names.")
         self.thresholds = _class_thresholds(thresholds, self.label_names)
         self.frame_level = model.task == "frame"
-        query_tokens = None
-        if getattr(model.head, "reads_query_tokens", False):
-            import keras
-
-            query_tokens = keras.ops.convert_to_numpy(model.head.batch_query_tokens(1))
-        self.streamer = RecordingEncoder(model.backbone, _positive_int(batch_size, "batch_size"),
-                                         frontend=model.frontend, query_tokens=query_tokens)
+        self.keep = FrameProbabilities(model) if self.frame_level else HeadChunkSummary(model.head)
+        self.streamer = RecordingStream(model.backbone, model.frontend, _positive_int(batch_size, "batch_size"),
+                                        keep=self.keep)
         if not median_filter >= 0:
             raise UsageError(f"median_filter must be >= 0 seconds. Received: {median_filter!r}")
         patches = int(round(median_filter / self.seconds_per_patch))
@@ -180,32 +179,25 @@ class AudioTagger:
             return self._stream_scores(audio, samples, info, events, progress)
 
     def _stream_scores(self, audio, samples, info, events, progress):
-        import keras
-
-        head = self.model.head
         decoder = EventDecoder(self.thresholds, self.median_window) if events else None
         summaries, frame_maximum, found = ChunkSummaries(), None, []
-        summary = chunk = None
+        query_tokens = (self.model.head.batch_query_tokens(1)
+                        if getattr(self.model.head, "reads_query_tokens", False) else None)
         seconds_left = samples / self.sample_rate
-        chunk_seconds = self.model.backbone.chunk_time_patches * self.seconds_per_patch
-        for features in self.streamer.encode(audio, samples, info):
-            chunks = len(features["cls_tokens"])
-            if self.frame_level:  # each chunk's frames on their own: a frame head's outputs are per time patch
-                summary = {name: value for name, (value, _) in head.chunk_summary(features).items()}
-                logits = keras.ops.convert_to_numpy(head.call_on_summary(summary, training=False))
-                probabilities = _sigmoid(logits.reshape(-1, logits.shape[-1]))
+        frames_left = self.streamer.own_time_patches(samples)  # not those of the padding to the training length
+        for time_patches, outputs in self.streamer.encode(audio, samples, info, query_tokens):
+            chunks = len(next(iter(outputs.values())))
+            if not self.frame_level:
+                self.keep.summaries(outputs, time_patches, summaries)
+            elif frames_left > 0:  # a frame head's outputs are per time patch: chunk by chunk
+                probabilities = outputs["probabilities"].reshape(-1, len(self.label_names))[:frames_left]
+                frames_left -= len(probabilities)
                 peak = probabilities.max(axis=0)
                 frame_maximum = peak if frame_maximum is None else np.maximum(frame_maximum, peak)
                 if decoder is not None:
                     found += decoder.add(probabilities)
-            else:
-                for i in range(chunks):
-                    chunk = {name: value[i:i + 1] for name, value in features.items()}
-                    summaries.add(head.chunk_summary(chunk), chunk["patch_tokens"].shape[2])
-            # Every block's tokens of a batch are large: let them go before the next batch is encoded.
-            features = summary = chunk = None
             if progress is not None:
-                step = min(chunks * chunk_seconds, seconds_left)
+                step = min(chunks * time_patches * self.seconds_per_patch, seconds_left)
                 progress(step)
                 seconds_left -= step
         if progress is not None and seconds_left > 0:
@@ -213,9 +205,11 @@ class AudioTagger:
         if decoder is not None:
             found += decoder.finish()
         if self.frame_level:
-            return frame_maximum, found
-        logits = keras.ops.convert_to_numpy(head.call_on_summary(summaries.result(), training=False))[0]
-        return (_softmax(logits) if self.model.task == "multiclass" else _sigmoid(logits)), found
+            return frame_maximum.astype("float64"), found
+        import keras
+
+        logits = self.model.head.call_on_summary(summaries.result(), training=False)
+        return keras.ops.convert_to_numpy(self.model.probabilities(logits))[0].astype("float64"), found
 
 
 def expand_inputs(inputs):
@@ -269,15 +263,6 @@ def _class_thresholds(thresholds, label_names):
     if not np.all((values >= 0) & (values <= 1)):
         raise UsageError(f"Thresholds are probabilities between 0 and 1. Received: {thresholds!r}")
     return values
-
-
-def _sigmoid(logits):
-    return 1.0 / (1.0 + np.exp(-np.asarray(logits, "float64")))
-
-
-def _softmax(logits):
-    shifted = np.exp(np.asarray(logits, "float64") - np.max(logits))
-    return shifted / shifted.sum()
 
 
 # --- keras-bat tag: a folder of files to a results table ---------------------------------------
