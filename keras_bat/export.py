@@ -186,7 +186,7 @@ def export_file(source, path, format="saved_model", time_frames=None, quantize=N
     clips to `time_frames`, which a backbone must be given: an exported model
     takes a fixed number of frames, and nothing is cropped unasked)."""
     from keras_bat.models import AudioEmbedder
-    from keras_bat.models.encoders import load_model_source
+    from keras_bat.models.presets import load_model_source
 
     model = load_model_source(source)
     if hasattr(model, "make_frontend"):  # a backbone: export its embeddings

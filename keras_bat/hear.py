@@ -49,7 +49,7 @@ def load_model(model_file_path="", encoder=None, preset=DEFAULT_PRESET, layers="
         checkpoint_key: e.g. `"ema_encoder"` for an official pretraining
             checkpoint's teacher.
     """
-    from keras_bat.models.encoders import load_model_source
+    from keras_bat.models.presets import load_model_source
 
     path = os.fspath(model_file_path or "") or preset
     model = load_model_source(path, encoder=encoder, checkpoint_key=checkpoint_key, architecture=preset)

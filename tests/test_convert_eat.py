@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from helpers import load_parity, max_abs_error, parity_path, require_module
 
-from keras_bat.convert.eat import load_eat_weights
+from keras_bat.models.bat.eat_convert import load_eat_weights
 from keras_bat.layers import KaldiFbank, LogMelSpectrogram
 from keras_bat.models import BATBackbone
 

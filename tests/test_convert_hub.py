@@ -13,8 +13,8 @@ import pytest
 
 from helpers import require_module
 from hub_server import HubServer, official_file
-from keras_bat.models import BATBackbone, BEATsBackbone
-from keras_bat.models.encoders import backbone_from_source
+from keras_bat.models import BATBackbone, BEATsBackbone, EncoderModel
+from keras_bat.models.presets import backbone_from_source, resolve
 
 # Official releases name parameters under a prefix of their own wrapper (trust_remote_code models).
 PREFIX = "audio_model.encoder."
@@ -71,6 +71,29 @@ def test_an_official_release_loads_by_uri_with_its_architecture_read_off_the_wei
     beats = backbone_from_source("hf://lab/beats-release")
     assert type(beats) is BEATsBackbone and {key: beats.get_config()[key] for key in BEATS} == BEATS
     assert_same_features(beats, releases["models"]["beats"])
+
+
+def test_the_base_class_returns_the_family_every_source_holds(hub, releases, tmp_path):
+    """`EncoderModel.from_preset` resolves any source once and returns its family's class."""
+    folder = tmp_path / "beats_preset"
+    releases["models"]["beats"].save_to_preset(str(folder))
+    expected = {"hf://lab/bat-release": ("release", BATBackbone, "bat"),
+                "hf://lab/beats-release": ("release", BEATsBackbone, "beats"),
+                str(folder): ("preset", BEATsBackbone, "beats"), "bat_small": ("builtin", BATBackbone, "bat")}
+    for source, (kind, backbone_class, encoder) in expected.items():
+        found = resolve(source)
+        assert (found.kind, found.backbone_class, found.encoder) == (kind, backbone_class, encoder), source
+        model = EncoderModel.from_preset(source, load_weights=kind != "builtin")
+        assert type(model) is backbone_class, source
+    assert_same_features(EncoderModel.from_preset(str(folder)), releases["models"]["beats"])
+    assert_same_features(EncoderModel.from_preset("hf://lab/bat-release"), releases["models"]["bat"])
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(b"not read")
+    assert resolve(str(checkpoint)).kind == "checkpoint"
+    with pytest.raises(ValueError, match="checkpoint, not an encoder preset"):
+        EncoderModel.from_preset(str(checkpoint))
+    with pytest.raises(FileNotFoundError, match="neither a preset name"):
+        resolve(str(tmp_path / "missing"))
 
 
 def test_a_keras_bat_preset_in_a_subfolder_loads_by_uri(hub, releases, tmp_path):

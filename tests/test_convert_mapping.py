@@ -9,14 +9,9 @@ import numpy as np
 import pytest
 from helpers import load_parity, parity_path, to_numpy
 
-from keras_bat.convert import (
-    load_beats_weights,
-    load_eat_weights,
-    load_official_head_weights,
-    load_official_pretrainer_weights,
-    load_official_weights,
-    save_official_weights,
-)
+from keras_bat.convert import load_official_head_weights, save_official_weights
+from keras_bat.models.bat import load_eat_weights, load_official_pretrainer_weights, load_official_weights
+from keras_bat.models.beats import load_beats_weights
 from keras_bat.heads import CGP, ASRHead, Head2Toe, LayerMixedLinear, LinearHead, ProtoBin, VQTHead
 from keras_bat.models import BATBackbone, BATPretrainer
 

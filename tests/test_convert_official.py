@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from helpers import load_parity, parity_path, require_module, to_numpy
 
-from keras_bat.convert import backbone_parameters, load_official_weights, read_state_dict, save_official_weights
+from keras_bat.convert import read_state_dict, save_official_weights
+from keras_bat.models.bat import backbone_parameters, load_official_weights
 from keras_bat.models import BATBackbone
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from helpers import load_parity, parity_path, require_module, to_numpy
 
-from keras_bat.convert import checkpoint_time_patches, load_official_pretrainer_weights, load_official_weights
+from keras_bat.models.bat import checkpoint_time_patches, load_official_pretrainer_weights, load_official_weights
 from keras_bat.convert import read_state_dict
 from keras_bat.layers.position import sincos_position_table
 from keras_bat.models import BATBackbone, BATPretrainer

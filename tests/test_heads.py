@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 from helpers import load_parity, max_abs_error, parity_path, to_numpy
 
-from keras_bat.convert import load_official_head_weights, load_official_weights
+from keras_bat.convert import load_official_head_weights
+from keras_bat.models.bat import load_official_weights
 from keras_bat.heads import CGP, ASRHead, Head2Toe, LayerMixedLinear, LinearHead, ProtoBin, VQTHead, plot_layer_weights
 from keras_bat.models import BATBackbone
 

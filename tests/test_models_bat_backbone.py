@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from helpers import load_parity, max_abs_error, parity_path, to_numpy
 
-from keras_bat.convert import load_official_weights
+from keras_bat.models.bat import load_official_weights
 from keras_bat.models import BATBackbone
 from keras_bat.models.backbone import RandomWeightsWarning
 

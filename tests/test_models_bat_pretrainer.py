@@ -6,7 +6,7 @@ import pytest
 from gradients import value_and_gradients
 from helpers import load_parity, max_abs_error, parity_path, require_module, to_numpy
 
-from keras_bat.convert import backbone_parameters, decoder_parameters, load_official_pretrainer_weights
+from keras_bat.models.bat import backbone_parameters, decoder_parameters, load_official_pretrainer_weights
 from keras_bat.layers import inverse_block_mask
 from keras_bat.models import BATPretrainer
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from helpers import load_parity, max_abs_error, parity_path, require_module, to_numpy
 
-from keras_bat.convert.beats import beats_parameters, load_beats_weights
+from keras_bat.models.beats.beats_convert import beats_parameters, load_beats_weights
 from keras_bat.heads import VQTHead
 from keras_bat.models.beats.beats_layers import relative_position_buckets
 from keras_bat.models.beats import BEATsBackbone

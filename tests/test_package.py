@@ -1,6 +1,7 @@
 import importlib
 from pathlib import Path
 
+import pytest
 from helpers import in_one_backend_pass
 
 import keras_bat
@@ -9,7 +10,10 @@ import keras_bat
 def test_public_names():
     assert keras_bat.BATBackbone is keras_bat.models.BATBackbone
     assert keras_bat.LogMelSpectrogram is keras_bat.layers.LogMelSpectrogram
-    assert callable(keras_bat.convert.load_official_weights)
+    assert callable(keras_bat.models.bat.load_official_weights)
+    # A converter that moved into its family's folder says where it went.
+    with pytest.raises(AttributeError, match="from keras_bat.models.bat import load_official_weights"):
+        keras_bat.convert.load_official_weights
 
 
 def test_kernels_folder_installs_under_its_import_name():

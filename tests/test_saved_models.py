@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from keras_bat.models import AudioClassifier, BATBackbone, BEATsBackbone
-from keras_bat.models.encoders import backbone_from_source
+from keras_bat.models.presets import backbone_from_source
 
 FOLDER = os.path.join(os.path.dirname(__file__), "saved_models")
 EXPECTED = dict(np.load(os.path.join(FOLDER, "outputs.npz")))

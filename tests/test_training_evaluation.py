@@ -65,7 +65,7 @@ def test_frames_to_events():
     assert [label for _, _, label in events] == [0, 1]
     np.testing.assert_allclose([(onset, offset) for onset, offset, _ in events], [(0.32, 0.8), (0.96, 1.6)],
                                atol=1e-9)
-    unfiltered = frames_to_events(probabilities, threshold=0.3, median_filter=1)
+    unfiltered = frames_to_events(probabilities, 0.16, threshold=0.3, median_filter=1)
     assert len(unfiltered) == 3
 
 

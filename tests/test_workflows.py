@@ -431,7 +431,7 @@ def test_finetune_command_trains_the_encoder(variant, tmp_path, monkeypatch, cap
 
 
 def test_embed_loads_official_weights(tmp_path):
-    from keras_bat.convert import load_official_weights
+    from keras_bat.models.bat import load_official_weights
     from keras_bat.data import load_audio
     from keras_bat.models import BATBackbone
 

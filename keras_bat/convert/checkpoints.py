@@ -1,6 +1,7 @@
 """Reading and writing state dicts: official PyTorch checkpoints, safetensors files and
-preset folders, as flat `{name: float32 NumPy array}` dicts."""
+preset folders, as flat `{name: float32 NumPy array}` dicts; and the JSON files of a preset folder."""
 
+import json
 import os
 from typing import NamedTuple
 
@@ -154,3 +155,26 @@ def save_official_weights(model, path, parameters=None):
         # C order matters: save_file writes the raw buffer and ignores strides.
         tensors[name] = np.array(param.to_official(value), order="C")
     save_file(tensors, os.fspath(path))
+
+
+def write_json(path, value):
+    with open(path, "w") as f:
+        json.dump(value, f, indent=2)
+        f.write("\n")
+
+
+def write_preset_metadata(directory, model, **extra):
+    """`metadata.json` of a preset folder: what wrote it (keras-bat, Keras, the backend), when, and
+    the model's parameter count, with `extra` entries."""
+    import datetime
+    import importlib.metadata
+
+    try:
+        keras_bat_version = importlib.metadata.version("keras-bat")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        keras_bat_version = None
+    write_json(os.path.join(directory, METADATA_FILE), {
+        "keras_bat_version": keras_bat_version, "keras_version": keras.__version__,
+        "backend": keras.backend.backend(), "class_name": type(model).__name__,
+        "parameter_count": int(model.count_params()) if model.built else None,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **extra})

@@ -6,11 +6,11 @@ import os
 import keras
 from keras import ops
 
+from keras_bat.convert.checkpoints import write_json, write_preset_metadata
 from keras_bat.convert.hub import download_preset, is_hub_uri
 from keras_bat.errors import UsageError
 from keras_bat.heads.base import CLASSIFICATION_TASKS
 from keras_bat.layers.chunk_merge import ChunkSummaries
-from keras_bat.models.backbone import write_json, write_preset_metadata
 from keras_bat.models.streaming import ChunkEncoder, HeadChunkSummary
 from keras_bat.ops import no_gradients
 from keras_bat.ops.keras_internals import load_weights_skipping, save_weights_skipping

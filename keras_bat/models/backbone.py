@@ -3,14 +3,13 @@ with optional query tokens, its frontend and time grid, config round trips and p
 directories (long inputs stream through `keras_bat.models.streaming`)."""
 
 import inspect
-import json
 import os
 import warnings
 
 import keras
 
-from keras_bat.convert.checkpoints import (CONFIG_FILE, METADATA_FILE, WEIGHTS_FILE, read_preset_config,
-                                          read_state_dict, save_official_weights)
+from keras_bat.convert.checkpoints import (CONFIG_FILE, WEIGHTS_FILE, read_preset_config, read_state_dict,
+                                          save_official_weights, write_json, write_preset_metadata)
 from keras_bat.convert.hub import download_preset, is_hub_uri
 from keras_bat.errors import UsageError
 from keras_bat.layers.frontend import build_frontend
@@ -61,29 +60,6 @@ def run_blocks(blocks, tokens, key_lengths, chunk_weights, query_tokens=None, dt
 
 
 FRONTEND_FILE = "frontend.json"
-
-
-def write_json(path, value):
-    with open(path, "w") as f:
-        json.dump(value, f, indent=2)
-        f.write("\n")
-
-
-def write_preset_metadata(directory, model, **extra):
-    """`metadata.json` of a preset folder: what wrote it (keras-bat, Keras, the backend), when, and
-    the model's parameter count, with `extra` entries."""
-    import datetime
-    import importlib.metadata
-
-    try:
-        keras_bat_version = importlib.metadata.version("keras-bat")
-    except importlib.metadata.PackageNotFoundError:  # run from a source tree
-        keras_bat_version = None
-    write_json(os.path.join(directory, METADATA_FILE), {
-        "keras_bat_version": keras_bat_version, "keras_version": keras.__version__,
-        "backend": keras.backend.backend(), "class_name": type(model).__name__,
-        "parameter_count": int(model.count_params()) if model.built else None,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **extra})
 
 
 class RandomWeightsWarning(UserWarning):
@@ -217,7 +193,15 @@ class EncoderModel(keras.Model):
                 Defaults to `True`.
             **overrides: constructor arguments that replace the preset's
                 (e.g. `dropout`, `dtype`, `use_padding_mask`).
+
+        On `EncoderModel` itself it returns the family's class the preset holds
+        (`EncoderModel.from_preset("hf://lab/beats-release")` is a `BEATsBackbone`),
+        as `keras_bat.models.presets.resolve` finds it.
         """
+        if cls is EncoderModel:
+            from keras_bat.models.presets import backbone_of, resolve
+
+            return backbone_of(resolve(preset), load_weights, **overrides)
         preset = cls._local_preset(preset, load_weights)
         if (os.path.isfile(os.path.join(preset, WEIGHTS_FILE)) and not cls.holds_own_config(preset)):
             return cls.from_checkpoint(read_state_dict(preset), load_weights, source=preset, **overrides)
@@ -228,7 +212,7 @@ class EncoderModel(keras.Model):
                 warnings.warn(
                     f"{cls.__name__}.from_preset({preset!r}) has RANDOM weights: the preset is an architecture and "
                     f"keras-bat downloads no weights. Load the official checkpoint with "
-                    f"keras_bat.convert.{loader}(model, 'checkpoint.pt'), or use a preset directory written by "
+                    f"{loader}(model, 'checkpoint.pt'), or use a preset directory written by "
                     "save_to_preset; load_weights=False builds an untrained model without this warning.",
                     RandomWeightsWarning, stacklevel=2)
         elif load_weights and os.path.isfile(os.path.join(preset, WEIGHTS_FILE)):
@@ -277,7 +261,7 @@ class EncoderModel(keras.Model):
         if found is None:
             keys = sorted(state)[:3]
             raise UsageError(f"{source} holds no {cls.__name__} weights (keys such as {keys}); "
-                             "keras_bat.models.encoders.backbone_from_source recognises every registered encoder.")
+                             "keras_bat.models.EncoderModel.from_preset recognises every registered encoder.")
         config, load = found
         model = cls(**{**config, **overrides})
         if load_weights:

@@ -1,15 +1,14 @@
 """The encoders a recipe names with `model.encoder`: each one's backbone class, the
 constructor arguments that make it that encoder, its checkpoint loader and presets.
-Each encoder family registers its own (`keras_bat/models/<family>/__init__.py`)."""
+Each encoder family registers its own (`keras_bat/models/<family>/__init__.py`); where a
+model comes from is resolved in `keras_bat.models.presets`."""
 
 import inspect
 import os
 from typing import Callable, NamedTuple
 
-from keras_bat.convert.checkpoints import CONFIG_FILE, WEIGHTS_FILE, checkpoint_shapes, read_state_dict
-from keras_bat.convert.hub import download_preset, is_hub_uri
+from keras_bat.convert.checkpoints import read_state_dict
 from keras_bat.errors import UsageError
-from keras_bat.models.backbone import EncoderModel
 from keras_bat.registry import Registry
 
 
@@ -43,7 +42,7 @@ def register_encoder(name, backbone_class, load_weights, fixed_arguments=None, p
     for preset, entry in (presets or {}).items():
         backbone_class.builtin_presets[preset] = {
             "description": entry["description"], "config": {**entry["config"], **fixed_arguments},
-            "encoder": name, "weights_loader": load_weights.__name__,
+            "encoder": name, "weights_loader": f"{load_weights.__module__}.{load_weights.__name__}",
             **({"uri": entry["uri"]} if "uri" in entry else {})}
 
 
@@ -87,125 +86,6 @@ def encoder_name(backbone_class, config):
     if not fitting:
         raise UsageError(f"No encoder matches a {backbone_class.__name__} with config {config}.")
     return max(fitting)[1]
-
-
-def encoder_of_source(source):
-    """The registered encoder (`bat`, `eat`, `sslam`, `beats`, ...) that a preset name, a preset
-    folder, an official release folder or a Hub URI of either holds (a URI is downloaded)."""
-    source = os.fspath(source)
-    for encoder in ENCODERS.values():
-        if source in encoder.backbone_class.builtin_presets:
-            return encoder.backbone_class.builtin_presets[source]["encoder"]
-    folder = download_preset(source) if is_hub_uri(source) else source
-    if os.path.isdir(folder):
-        owner = own_config_class(folder)
-        if owner is not None:
-            return encoder_name(owner, owner.preset_config(folder))
-        if os.path.isfile(os.path.join(folder, WEIGHTS_FILE)):  # the family named by the weights' names
-            backbone_class, config = recognise_checkpoint(checkpoint_shapes(folder), source)
-            return encoder_name(backbone_class, config)
-    raise UsageError(f"{source!r} is neither a preset name ({', '.join(_preset_names())}), a preset folder nor "
-                     "hf://owner/repo[/subfolder]: set model.encoder to name its encoder.")
-
-
-def _preset_names():
-    return sorted(name for encoder in ENCODERS.values() for name in encoder.backbone_class.builtin_presets)
-
-
-def own_config_class(directory):
-    """The backbone class whose constructor takes every entry of a preset directory's config
-    (`EncoderModel.holds_own_config`), or `None`."""
-    return next((e.backbone_class for e in ENCODERS.values() if e.backbone_class.holds_own_config(directory)), None)
-
-
-def preset_directory_class(directory):
-    """The backbone class of a preset directory written by `save_to_preset`."""
-    config = EncoderModel.preset_config(directory)  # raises for a folder without config.json
-    backbone_class = own_config_class(directory)
-    if backbone_class is None:
-        raise UsageError(f"{directory}/{CONFIG_FILE} fits no encoder's constructor: {sorted(config)}.")
-    return backbone_class
-
-
-def backbone_from_source(source, encoder=None, checkpoint_key=None, architecture="bat_base"):
-    """A backbone from a preset name, a preset directory, or an official
-    checkpoint file of `encoder` loaded into the `architecture` preset.
-
-    Args:
-        source: str, a built-in preset name (an architecture, random weights:
-            it warns; or a published release, downloaded), a directory written
-            by `save_to_preset`, a directory of an official release
-            (`model.safetensors`; the encoder and its architecture are read off
-            the weights), `hf://owner/repo[/subfolder]` of either kind, or a
-            checkpoint file (`.pt`, `.safetensors`, ...).
-        encoder: str or `None`, the checkpoint's encoder (`bat`, `eat`,
-            `sslam`, `beats`); `None` takes the architecture's.
-        checkpoint_key: str or `None`, the nested entry of the checkpoint.
-        architecture: str, the preset (name or directory) whose architecture a
-            checkpoint file is loaded into.
-    """
-    source = os.fspath(source)
-    for candidate in ENCODERS.values():
-        if source in candidate.backbone_class.builtin_presets:
-            return candidate.backbone_class.from_preset(source)
-    if is_hub_uri(source):
-        source = download_preset(source)
-    if os.path.isdir(source):
-        owner = own_config_class(source)
-        if owner is not None:
-            return owner.from_preset(source)
-        if os.path.isfile(os.path.join(source, WEIGHTS_FILE)):
-            return backbone_of_checkpoint(read_state_dict(source), source)
-    if os.path.isdir(source) and os.path.isfile(os.path.join(source, CONFIG_FILE)):
-        return preset_directory_class(source).from_preset(source)
-    if not os.path.isfile(source):
-        raise FileNotFoundError(f"{source!r} is neither a preset name, a preset directory (with {CONFIG_FILE}) "
-                                "nor a checkpoint file.")
-    if os.path.isdir(architecture):
-        backbone_class = preset_directory_class(architecture)
-    else:
-        backbone_class = next((e.backbone_class for e in ENCODERS.values()
-                               if architecture in e.backbone_class.builtin_presets), None)
-    if backbone_class is None:
-        raise UsageError(f"Unknown architecture {architecture!r}: expected a preset name or a preset directory.")
-    name = encoder or encoder_name(backbone_class, backbone_class.preset_config(architecture))
-    return build_encoder(name, architecture, read_state_dict(source, checkpoint_key))
-
-
-def recognise_checkpoint(state, source="the checkpoint"):
-    """`(backbone class, constructor arguments)` of the official encoder in a state dict, read off
-    its weights by each registered class's `recognise_checkpoint`, whatever prefix wraps its keys."""
-    classes = list(dict.fromkeys(encoder.backbone_class for encoder in ENCODERS.values()))
-    for backbone_class in classes:
-        found = backbone_class.recognise_checkpoint(state)
-        if found is not None:
-            return backbone_class, found[0]
-    raise UsageError(f"{source} holds no encoder keras-bat knows ({', '.join(c.__name__ for c in classes)}): "
-                     f"no key marks one of their layouts (keys such as {sorted(state)[:3]}).")
-
-
-def backbone_of_checkpoint(state, source="the checkpoint"):
-    """The backbone of an official state dict whose family and architecture are read off its weights
-    (`recognise_checkpoint`), whatever prefix wraps its keys."""
-    return recognise_checkpoint(state, source)[0].from_checkpoint(state, source=source)
-
-
-def load_model_source(source, **backbone_options):
-    """What `source` names: the `AudioClassifier` of a `save_to_preset` folder, the model
-    of a `.keras` file, or a backbone (a preset name, a preset folder or a checkpoint file,
-    with `backbone_options` as in `backbone_from_source`)."""
-    import keras
-
-    from keras_bat.models.audio_classifier import AudioClassifier, is_task_preset
-
-    source = os.fspath(source)
-    if is_hub_uri(source):
-        source = download_preset(source)
-    if os.path.isdir(source) and is_task_preset(source):
-        return AudioClassifier.from_preset(source)
-    if source.endswith(".keras"):
-        return keras.saving.load_model(source, compile=False)
-    return backbone_from_source(source, **backbone_options)
 
 
 def _default(backbone_class, key):

@@ -4,7 +4,6 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_bat.data.audio import PATCH_SECONDS
 from keras_bat.errors import UsageError
 
 
@@ -276,10 +275,11 @@ class EventDecoder:
         return events
 
 
-def frames_to_events(probabilities, patch_seconds=PATCH_SECONDS, threshold=0.3, median_filter=3):
+def frames_to_events(probabilities, patch_seconds, threshold=0.3, median_filter=3):
     """Events `(onset_s, offset_s, class_index)` of a whole clip's frame-wise probabilities
-    `(time_patches, classes)`, by `EventDecoder`: a median filter of `median_filter` (odd)
-    patches, a threshold, runs of active patches (the reference's DCASE2016 post-processing)."""
+    `(time_patches, classes)` on a grid of `patch_seconds` (`EncoderModel.seconds_per_patch`), by
+    `EventDecoder`: a median filter of `median_filter` (odd) patches, a threshold, runs of active
+    patches (the reference's DCASE2016 post-processing)."""
     probabilities = np.asarray(probabilities, "float32")
     thresholds = np.broadcast_to(np.asarray(threshold, "float32"), probabilities.shape[1:])
     decoder = EventDecoder(thresholds, median_filter)

@@ -27,7 +27,8 @@ def build_backbone(model, num_query_tokens=0, use_padding_mask=False):
     eat, sslam, beats; `auto`: the one `model.backbone` holds) from a preset
     name, preset directory, Hub URI or dict of constructor arguments, with the
     checkpoint `model.weights` loaded by that encoder's loader."""
-    from keras_bat.models.encoders import build_encoder, encoder_of_source, get_encoder
+    from keras_bat.models.encoders import build_encoder, get_encoder
+    from keras_bat.models.presets import encoder_of_source
 
     name = model.get("encoder", "bat")
     if name == "auto":

@@ -87,7 +87,7 @@ class AudioTagger:
         """The tagger of a task preset: a folder written by `AudioClassifier.save_to_preset`, a
         `.keras` file, or a Hub URI (`hf://owner/repo[/subfolder]`) of such a folder."""
         from keras_bat.models.audio_classifier import AudioClassifier
-        from keras_bat.models.encoders import load_model_source
+        from keras_bat.models.presets import load_model_source
 
         model = load_model_source(preset)
         if not isinstance(model, AudioClassifier):

@@ -5,9 +5,9 @@ import functools
 import keras
 from keras import ops
 
-from keras_bat.convert.bat import (backbone_parameters, bat_checkpoint_config, checkpoint_time_patches,
+from keras_bat.models.bat.bat_convert import (backbone_parameters, bat_checkpoint_config, checkpoint_time_patches,
                                    load_official_weights)
-from keras_bat.convert.eat import eat_checkpoint_config, load_eat_weights
+from keras_bat.models.bat.eat_convert import eat_checkpoint_config, load_eat_weights
 from keras_bat.errors import UsageError
 from keras_bat.layers.frontend import FRONTENDS
 from keras_bat.layers.patching import ChunkTokens, MergeChunks, PatchEmbedding

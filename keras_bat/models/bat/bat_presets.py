@@ -32,7 +32,7 @@ BAT_PRESETS = {
 EAT_PRESETS = {
     "eat_base": {
         "description": "EAT ViT-B/16 (no attention gate), Kaldi-fbank frontend with EAT's statistics; load "
-                       "an EAT checkpoint with keras_bat.convert.load_eat_weights.",
+                       "an EAT checkpoint with keras_bat.models.bat.load_eat_weights.",
         "config": {"dim": 768, "depth": 12, "num_heads": 12},
     },
 }
@@ -40,7 +40,7 @@ EAT_PRESETS = {
 SSLAM_PRESETS = {
     "sslam_base": {
         "description": "SSLAM ViT-B/16 (EAT's architecture and frontend); load an SSLAM checkpoint with "
-                       "keras_bat.convert.load_eat_weights.",
+                       "keras_bat.models.bat.load_eat_weights.",
         "config": {"dim": 768, "depth": 12, "num_heads": 12},
     },
 }

@@ -6,7 +6,7 @@ import os
 import keras
 from keras import ops
 
-from keras_bat.convert.beats import beats_checkpoint_config, beats_parameters, load_beats_weights
+from keras_bat.models.beats.beats_convert import beats_checkpoint_config, beats_parameters, load_beats_weights
 from keras_bat.convert.checkpoints import WEIGHTS_FILE
 from keras_bat.errors import UsageError
 from keras_bat.layers.base import Layer

@@ -4,7 +4,7 @@ BEATS_PRESETS = {
     "beats_iter3": {
         "description": "BEATs iter3 (AS2M): 768 wide, 12 deep-norm blocks, 12 heads, relative positions, "
                        "Kaldi-fbank frontend with BEATs' statistics; load the official checkpoint with "
-                       "keras_bat.convert.load_beats_weights.",
+                       "keras_bat.models.beats.load_beats_weights.",
         "config": {"dim": 768, "depth": 12, "num_heads": 12, "ffn_dim": 3072, "embed_dim": 512},
     },
 }

@@ -7,7 +7,7 @@ under BAT's own names (`blocks.{i}.attn.qkv.weight`, ...), beside keys of
 the pretraining (decoder, EMA state) that the encoder does not use.
 """
 
-from keras_bat.convert.bat import backbone_parameters, block_settings, table_time_patches
+from keras_bat.models.bat.bat_convert import backbone_parameters, block_settings, table_time_patches
 from keras_bat.convert.checkpoints import read_state_dict
 from keras_bat.convert.mapping import assign_parameters, choose_prefix, find_prefix
 from keras_bat.errors import UsageError
