@@ -3,6 +3,7 @@ here and added through the registries alone, runs a whole probe (`keras-bat prob
 folder of recordings to results and a task preset that loads again."""
 
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -12,87 +13,34 @@ from keras import ops
 from audio_files import tone, write
 from helpers import in_one_backend_pass
 from keras_bat.cli import main
-from keras_bat.convert.mapping import Param, assign_parameters
 from keras_bat.data.datasets import READERS, AudioDataset, Clip, register_dataset
 from keras_bat.heads import HEADS, register_head
 from keras_bat.heads.base import HeadContract
-from keras_bat.layers import FRONTENDS, Frontend, build_frontend, register_frontend
-from keras_bat.layers.frontend import fit_frames
-from keras_bat.layers.patching import PatchEmbedding
+from keras_bat.layers import FRONTENDS, build_frontend, register_frontend
 from keras_bat.models import AudioClassifier
-from keras_bat.models.backbone import EncoderModel
 from keras_bat.models.encoders import ENCODERS, build_encoder, get_encoder, register_encoder
 
 TONES = {"low": 300.0, "high": 1200.0}  # spectrum bins 3 and 12: bands 0 and 2
 
 
-@keras.saving.register_keras_serializable(package="keras_bat_tests")
-class BandEnergies(Frontend):
-    """A toy frontend: `log(1 + magnitude)` of `num_mels` equal slices of each 10 ms frame's spectrum."""
+def family_modules():
+    """The toy family's modules (tests/toy_family/), imported without its `__init__.py`, which
+    would register the family for the whole process: the tests here register and unregister it."""
+    import importlib
+    import sys
+    import types
 
-    def __init__(self, num_mels=16, time_frames=None, **kwargs):
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(**kwargs)
-        self.num_mels, self.time_frames = num_mels, time_frames
-        self.sample_rate, self.hop_length, self.window_length, self.first_frame_center = 16000, 160, 160, 80
-
-    def num_frames(self, num_samples):
-        return num_samples // self.hop_length
-
-    def call(self, waveforms):
-        frames = self.num_frames(waveforms.shape[1])
-        framed = ops.reshape(waveforms[:, :frames * self.hop_length], (-1, frames, self.hop_length))
-        real, imaginary = ops.rfft(framed)
-        spectrum = ops.sqrt(ops.square(real) + ops.square(imaginary))[..., :self.hop_length // 2]  # B, frames, 80
-        bands = ops.mean(ops.reshape(spectrum, (-1, frames, self.num_mels, spectrum.shape[-1] // self.num_mels)), -1)
-        return fit_frames(ops.log1p(bands), self.time_frames)
-
-    def get_config(self):
-        return {**super().get_config(), "num_mels": self.num_mels, "time_frames": self.time_frames}
+    name = "toy_family_unregistered"
+    if name not in sys.modules:
+        package = types.ModuleType(name)
+        package.__path__ = [str(Path(__file__).parent / "toy_family")]
+        sys.modules[name] = package
+    return importlib.import_module(f"{name}.toy_backbone"), importlib.import_module(f"{name}.convert")
 
 
-@keras.saving.register_keras_serializable(package="keras_bat_tests")
-class PatchMeanEncoder(EncoderModel):
-    """A toy encoder: a linear patch embedding, its tokens the only block's output."""
-
-    frontend = "band_energies"
-
-    def __init__(self, dim=8, patch_size=4, num_mels=16, chunk_time_patches=4, num_query_tokens=0, use_kernels=None,
-                 dtype=None, **kwargs):
-        spectrogram = keras.Input((None, num_mels), name="spectrogram")
-        embed = PatchEmbedding(dim, patch_size, num_mels, dtype=dtype, name="patch_embed")
-        tokens = embed(spectrogram)  # B, T, F, D
-        outputs = {"cls_tokens": ops.mean(tokens, axis=(1, 2))[:, None], "patch_tokens": tokens[:, None]}
-        super().__init__(inputs=spectrogram, outputs=outputs, dtype=dtype, **kwargs)
-        self.embed = embed
-        self.dim, self.depth, self.patch_size, self.num_mels = dim, 1, patch_size, num_mels
-        self.chunk_time_patches, self.num_query_tokens = chunk_time_patches, num_query_tokens
-        self.use_kernels = use_kernels
-
-    def get_config(self):
-        return {"name": self.name, "trainable": self.trainable, "dim": self.dim, "patch_size": self.patch_size,
-                "num_mels": self.num_mels, "chunk_time_patches": self.chunk_time_patches,
-                "num_query_tokens": self.num_query_tokens, "use_kernels": self.use_kernels,
-                "dtype": keras.dtype_policies.serialize(self.dtype_policy)}
-
-    def official_parameters(self):
-        return {"embed.weight": Param(self.embed.proj.kernel, np.transpose, np.transpose),
-                "embed.bias": Param(self.embed.proj.bias)}
-
-    @staticmethod
-    def load_preset_weights(model, directory):
-        load_patch_mean_weights(model, directory)
-
-    @classmethod
-    def arguments_for_checkpoint(cls, state, config):
-        return {}
-
-
-def load_patch_mean_weights(backbone, source):
-    from keras_bat.convert.checkpoints import read_state_dict
-
-    assign_parameters(backbone.official_parameters(), read_state_dict(source), "", False, "PatchMeanEncoder")
-    return backbone
+_toy_backbone, _toy_convert = family_modules()
+BandEnergies, PatchMeanEncoder = _toy_backbone.BandEnergies, _toy_backbone.PatchMeanEncoder
+load_patch_mean_weights = _toy_convert.load_patch_mean_weights
 
 
 @keras.saving.register_keras_serializable(package="keras_bat_tests")
@@ -121,8 +69,6 @@ class MeanTokenHead(HeadContract, keras.layers.Layer):
 
 def read_tones(root, split_names, fold=None):
     """A toy dataset reader: `<root>/<split>/<class>/*.wav`, classes in `TONES`."""
-    from pathlib import Path
-
     names = sorted(TONES)
     return {split: AudioDataset([Clip(str(path), names.index(path.parent.name))
                                  for path in sorted((Path(root) / split).glob("*/*.wav"))], "multiclass", names,
@@ -187,7 +133,6 @@ def test_a_new_encoder_family_is_one_folder(tmp_path):
     import shutil
     import subprocess
     import sys
-    from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
     package = tmp_path / "site" / "keras_bat"

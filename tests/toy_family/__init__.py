@@ -5,8 +5,8 @@ adds (its encoder, presets and frontend) is registered here."""
 
 from keras_bat.layers.frontend import register_frontend
 from keras_bat.models.encoders import register_encoder
-from keras_bat.models.toy.convert import load_patch_mean_weights
-from keras_bat.models.toy.toy_backbone import BandEnergies, PatchMeanEncoder
+from .convert import load_patch_mean_weights
+from .toy_backbone import BandEnergies, PatchMeanEncoder
 
 register_frontend("band_energies", lambda num_mels, time_frames, dataset, use_kernels:
                   BandEnergies(num_mels, time_frames))

@@ -9,6 +9,8 @@ from keras_bat.layers.frontend import Frontend, fit_frames
 from keras_bat.layers.patching import PatchEmbedding
 from keras_bat.models.backbone import EncoderModel
 
+from .convert import load_patch_mean_weights
+
 
 @keras.saving.register_keras_serializable(package="keras_bat_toy")
 class BandEnergies(Frontend):
@@ -65,8 +67,6 @@ class PatchMeanEncoder(EncoderModel):
 
     @staticmethod
     def load_preset_weights(model, directory):
-        from keras_bat.models.toy.convert import load_patch_mean_weights
-
         load_patch_mean_weights(model, directory)
 
     @classmethod
