@@ -50,14 +50,13 @@ def whole_clip_probabilities(args):
     import keras
     import soundfile
 
-    from keras_bat.models import AudioClassifier
-    from keras_bat.workflows.embed import RecordingEncoder
+    from keras_bat.models import AudioClassifier, RecordingStream
 
     model = AudioClassifier.from_preset(args.preset)
     waveform = soundfile.read(args.recording, dtype="float32")[0]
-    frames, patches = RecordingEncoder(model.backbone, frontend=model.frontend).layout(len(waveform))
+    frames, padded = RecordingStream(model.backbone, model.frontend).layout(len(waveform))
     spectrogram = keras.ops.convert_to_numpy(model.frontend(waveform[None]))[:, :frames]
-    spectrogram = np.pad(spectrogram, [(0, 0), (0, patches * model.backbone.patch_size - frames), (0, 0)])
+    spectrogram = np.pad(spectrogram, [(0, 0), (0, padded - frames), (0, 0)])
     logits = model.predict_long(spectrogram)[0].astype("float64")
     np.save(args.output, 1 / (1 + np.exp(-logits)))
 
