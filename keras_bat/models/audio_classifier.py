@@ -128,9 +128,8 @@ class AudioClassifier(keras.Model):
         spectrograms = ops.concatenate([self._spectrograms(inputs[i:i + 1]) for i in range(len(inputs))])
         encoder = self.chunk_encoder()
         keep = encoder.step.keep
-        query_tokens = self.head.batch_query_tokens(1) if getattr(self.head, "reads_query_tokens", False) else None
         summaries = ChunkSummaries()
-        for time_patches, outputs in encoder.chunks(spectrograms, query_tokens):
+        for time_patches, outputs in encoder.chunks(spectrograms, self.streamed_query_tokens()):
             summaries.add({name: (value, keep.merges[name]) for name, value in outputs.items()}, time_patches)
         with no_gradients():  # else torch would keep the head's activations for a backward pass
             outputs = self.head.call_on_summary(summaries.result(), training=False)
@@ -142,6 +141,11 @@ class AudioClassifier(keras.Model):
         if getattr(self, "_chunk_encoder", None) is None:
             self._chunk_encoder = ChunkEncoder(self.backbone, HeadChunkSummary(self.head))
         return self._chunk_encoder
+
+    def streamed_query_tokens(self):
+        """The `(1, depth, query tokens, dim)` tokens a VQT head reads inside the backbone, as
+        `ChunkEncoder` takes them, or `None` for a head that reads none."""
+        return self.head.batch_query_tokens(1) if getattr(self.head, "reads_query_tokens", False) else None
 
     def probabilities(self, logits):
         """The task's probabilities of its logits: softmax over classes for `multiclass`,

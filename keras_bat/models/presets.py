@@ -21,10 +21,8 @@ from typing import NamedTuple, Optional
 from keras_bat.convert.checkpoints import CONFIG_FILE, WEIGHTS_FILE, checkpoint_shapes, read_state_dict
 from keras_bat.convert.hub import download_preset, is_hub_uri
 from keras_bat.errors import UsageError
+from keras_bat.models.audio_classifier import AudioClassifier, is_task_preset
 from keras_bat.models.encoders import ENCODERS, build_encoder, encoder_name
-
-TASK_FILES = ("task.json", "task.keras")  # a task preset's config (task.keras: as keras-bat 0.1 wrote them)
-
 
 class Source(NamedTuple):
     source: str  # as the caller gave it
@@ -54,7 +52,7 @@ def resolve(source):
                           dict(entry.backbone_class.builtin_presets[source]["config"]))
     path = download_preset(source) if is_hub_uri(source) else source
     if os.path.isdir(path):
-        task = any(os.path.isfile(os.path.join(path, name)) for name in TASK_FILES)
+        task = is_task_preset(path)
         owner = own_config_class(path)  # a task preset holds its backbone's preset files too
         if owner is not None:
             return Source(source, "task" if task else "preset", path, owner, owner.preset_config(path))
@@ -142,8 +140,6 @@ def load_model_source(source, **backbone_options):
     file, or a backbone (with `backbone_options` as in `backbone_from_source`)."""
     found = resolve(source)
     if found.kind == "task":
-        from keras_bat.models.audio_classifier import AudioClassifier
-
         return AudioClassifier.from_preset(found.location)
     if found.kind == "keras_file":
         import keras  # keras-bat's classes are registered: importing this module imported keras_bat.models

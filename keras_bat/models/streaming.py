@@ -132,27 +132,24 @@ class HeadChunkSummary(keras.layers.Layer):
         self.merges.update({name: merge for name, (_, merge) in summary.items()})
         return {name: value for name, (value, _) in summary.items()}
 
-    def summaries(self, outputs, time_patches, merged=None):
-        """Adds each chunk (row) of `outputs` to `merged` (a new `ChunkSummaries` by default)."""
-        merged = merged if merged is not None else ChunkSummaries()
+    def add_chunks(self, outputs, time_patches, summaries):
+        """Adds each chunk (row) of `outputs`, the chunks of one clip, to `summaries` (a
+        `ChunkSummaries`)."""
         for row in range(len(next(iter(outputs.values())))):
-            merged.add({name: (value[row:row + 1], self.merges[name]) for name, value in outputs.items()},
-                       time_patches)
-        return merged
+            summaries.add({name: (value[row:row + 1], self.merges[name]) for name, value in outputs.items()},
+                          time_patches)
 
 
-class FrameProbabilities(keras.layers.Layer):
+class FrameProbabilities(HeadChunkSummary):
     """A frame-level task model's probabilities on each chunk's time patches, `(chunks, time
     patches, classes)`: its head on the chunk's summary, then its output activation."""
 
     def __init__(self, model, **kwargs):
-        super().__init__(**kwargs)
-        self.head = model.head
+        super().__init__(model.head, **kwargs)
         self.probabilities = model.probabilities
-        self.built = True
 
     def call(self, features):
-        summary = {name: value for name, (value, _) in self.head.chunk_summary(features).items()}
+        summary = super().call(features)
         return {"probabilities": self.probabilities(self.head.call_on_summary(summary, training=False))}
 
 

@@ -181,14 +181,12 @@ class AudioTagger:
     def _stream_scores(self, audio, samples, info, events, progress):
         decoder = EventDecoder(self.thresholds, self.median_window) if events else None
         summaries, frame_maximum, found = ChunkSummaries(), None, []
-        query_tokens = (self.model.head.batch_query_tokens(1)
-                        if getattr(self.model.head, "reads_query_tokens", False) else None)
         seconds_left = samples / self.sample_rate
         frames_left = self.streamer.own_time_patches(samples)  # not those of the padding to the training length
-        for time_patches, outputs in self.streamer.encode(audio, samples, info, query_tokens):
+        for time_patches, outputs in self.streamer.encode(audio, samples, info, self.model.streamed_query_tokens()):
             chunks = len(next(iter(outputs.values())))
             if not self.frame_level:
-                self.keep.summaries(outputs, time_patches, summaries)
+                self.keep.add_chunks(outputs, time_patches, summaries)
             elif frames_left > 0:  # a frame head's outputs are per time patch: chunk by chunk
                 probabilities = outputs["probabilities"].reshape(-1, len(self.label_names))[:frames_left]
                 frames_left -= len(probabilities)
