@@ -184,11 +184,22 @@ def export_file(source, path, format="saved_model", time_frames=None, quantize=N
     `save_to_preset` directory or `.keras` file), an `AudioEmbedder`, or a
     backbone (exported as an `AudioEmbedder` whose frontend cuts or pads
     clips to `time_frames`, which a backbone must be given: an exported model
-    takes a fixed number of frames, and nothing is cropped unasked)."""
+    takes a fixed number of frames, and nothing is cropped unasked).
+    `format="official"` writes the encoder's weights (a task model's backbone)
+    under the official names instead, a `.safetensors` file for the authors'
+    PyTorch code (`EncoderModel.export_official`)."""
     from keras_bat.models import AudioEmbedder
     from keras_bat.models.presets import load_model_source
 
     model = load_model_source(source)
+    if format == "official":
+        if quantize is not None or time_frames is not None:
+            raise UsageError("format='official' writes the encoder's float weights: it takes no quantize or "
+                             "time_frames.")
+        encoder = model if hasattr(model, "export_official") else getattr(model, "backbone", None)
+        if encoder is None:
+            raise UsageError(f"{source} holds no encoder to write under the official names.")
+        return encoder.export_official(path)
     if hasattr(model, "make_frontend"):  # a backbone: export its embeddings
         if time_frames is None:
             chunk = model.chunk_time_patches * model.patch_size
@@ -203,7 +214,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Export a .keras file or preset directory for serving.")
     parser.add_argument("source")
     parser.add_argument("path")
-    parser.add_argument("--format", choices=sorted(FORMATS), default="saved_model")
+    parser.add_argument("--format", choices=sorted(FORMATS) + ["official"], default="saved_model")
     parser.add_argument("--time-frames", type=int)
     parser.add_argument("--quantize", choices=QUANTIZATIONS)
     args = parser.parse_args(argv)

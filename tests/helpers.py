@@ -73,6 +73,21 @@ def load_parity(name, fixture_set="tiny"):
     return load_file(str(parity_path(name, fixture_set)))
 
 
+def weights_file_arrays(path):
+    """`{path in the file: array}` of every weight in a Keras weights file (`.weights.h5`)."""
+    import h5py
+
+    arrays = {}
+    with h5py.File(path, "r") as file:
+        file.visititems(lambda name, item: arrays.__setitem__(name, item[()]) if hasattr(item, "shape") else None)
+    return arrays
+
+
+def preset_weights(folder):
+    """The weights of the encoder preset in `folder` (`model.weights.h5`), by their path in the file."""
+    return weights_file_arrays(pathlib.Path(folder) / "model.weights.h5")
+
+
 def to_numpy(x):
     return np.asarray(keras.ops.convert_to_numpy(x), dtype="float32")
 

@@ -37,7 +37,7 @@ def test_backend_flag_of_the_console_script_wins_over_the_environment():
 @pytest.fixture
 def presets(tmp_path):
     BATBackbone(dim=32, depth=1, num_heads=2).save_to_preset(tmp_path / "small")
-    BATBackbone(dim=64, depth=1, num_heads=2).save_to_preset(tmp_path / "wide")
+    BATBackbone(dim=64, depth=1, num_heads=2).export_official(tmp_path / "wide.safetensors")
     (tmp_path / "empty").mkdir()
     write_synthetic_dataset(tmp_path / "audio", splits={"clips": 1}, clip_seconds=1.28)
     return tmp_path
@@ -114,7 +114,7 @@ def test_mistakes_keep_their_traceback_with_debug(mistakes_folder):
 
 def test_a_checkpoint_that_does_not_fit_is_one_line(presets, capfd):
     arguments = ["embed", str(presets / "audio"), "--backbone", str(presets / "small"), "--weights",
-                 str(presets / "wide" / "model.safetensors"), "--output", str(presets / "out")]
+                 str(presets / "wide.safetensors"), "--output", str(presets / "out")]
     assert run(arguments) == 2
     lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and "does not fit this BATBackbone: 20 shape mismatches, e.g. 'patch_embed" in lines[0]

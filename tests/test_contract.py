@@ -5,7 +5,7 @@ configuration below (the first test fails until it does).
 - backbones: output specs of concrete and symbolic inputs, config round trip;
 - precision: a mixed policy survives the config, `.keras` files, presets and task presets;
 - quantization: `quantize` straight after `from_preset` (int8, float8), on the backbone and on
-  a task model, quantized models through `.keras` files and configs;
+  a task model, quantized models through `.keras` files, presets and configs;
 - task models: every encoder x every head, output specs and `.keras` round trip;
 - LoRA: the factors on every attention projection train, nothing else of the encoder, and saved
   files hold the merged encoder;
@@ -121,8 +121,11 @@ def test_quantize_straight_from_presets_and_through_keras_files(encoder, mode, t
     revived = type(backbone).from_config(backbone.get_config())
     assert len(loaded.weights) == len(revived.weights) == len(backbone.weights)
     assert_close(loaded(x), quantized, 1e-6)
+    # A preset keeps the quantized weights as they are; the official code reads float ones.
+    backbone.save_to_preset(tmp_path / "quantized_preset")
+    assert_close(type(backbone).from_preset(tmp_path / "quantized_preset")(x), quantized, 1e-6)
     with pytest.raises(ValueError, match="quantized"):
-        backbone.save_to_preset(tmp_path / "refused")
+        backbone.export_official(tmp_path / "refused.safetensors")
 
     # A task model from its preset: the backbone quantized, the head float.
     frontend = LogMelSpectrogram(time_frames=32)
@@ -136,6 +139,9 @@ def test_quantize_straight_from_presets_and_through_keras_files(encoder, mode, t
     np.testing.assert_allclose(quantized_logits, logits, atol=QUANTIZATION[mode] * np.abs(logits).max())
     model.save(tmp_path / "task.keras")
     np.testing.assert_allclose(to_numpy(keras.saving.load_model(tmp_path / "task.keras")(waveforms)),
+                               quantized_logits, atol=1e-6)
+    model.save_to_preset(tmp_path / "quantized_task")
+    np.testing.assert_allclose(to_numpy(AudioClassifier.from_preset(tmp_path / "quantized_task")(waveforms)),
                                quantized_logits, atol=1e-6)
 
 

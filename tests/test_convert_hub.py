@@ -169,12 +169,21 @@ def test_a_task_preset_uploaded_to_the_hub_loads_back_by_uri(hub, tmp_path, monk
     assert_same_features(BATBackbone.from_preset("hf://me/frog-probe/v1"), model.backbone)
     with pytest.raises(ValueError, match="is not a preset folder"):
         upload_preset("hf://me/frog-probe", tmp_path)
-    # A preset whose weights are of another size than its config: one error naming the shapes.
-    files = dict(hub.repositories["me/frog-probe"])
-    hub.repositories["me/mismatch"] = {**{name[len("v1/"):]: data for name, data in files.items()},
-                                       "model.safetensors": official_file(BATBackbone(**{**BAT, "dim": 64}))}
-    with pytest.raises(ValueError, match=r"shape.*\(128,\).*\(64,\)|\(64,\).*\(128,\)"):
+    # A preset whose weights are of another size than its config: one error naming the shapes, in
+    # either layout (Keras weights, or the official names of earlier presets).
+    files = {name[len("v1/"):]: data for name, data in hub.repositories["me/frog-probe"].items()}
+    BATBackbone(**{**BAT, "dim": 64}).save_to_preset(tmp_path / "wide")
+    wide = (tmp_path / "wide" / "model.weights.h5").read_bytes()
+    hub.repositories["me/mismatch"] = {**files, "model.weights.h5": wide}
+    with pytest.raises(ValueError, match=r"model.weights.h5 does not fit the BATBackbone its config.json builds: "
+                                         r"\S+ is \(\d+, 128\) in the model and \(\d+, 64\) in the file "
+                                         r"\(\d+ layers do not fit\)"):
         AudioClassifier.from_preset("hf://me/mismatch")
+    earlier = {name: data for name, data in files.items() if name != "model.weights.h5"}
+    wide = official_file(BATBackbone(**{**BAT, "dim": 64}))
+    hub.repositories["me/mismatch-earlier"] = {**earlier, "model.safetensors": wide}
+    with pytest.raises(ValueError, match=r"shape.*\(128,\).*\(64,\)|\(64,\).*\(128,\)"):
+        AudioClassifier.from_preset("hf://me/mismatch-earlier")
 
 
 def test_a_probe_on_a_release_asks_the_hub_once_and_reads_its_weights_once(hub, releases, monkeypatch):

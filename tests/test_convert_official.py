@@ -6,7 +6,7 @@ from helpers import load_parity, parity_path, require_module, to_numpy
 
 from keras_bat.convert import read_state_dict, save_official_weights
 from keras_bat.models.bat import backbone_parameters, load_official_weights
-from keras_bat.models import BATBackbone
+from keras_bat.models import BATBackbone, EncoderModel
 
 
 def official_arrays(backbone):
@@ -85,6 +85,7 @@ def test_gateless_model_rejects_gated_checkpoint(tiny_config):
 def test_folder_checkpoint_and_config_check(tiny_config, tmp_path):
     source = load_official_weights(BATBackbone(**tiny_config), parity_path("encoder_weights.safetensors"))
     source.save_to_preset(tmp_path)
+    source.export_official(tmp_path)  # beside the preset's config: checked against it
     backbone = load_official_weights(BATBackbone(**tiny_config), tmp_path)
     for name, value in load_parity("encoder_weights.safetensors").items():
         np.testing.assert_array_equal(official_arrays(backbone)[name], value, err_msg=name)
@@ -93,6 +94,54 @@ def test_folder_checkpoint_and_config_check(tiny_config, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="num_heads: checkpoint 8 vs model 4"):
         load_official_weights(BATBackbone(**tiny_config), tmp_path)
+
+
+def test_presets_load_without_a_converter_and_export_official_writes_the_official_names(tiny_config, tmp_path,
+                                                                                       monkeypatch):
+    official = load_parity("encoder_weights.safetensors")
+    source = load_official_weights(BATBackbone(**tiny_config), parity_path("encoder_weights.safetensors"))
+    source.save_to_preset(tmp_path / "preset")
+    assert (tmp_path / "preset" / "model.weights.h5").is_file()
+    assert not (tmp_path / "preset" / "model.safetensors").exists()
+
+    def converter(*args):
+        raise AssertionError("a converter on a preset's load path")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(BATBackbone, "recognise_checkpoint", classmethod(converter))
+        patched.setattr("keras_bat.models.bat.bat_convert.assign_parameters", converter)
+        loaded = BATBackbone.from_preset(tmp_path / "preset")
+    assert {name: value.tolist() for name, value in official_arrays(loaded).items()} == {
+        name: value.tolist() for name, value in official.items()}
+    # Official -> preset -> official is the identity, names and values.
+    path = loaded.export_official(tmp_path / "bat.safetensors")
+    exported = read_state_dict(path)
+    assert sorted(exported) == sorted(official)
+    for name, value in official.items():
+        np.testing.assert_array_equal(exported[name], value, err_msg=name)
+    # A folder holding the exported file alone is an official release to from_preset.
+    (tmp_path / "release").mkdir()
+    assert loaded.export_official(tmp_path / "release").endswith("release/model.safetensors")
+    release = EncoderModel.from_preset(tmp_path / "release", num_heads=tiny_config["num_heads"])
+    for name, value in official.items():
+        np.testing.assert_array_equal(official_arrays(release)[name], value, err_msg=name)
+    with pytest.raises(ValueError, match="writes a .safetensors file"):
+        loaded.export_official(tmp_path / "bat.pt")
+
+
+def test_the_export_command_writes_a_task_presets_encoder_under_the_official_names(tiny_config, tmp_path):
+    from keras_bat.cli import run
+    from keras_bat.heads import LinearHead
+    from keras_bat.layers import LogMelSpectrogram
+    from keras_bat.models import AudioClassifier
+
+    backbone = load_official_weights(BATBackbone(**tiny_config), parity_path("encoder_weights.safetensors"))
+    AudioClassifier(backbone, LinearHead(2), frontend=LogMelSpectrogram(time_frames=32)).save_to_preset(
+        tmp_path / "task")
+    assert run(["export", str(tmp_path / "task"), str(tmp_path / "bat.safetensors"), "--format", "official"]) == 0
+    exported = read_state_dict(tmp_path / "bat.safetensors")
+    for name, value in load_parity("encoder_weights.safetensors").items():
+        np.testing.assert_array_equal(exported[name], value, err_msg=name)
 
 
 def test_saved_weights_are_not_scrambled_by_transposes(tiny_config, tmp_path):

@@ -193,7 +193,7 @@ def test_keras_file_saved_under_another_backend_loads_with_equal_outputs(tmp_pat
     np.testing.assert_allclose(to_numpy(restored(saved["waveforms"])), saved["logits"], atol=1e-5)
     # The task preset too, in keras-hub's layout, with what wrote it.
     preset = tmp_path / "model_preset"
-    assert sorted(os.listdir(preset)) == ["config.json", "frontend.json", "metadata.json", "model.safetensors",
+    assert sorted(os.listdir(preset)) == ["config.json", "frontend.json", "metadata.json", "model.weights.h5",
                                           "task.json", "task.weights.h5"]
     metadata = json.loads((preset / "metadata.json").read_text())
     assert metadata["backend"] == source and metadata["keras_version"] == keras.__version__

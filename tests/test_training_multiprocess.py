@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 import yaml
 
+from helpers import preset_weights
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "jax",
                                 reason="runs over several processes are JAX's (tested in the JAX pass)")
@@ -86,10 +88,8 @@ def write_recipe(folder, command):
 def weights_of(command, output):
     """The run's trained weights, by name (pretraining: the exported student; probing: the task
     preset's head and backbone)."""
-    from safetensors.numpy import load_file
-
     if command == "pretrain":
-        return load_file(str(Path(output) / "backbone" / "model.safetensors"))
+        return preset_weights(Path(output) / "backbone")
     from keras_bat.models import AudioClassifier
 
     model = AudioClassifier.from_preset(str(Path(output) / "preset"))
@@ -130,9 +130,7 @@ def test_processes_train_the_weights_of_one_device(runs, command):
     np.testing.assert_allclose(results["two_processes"]["history"]["loss"], results["one_device"]["history"]["loss"],
                                rtol=1e-5)
     if command == "pretrain":  # six steps moved the weights well beyond the tolerance
-        from safetensors.numpy import load_file
-
-        initial = load_file(str(runs[command, "one_device"] / "snapshots" / "step_0" / "model.safetensors"))
+        initial = preset_weights(runs[command, "one_device"] / "snapshots" / "step_0")
         assert largest_difference(one, initial) > 1e-3
     else:
         assert results["two_processes"]["metrics"] == results["one_device"]["metrics"]

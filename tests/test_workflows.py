@@ -9,10 +9,9 @@ import keras
 import numpy as np
 import pytest
 import yaml
-from safetensors.numpy import load_file
 
 from audio_files import tone, write
-from helpers import parity_path, require_module, shared_path
+from helpers import parity_path, preset_weights, require_module, shared_path
 from keras_bat.cli import main
 from keras_bat.workflows.config import DEFAULTS, builtin_recipes, load_config, parse_overrides, read_recipe
 
@@ -262,7 +261,7 @@ def test_pretrain_then_probe_the_exported_backbone(tmp_path, monkeypatch):
     assert {name: getattr(pretrainers[0], name) for name in settings} == settings  # the recipe's settings reach it
     results = json.loads((out / "results.json").read_text())
     assert len(results["history"]["loss"]) == 2 and np.isfinite(results["history"]["loss"]).all()
-    assert (out / "backbone" / "config.json").exists() and (out / "backbone" / "model.safetensors").exists()
+    assert (out / "backbone" / "config.json").exists() and (out / "backbone" / "model.weights.h5").exists()
     built = _capture_run_backbones(monkeypatch)
     main(["probe", "--set", *TINY, f"model.backbone={out / 'backbone'}", f"output_dir={tmp_path / 'probe'}"])
     assert (tmp_path / "probe" / "results.json").exists()
@@ -356,8 +355,7 @@ def test_demo_on_tiny_settings(tmp_path, capsys):
         assert tuple(classifier(np.zeros((1, 16000), "float32")).shape) == (1, len(SOUND_CLASSES))
     # The random row probes the same run's initial weights, not the pretrained ones.
     pretrain_dir = tmp_path / "demo" / "pretrain"
-    random_weights, pretrained = (load_file(str(d / "model.safetensors"))
-                                  for d in (pretrain_dir / "snapshots" / "step_0", pretrain_dir / "backbone"))
+    random_weights, pretrained = (preset_weights(pretrain_dir / folder) for folder in ("snapshots/step_0", "backbone"))
     assert any(np.abs(random_weights[k] - pretrained[k]).max() > 0 for k in random_weights)
 
 

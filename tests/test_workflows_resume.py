@@ -12,10 +12,9 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
 
 from audio_files import tone, write
-from helpers import in_one_backend_pass
+from helpers import in_one_backend_pass, preset_weights, weights_file_arrays
 from keras_bat.cli import main
 from keras_bat.data.pipeline import StreamPosition
 
@@ -63,13 +62,8 @@ def _dataset(root):
 
 def _final_weights(run_dir, command):
     if command == "pretrain":
-        return load_file(str(run_dir / "backbone" / "model.safetensors"))
-    import h5py
-
-    arrays = {}
-    with h5py.File(run_dir / "checkpoint.weights.h5") as f:
-        f.visititems(lambda name, item: arrays.__setitem__(name, item[()]) if hasattr(item, "shape") else None)
-    return arrays
+        return preset_weights(run_dir / "backbone")
+    return weights_file_arrays(run_dir / "checkpoint.weights.h5")
 
 
 RUNS = {

@@ -10,7 +10,8 @@ import numpy as np
 
 from keras_bat.errors import UsageError
 
-WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_FILE = "model.safetensors"  # official names: releases, `export_official`, earlier presets
+NATIVE_WEIGHTS_FILE = "model.weights.h5"  # Keras' weights file: what `save_to_preset` writes
 CONFIG_FILE = "config.json"
 METADATA_FILE = "metadata.json"
 # Nested entries of official checkpoints that hold an encoder state dict.

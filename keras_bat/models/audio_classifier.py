@@ -292,7 +292,7 @@ class AudioClassifier(keras.Model):
 
     def save_to_preset(self, directory):
         """Writes the model as a task preset in keras-hub's layout: the backbone's preset files
-        (`config.json`, `model.safetensors`, see `EncoderModel.save_to_preset`), the frontend's
+        (`config.json`, `model.weights.h5`, see `EncoderModel.save_to_preset`), the frontend's
         config (`frontend.json`), `task.json` (the whole model's config: task, head, label
         names) and `task.weights.h5` (every weight but the backbone's), and `metadata.json`.
         A preset written under one backend loads under the others."""
@@ -344,7 +344,7 @@ class AudioClassifier(keras.Model):
                 model = keras.saving.deserialize_keras_object(json.load(f))
             if isinstance(model, cls):
                 model(model.example_input())  # the heads' weights exist once called
-                type(model.backbone).load_preset_weights(model.backbone, folder)
+                model.backbone.load_preset_weights(folder)
                 load_weights_skipping(model, os.path.join(folder, TASK_WEIGHTS_FILE), [model.backbone])
         if not isinstance(model, cls):
             raise UsageError(f"{preset} holds a {type(model).__name__}, not an {cls.__name__}.")

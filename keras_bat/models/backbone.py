@@ -4,12 +4,14 @@ directories (long inputs stream through `keras_bat.models.streaming`)."""
 
 import inspect
 import os
+import re
 import warnings
 
 import keras
 
-from keras_bat.convert.checkpoints import (CONFIG_FILE, WEIGHTS_FILE, read_preset_config, read_state_dict,
-                                          save_official_weights, write_json, write_preset_metadata)
+from keras_bat.convert.checkpoints import (CONFIG_FILE, NATIVE_WEIGHTS_FILE, WEIGHTS_FILE, read_preset_config,
+                                          read_state_dict, save_official_weights, write_json,
+                                          write_preset_metadata)
 from keras_bat.convert.hub import download_preset, is_hub_uri
 from keras_bat.errors import UsageError
 from keras_bat.layers.frontend import build_frontend
@@ -62,6 +64,20 @@ def run_blocks(blocks, tokens, key_lengths, chunk_weights, query_tokens=None, dt
 FRONTEND_FILE = "frontend.json"
 
 
+def weights_mismatch(error):
+    """The first mismatch Keras' `load_weights` reports, in one line: its message goes on to print
+    the variable's every value."""
+    text = " ".join(str(error).split())
+    found = re.search(r"variable\.shape=(\(.*?\)), Received: value\.shape=(.+?)\. "
+                      r"Target variable: <Variable path=([^,]+)", text)
+    if found is None:
+        return text[:300]
+    count = re.match(r"A total of (\d+) objects", text)
+    layers = f" ({count.group(1)} layers do not fit)" if count else ""
+    model_shape, file_shape = (tuple(int(n) for n in re.findall(r"\d+", found.group(i))) for i in (1, 2))
+    return f"{found.group(3)} is {model_shape} in the model and {file_shape} in the file{layers}."
+
+
 class RandomWeightsWarning(UserWarning):
     """A built-in preset name gave a randomly initialised model."""
 
@@ -78,13 +94,14 @@ class classproperty:
 
 class EncoderModel(keras.Model):
     """Base of the encoder models: `from_config` (with its dtype policy),
-    presets, and `save_to_preset`, which writes `config.json` and
-    `model.safetensors` under the official parameter names that
-    `official_parameters()` gives.
+    presets (`save_to_preset` writes `config.json` and the Keras weights file
+    `model.weights.h5`; `from_preset` reads them back, no converter involved),
+    and `export_official`, which writes the weights under the official
+    parameter names that `official_parameters()` gives.
 
-    Each encoder sets `frontend` (the registered frontend it reads) and
-    `load_preset_weights`; `keras_bat.models.encoders.register_encoder` adds its
-    `builtin_presets` (`name -> {"description", "config", "weights_loader"}`)."""
+    Each encoder sets `frontend` (the registered frontend it reads);
+    `keras_bat.models.encoders.register_encoder` adds its `builtin_presets`
+    (`name -> {"description", "config", "weights_loader"}`)."""
 
     builtin_presets = {}
     frontend = "log_mel"
@@ -183,13 +200,14 @@ class EncoderModel(keras.Model):
             preset: str, a name from `presets` (a published release, downloaded,
                 or an architecture, randomly initialised: it warns with
                 `RandomWeightsWarning` unless `load_weights=False`); a directory
-                holding `config.json` and optionally `model.safetensors` (see
-                `save_to_preset`); a directory of an official release (its
+                holding `config.json` and optionally `model.weights.h5` (see
+                `save_to_preset`; earlier presets' `model.safetensors` under the
+                official names is read too); a directory of an official release (its
                 `model.safetensors` without keras-bat's config: the architecture
                 is read off the weights); or `hf://owner/repo[/subfolder]` of
                 either kind of directory (see `keras_bat.convert.hub`).
-            load_weights: bool, load the directory's `model.safetensors` when
-                present. `False` also says that random weights are meant.
+            load_weights: bool, load the directory's weights when present.
+                `False` also says that random weights are meant.
                 Defaults to `True`.
             **overrides: constructor arguments that replace the preset's
                 (e.g. `dropout`, `dtype`, `use_padding_mask`).
@@ -215,8 +233,8 @@ class EncoderModel(keras.Model):
                     f"{loader}(model, 'checkpoint.pt'), or use a preset directory written by "
                     "save_to_preset; load_weights=False builds an untrained model without this warning.",
                     RandomWeightsWarning, stacklevel=2)
-        elif load_weights and os.path.isfile(os.path.join(preset, WEIGHTS_FILE)):
-            cls.load_preset_weights(model, preset)
+        elif load_weights:
+            model.load_preset_weights(preset)
         return model
 
     @classmethod
@@ -280,9 +298,25 @@ class EncoderModel(keras.Model):
                              f"directory holding {CONFIG_FILE}.")
         return dict(found[1])
 
-    @staticmethod
-    def load_preset_weights(model, directory):
-        raise NotImplementedError
+    def load_preset_weights(self, directory):
+        """Reads a preset folder's weights into this encoder (built by its config): the Keras
+        weights file `save_to_preset` writes, or, in a preset written before it did, the
+        `model.safetensors` under the official names (read by the family's converter, as
+        `recognise_checkpoint` names it). A folder with neither leaves the weights as they are."""
+        native = os.path.join(directory, NATIVE_WEIGHTS_FILE)
+        if os.path.isfile(native):
+            try:
+                self.load_weights(native)
+            except ValueError as error:
+                raise UsageError(f"{native} does not fit the {type(self).__name__} its {CONFIG_FILE} builds: "
+                                 f"{weights_mismatch(error)}") from error
+        elif os.path.isfile(os.path.join(directory, WEIGHTS_FILE)):
+            state = read_state_dict(directory)
+            found = type(self).recognise_checkpoint(state)
+            if found is None:
+                raise UsageError(f"{directory}/{WEIGHTS_FILE} holds no {type(self).__name__} weights under the "
+                                 f"official names (keys such as {sorted(state)[:3]}).")
+            found[1](self, state)
 
     @property
     def _default_save_signature(self):  # a private hook: see keras_bat.ops.keras_internals
@@ -316,21 +350,47 @@ class EncoderModel(keras.Model):
 
     def save_to_preset(self, directory, frontend=None):
         """Writes the encoder as a preset folder in keras-hub's layout: `config.json` (the class
-        and its constructor arguments), `model.safetensors` (the weights under their official
-        names, which the authors' PyTorch code reads too), `frontend.json` (the frontend it reads,
-        `frontend` or `make_frontend()`) and `metadata.json` (keras-bat and Keras versions, the
-        backend it was saved under, the parameter count)."""
-        if any(layer.quantization_mode is not None for layer in self._flatten_layers()):
-            raise UsageError(
-                f"This {type(self).__name__} is quantized: a preset holds float weights under their official "
-                "names. Save the float model's preset and quantize after loading it (from_preset(...).quantize"
-                "('int8')), or save the quantized model as a .keras file (model.save('model.keras')).")
+        and its constructor arguments), `model.weights.h5` (Keras' weights file, which loads under
+        every backend: a quantized encoder's int8 or float8 weights and scales as they are, its
+        config naming each layer's policy), `frontend.json` (the frontend it reads, `frontend` or
+        `make_frontend()`) and `metadata.json` (keras-bat and Keras versions, the backend it was
+        saved under, the parameter count). For the authors' PyTorch code, `export_official`
+        writes the weights under their official names."""
         os.makedirs(directory, exist_ok=True)
         serialized = keras.saving.serialize_keras_object(self)
         serialized["config"] = {k: v for k, v in self.get_config().items() if k not in ("name", "trainable")}
         serialized.pop("build_config", None)
         write_json(os.path.join(directory, CONFIG_FILE), serialized)
-        save_official_weights(self, os.path.join(directory, WEIGHTS_FILE), self.official_parameters())
+        self.save_weights(os.path.join(directory, NATIVE_WEIGHTS_FILE))
+        legacy = os.path.join(directory, WEIGHTS_FILE)
+        if os.path.exists(legacy):  # an earlier preset's official-name weights in the same folder
+            os.remove(legacy)
         write_json(os.path.join(directory, FRONTEND_FILE),
                    keras.saving.serialize_keras_object(frontend or self.make_frontend()))
         write_preset_metadata(directory, self)
+
+    def export_official(self, path):
+        """Writes the weights under the official parameter names, as a `.safetensors` file that
+        the authors' PyTorch code loads (and `from_preset` reads back as an official release when
+        it is a folder's `model.safetensors`).
+
+        Args:
+            path: the `.safetensors` file to write, or a folder (it gets `model.safetensors`).
+
+        Returns:
+            The path of the written file.
+        """
+        if any(layer.quantization_mode is not None for layer in self._flatten_layers()):
+            raise UsageError(
+                f"This {type(self).__name__} is quantized: the official code reads float weights. Export the float "
+                "model (from_preset(...) before quantize), or keep the quantized one as a preset (save_to_preset) "
+                "or a .keras file.")
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            path = os.path.join(path, WEIGHTS_FILE)
+        elif not path.endswith(".safetensors"):
+            raise UsageError(f"export_official writes a .safetensors file (or a folder's {WEIGHTS_FILE}). "
+                             f"Received: {path!r}")
+        save_official_weights(self, path, self.official_parameters())
+        return path
+

@@ -3,9 +3,13 @@ presets of small task models, with the outputs they gave when written.
 
 The files in this folder were written by keras-bat 0.1.0 as it stood before the encoder
 families moved into their own folders (`keras_bat/models/bat/`, `keras_bat/models/beats/`);
-the test checks that files saved then still load and give the same outputs. Run
-`python tests/saved_models/make_saved_models.py` only to add new files: rewriting the
-existing ones would test nothing.
+the test checks that files saved then still load and give the same outputs. Their presets
+hold the encoder's weights under the official names (`model.safetensors`), as presets did
+then. The `<name>_native_preset` folders hold the same models in the preset layout that
+came next, the encoder's Keras weights (`model.weights.h5`): `--native` wrote them by
+loading each earlier preset and saving it again, so `outputs.npz` serves both. Run
+`python tests/saved_models/make_saved_models.py [--native]` only to add new files:
+rewriting the existing ones would test nothing.
 """
 
 import os
@@ -40,7 +44,18 @@ def task_models():
     }
 
 
+def write_native_presets():
+    """`<name>_native_preset`: each earlier task preset, loaded and saved in today's layout."""
+    for name in task_models():
+        target = os.path.join(FOLDER, f"{name}_native_preset")
+        if os.path.exists(target):
+            sys.exit(f"{target} exists: the saved models are kept as they were written.")
+        AudioClassifier.from_preset(os.path.join(FOLDER, f"{name}_preset")).save_to_preset(target)
+
+
 def main():
+    if sys.argv[1:] == ["--native"]:
+        return write_native_presets()
     keras.utils.set_random_seed(7)
     waveforms = np.random.default_rng(7).normal(0, 0.1, (2, SAMPLES)).astype("float32")
     expected = {"waveforms": waveforms}

@@ -9,7 +9,6 @@ from keras_bat.layers.frontend import Frontend, fit_frames
 from keras_bat.layers.patching import PatchEmbedding
 from keras_bat.models.backbone import EncoderModel
 
-from .convert import load_patch_mean_weights
 
 
 @keras.saving.register_keras_serializable(package="keras_bat_toy")
@@ -64,10 +63,6 @@ class PatchMeanEncoder(EncoderModel):
     def official_parameters(self):
         return {"embed.weight": Param(self.embed.proj.kernel, np.transpose, np.transpose),
                 "embed.bias": Param(self.embed.proj.bias)}
-
-    @staticmethod
-    def load_preset_weights(model, directory):
-        load_patch_mean_weights(model, directory)
 
     @classmethod
     def arguments_for_checkpoint(cls, state, config):

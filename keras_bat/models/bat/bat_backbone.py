@@ -167,10 +167,6 @@ class BATBackbone(EncoderModel):
 
     # --- Presets (see EncoderModel.from_preset) ------------------------------------
 
-    @staticmethod
-    def load_preset_weights(model, directory):
-        load_official_weights(model, directory)
-
     @classmethod
     def recognise_checkpoint(cls, state):
         """A BAT encoder (official names) or an EAT / SSLAM one (fairseq names), read off the weights."""

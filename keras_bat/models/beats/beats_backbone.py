@@ -1,13 +1,11 @@
 """BEATsBackbone: the BEATs encoder as a functional Keras model, with BATBackbone's outputs."""
 
 import functools
-import os
 
 import keras
 from keras import ops
 
 from keras_bat.models.beats.beats_convert import beats_checkpoint_config, beats_parameters, load_beats_weights
-from keras_bat.convert.checkpoints import WEIGHTS_FILE
 from keras_bat.errors import UsageError
 from keras_bat.layers.base import Layer
 from keras_bat.layers.patching import ChunkTokens, MergeChunks, PatchEmbedding
@@ -155,10 +153,6 @@ class BEATsBackbone(EncoderModel):
         self.use_kernels = use_kernels
 
     frontend = "beats"  # the registered frontend it reads (see `make_frontend`)
-
-    @staticmethod
-    def load_preset_weights(model, directory):
-        load_beats_weights(model, os.path.join(directory, WEIGHTS_FILE))
 
     @classmethod
     def recognise_checkpoint(cls, state):
