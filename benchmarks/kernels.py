@@ -278,7 +278,7 @@ def main(argv=None):
     if device == "cpu" and not args.smoke:
         sys.exit("benchmarks/kernels.py needs a CUDA GPU (use --smoke to check the script on the CPU).")
     dtype = torch.float32 if args.smoke else torch.bfloat16
-    warmup, repeats = (1, 2) if args.smoke else (args.warmup, args.repeats)
+    warmup, repeats = (0, 1) if args.smoke else (args.warmup, args.repeats)  # smoke: each path once
     attention = attention_rows(SMOKE_SHAPES if args.smoke else ATTENTION_SHAPES, dtype, device, warmup, repeats)
     log_mel = log_mel_rows(2 if args.smoke else 32, 0.5 if args.smoke else 10.0, device, warmup, repeats)
     limits = limit_rows(device, args.smoke)

@@ -24,6 +24,13 @@ def pytest_report_header(config):
     return f"keras-bat test seed: {TEST_SEED} (KERAS_BAT_TEST_SEED)"
 
 
+def pytest_collection_modifyitems(items):
+    # Tests marked `long` first: pytest-xdist gives each worker a contiguous share of the list and
+    # balances by taking tests from the end of a queue, so a long test left near the end keeps one
+    # worker busy after the others are done.
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
     report = yield

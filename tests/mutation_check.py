@@ -178,6 +178,11 @@ MUTATIONS = [
              "        save_official_weights(self, os.path.join(directory, WEIGHTS_FILE))",
              ["tests/test_convert_official.py::"
               "test_presets_load_without_a_converter_and_export_official_writes_the_official_names"]),
+    Mutation("presets: a finetuned model's augmentation class not registered before its config is read",
+             "keras_bat/models/audio_classifier.py", "            import keras_bat.data.augment  # noqa: F401",
+             "            pass",
+             ["tests/test_models_audio_classifier.py::"
+              "test_a_finetuned_preset_loads_in_a_process_that_imported_only_the_models"]),
     Mutation("frame targets on BAT's 0.16 s grid whatever the encoder", "keras_bat/workflows/probe.py",
              "patch_seconds = backbone.seconds_per_patch(plan.frontend)", "patch_seconds = 0.16",
              ["tests/test_extending.py::test_frame_targets_and_events_follow_the_encoders_time_grid"]),

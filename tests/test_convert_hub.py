@@ -103,6 +103,7 @@ def test_a_keras_bat_preset_in_a_subfolder_loads_by_uri(hub, releases, tmp_path)
     assert_same_features(BATBackbone.from_preset("hf://lab/presets/tiny"), releases["models"]["bat"])
 
 
+@pytest.mark.long
 def test_the_cache_serves_offline_once_the_hub_is_gone(releases, tmp_path):
     """Real environment variables, in a new process: download once, then offline with the server stopped."""
     script = ("import sys, numpy as np; from keras_bat.models import BATBackbone; "

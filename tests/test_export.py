@@ -97,6 +97,7 @@ CASES = {"tensorflow": [("demo", "saved_model"), ("demo", "onnx"), ("probe", "sa
 
 
 @pytest.mark.parametrize("model_name, format", CASES[keras.backend.backend()])
+@pytest.mark.long
 def test_export_reloads_without_keras_and_matches(model_name, format, tmp_path):
     require_exporter(format)
     model = demo_embedder() if model_name == "demo" else probe_classifier()
@@ -149,6 +150,7 @@ def tensor_types(path):
 
 @pytest.mark.skipif(keras.backend.backend() == "jax", reason="the TensorFlow pass exports directly, torch's through "
                                                               "a TensorFlow process (JAX's float export is above)")
+@pytest.mark.long
 def test_the_command_exports_a_task_preset_to_int8_litert_with_its_label_names(tmp_path):
     require_exporter("litert")
     from keras_bat.cli import run

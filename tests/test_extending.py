@@ -125,6 +125,7 @@ def test_a_toy_of_each_kind_runs_a_probe_through_the_registries(tmp_path, regist
 
 
 @in_one_backend_pass("torch", "finding a family's folder")
+@pytest.mark.long
 def test_a_new_encoder_family_is_one_folder(tmp_path):
     """tests/toy_family/ copied to keras_bat/models/toy/ in a copy of the package, and nothing else
     changed: the command line finds its preset, probes on it and tags with the task preset."""

@@ -206,6 +206,34 @@ def test_keras_file_saved_under_another_backend_loads_with_equal_outputs(tmp_pat
     assert isinstance(frontend, LogMelSpectrogram) and frontend.time_frames == 64
 
 
+LOAD_IN_A_NEW_PROCESS = """
+import sys
+import keras
+import numpy as np
+from keras_bat.models import AudioClassifier
+
+model = AudioClassifier.from_preset(sys.argv[1])
+np.save(sys.argv[2], keras.ops.convert_to_numpy(model(np.load(sys.argv[3]))))
+"""
+
+
+def test_a_finetuned_preset_loads_in_a_process_that_imported_only_the_models(tmp_path):
+    # A finetuned model carries its augmentation, a class of keras_bat.data: the preset must load
+    # where nothing imported that module yet.
+    from keras_bat.data import AudioAugmentation
+
+    model = AudioClassifier(small_backbone("bat"), LinearHead(2), frontend=LogMelSpectrogram(time_frames=32),
+                            augmentation=AudioAugmentation(gain=True, time_roll=True))
+    waveforms = np.random.default_rng(0).uniform(-0.5, 0.5, (2, 5200)).astype("float32")
+    model.save_to_preset(tmp_path / "finetuned")
+    np.save(tmp_path / "waveforms.npy", waveforms)
+    done = subprocess.run([sys.executable, "-c", LOAD_IN_A_NEW_PROCESS, str(tmp_path / "finetuned"),
+                           str(tmp_path / "logits.npy"), str(tmp_path / "waveforms.npy")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), to_numpy(model(waveforms)), atol=1e-5)
+
+
 # Every head and pooling; 11 time patches in chunks of 2 make 6 chunks, the last one patch long.
 STREAMED_HEADS = {
     "cgp_cls": (lambda: CGP(2, 16), "multiclass"),

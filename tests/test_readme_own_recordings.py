@@ -38,6 +38,7 @@ def sound(frequency, seconds, seed):
     return (tone + 0.02 * rng.normal(size=t.size)).astype("float32")
 
 
+@pytest.mark.long
 def test_readme_own_recordings_commands_run_as_written(tmp_path):
     if keras.backend.backend() != "torch":
         pytest.skip("run in the torch pass (presets load under every backend: test_models_audio_classifier.py; "

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="keras.distribution is tested in the JAX pass")
+@pytest.mark.long
 def test_distributed_pretraining_step_equals_single_device():
     # A fresh process: the virtual devices must be configured before JAX starts.
     env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")

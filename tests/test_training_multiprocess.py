@@ -101,44 +101,39 @@ def largest_difference(a, b):
     return max(float(np.max(np.abs(np.asarray(a[name], "float64") - b[name]))) for name in a)
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """Each command on 1 device, on 4 devices of 1 process, and on 2 processes of 2 devices."""
-    folder = tmp_path_factory.mktemp("processes")
-    done = {}
-    for command in RECIPES:
-        recipe = write_recipe(folder, command)
-        layouts = {"one_device": [start(command, recipe, folder / command / "one_device", 1)],
-                   "four_devices": [start(command, recipe, folder / command / "four_devices", 4,
-                                          ["distribution.kind=data_parallel"])],
-                   "two_processes": start_processes(command, recipe, folder / command / "two_processes")}
-        for layout, processes in layouts.items():
-            for code, output in finish(processes):
-                assert code == 0, f"{command} {layout}:\n{output[-3000:]}"
-            done[command, layout] = folder / command / layout
-        done[command, "recipe"] = recipe
-    return done
+def run_layouts(folder, command):
+    """`command` on 1 device, on 4 devices of 1 process, and on 2 processes of 2 devices, all at once:
+    `{layout: output folder}`."""
+    folder.mkdir()
+    recipe = write_recipe(folder, command)
+    layouts = {"one_device": [start(command, recipe, folder / "one_device", 1)],
+               "four_devices": [start(command, recipe, folder / "four_devices", 4,
+                                      ["distribution.kind=data_parallel"])],
+               "two_processes": start_processes(command, recipe, folder / "two_processes")}
+    for layout, processes in layouts.items():
+        for code, output in finish(processes):
+            assert code == 0, f"{command} {layout}:\n{output[-3000:]}"
+    return {layout: folder / layout for layout in layouts}
 
 
-@pytest.mark.parametrize("command", list(RECIPES))
-def test_processes_train_the_weights_of_one_device(runs, command):
-    one = weights_of(command, runs[command, "one_device"])
-    for layout in ("four_devices", "two_processes"):
-        assert largest_difference(one, weights_of(command, runs[command, layout])) <= 5e-6, layout
-    results = {layout: json.loads((runs[command, layout] / "results.json").read_text())
-               for layout in ("one_device", "two_processes")}
-    np.testing.assert_allclose(results["two_processes"]["history"]["loss"], results["one_device"]["history"]["loss"],
-                               rtol=1e-5)
-    if command == "pretrain":  # six steps moved the weights well beyond the tolerance
-        initial = preset_weights(runs[command, "one_device"] / "snapshots" / "step_0")
-        assert largest_difference(one, initial) > 1e-3
-    else:
-        assert results["two_processes"]["metrics"] == results["one_device"]["metrics"]
-
-
-def test_only_process_0_writes(runs):
-    for command in RECIPES:
-        written = {path.name for path in runs[command, "two_processes"].iterdir()}
+@pytest.mark.long
+def test_processes_train_the_weights_of_one_device(tmp_path):
+    for command in RECIPES:  # one after the other: two commands' processes at once would crowd 2 cores
+        runs = run_layouts(tmp_path / command, command)
+        one = weights_of(command, runs["one_device"])
+        for layout in ("four_devices", "two_processes"):
+            assert largest_difference(one, weights_of(command, runs[layout])) <= 5e-6, (command, layout)
+        results = {layout: json.loads((runs[layout] / "results.json").read_text())
+                   for layout in ("one_device", "two_processes")}
+        np.testing.assert_allclose(results["two_processes"]["history"]["loss"],
+                                   results["one_device"]["history"]["loss"], rtol=1e-5)
+        if command == "pretrain":  # six steps moved the weights well beyond the tolerance
+            initial = preset_weights(runs["one_device"] / "snapshots" / "step_0")
+            assert largest_difference(one, initial) > 1e-3
+        else:
+            assert results["two_processes"]["metrics"] == results["one_device"]["metrics"]
+        # Only process 0 writes.
+        written = {path.name for path in runs["two_processes"].iterdir()}
         assert {"results.json", "log.csv", "config.yaml"} <= written
         assert "backup" not in written  # cleared when the run ended
 
@@ -157,6 +152,7 @@ def recordings_with_bad_files(folder, good=13, bad=3):
     return folder
 
 
+@pytest.mark.long
 def test_a_killed_process_stops_the_run_and_a_restart_resumes_exactly(tmp_path):
     recipe = dict(RECIPES["pretrain"], data={"dataset": "audio_files", "clip_seconds": 1.28, "num_workers": 1,
                                              "root": str(recordings_with_bad_files(tmp_path / "recordings"))})
@@ -207,8 +203,9 @@ def test_a_killed_process_stops_the_run_and_a_restart_resumes_exactly(tmp_path):
     assert largest_difference(weights_of("pretrain", output), weights_of("pretrain", tmp_path / "uninterrupted")) == 0
 
 
-def test_bad_process_settings_stop_with_one_line(runs, tmp_path):
-    recipe = runs["probe", "recipe"]
+@pytest.mark.long
+def test_bad_process_settings_stop_with_one_line(tmp_path):
+    recipe = write_recipe(tmp_path, "probe")
     # A batch that does not split over the processes: refused before any process joins.
     [(code, output)] = finish([start("probe", recipe, tmp_path / "odd", 1, [
         "distribution.num_processes=3", "distribution.process_id=0", "distribution.coordinator=127.0.0.1:1"])])

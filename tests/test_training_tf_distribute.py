@@ -53,12 +53,16 @@ def run_commands(folder, devices, settings=()):
                           capture_output=True, text=True, timeout=900)
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("mirrored")
+def write_recipes(folder):
     for command, recipe in COMMANDS.items():
         (folder / f"{command}.yaml").write_text(yaml.safe_dump({"description": "a small mirrored run",
                                                                 "base": recipe}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    folder = write_recipes(tmp_path_factory.mktemp("mirrored"))
     for devices, settings in ((1, ()), (2, ("distribution.kind=data_parallel",))):
         done = run_commands(folder, devices, settings)
         assert done.returncode == 0, f"{devices} device(s):\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
@@ -77,6 +81,7 @@ def without_key_biases(weights):
 
 
 @pytest.mark.parametrize("command", list(COMMANDS))
+@pytest.mark.long
 def test_mirrored_devices_train_the_weights_of_one_device(runs, command):
     one, two = (runs / command / "1", runs / command / "2")
     assert largest_difference(*[without_key_biases(weights_of(command, run)) for run in (one, two)]) <= 5e-6
@@ -89,8 +94,8 @@ def test_mirrored_devices_train_the_weights_of_one_device(runs, command):
         assert results[1]["metrics"] == results[0]["metrics"]
 
 
-def test_a_batch_that_does_not_split_over_the_replicas_is_refused(runs):
-    done = run_commands(runs, 2, ("distribution.kind=data_parallel", "pretrain.batch_size=7"))
+def test_a_batch_that_does_not_split_over_the_replicas_is_refused(tmp_path):
+    done = run_commands(write_recipes(tmp_path), 2, ("distribution.kind=data_parallel", "pretrain.batch_size=7"))
     assert done.returncode != 0
     assert "pretrain.batch_size=7 does not split over the 2 devices of tf.distribute.MirroredStrategy" in done.stderr
 

@@ -334,6 +334,7 @@ def test_embed_command_skips_bad_files(tmp_path):
     assert len(skipped) == 1 and "broken.wav" in skipped[0]
 
 
+@pytest.mark.long
 def test_demo_on_tiny_settings(tmp_path, capsys):
     main(["demo", "--set", *TINY, f"output_dir={tmp_path / 'demo'}"])
     printed = capsys.readouterr().out
@@ -359,6 +360,7 @@ def test_demo_on_tiny_settings(tmp_path, capsys):
     assert any(np.abs(random_weights[k] - pretrained[k]).max() > 0 for k in random_weights)
 
 
+@pytest.mark.long
 def test_bfloat16_runs_and_cached_probes(tmp_path, monkeypatch):
     out = tmp_path / "bf16"
     built = _capture_run_backbones(monkeypatch)
@@ -380,6 +382,7 @@ def test_bfloat16_runs_and_cached_probes(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("variant", [None, "lora"])
+@pytest.mark.long
 def test_finetune_command_trains_the_encoder(variant, tmp_path, monkeypatch, capsys):
     import keras_bat.workflows.probe_plan as probe
 

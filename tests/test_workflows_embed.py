@@ -57,6 +57,7 @@ LAYOUT_ONLY = in_one_backend_pass("torch", "this chunk layout")
 @pytest.mark.parametrize("batch_size, seconds", [
     pytest.param(1, 3.05, marks=LAYOUT_ONLY), (3, 3.05), pytest.param(3, 2.56, marks=LAYOUT_ONLY), (2, 2.9), (4, 4.7),
     pytest.param(8, 2.2, marks=LAYOUT_ONLY)])
+@pytest.mark.long
 def test_streamed_chunks_equal_the_whole_clip(encoder, batch_size, seconds, tmp_path):
     path = recording(tmp_path / "long.wav", seconds)
     backbone = BACKBONES[encoder]()
@@ -232,6 +233,7 @@ def test_outputs_of_another_run_are_never_left_beside_a_new_one(tmp_path, capfd)
 
 @pytest.mark.parametrize("signal_name", [  # SIGINT is handled in the process (every backend); SIGKILL is not
     "SIGINT", pytest.param("SIGKILL", marks=in_one_backend_pass("torch", "resuming after SIGKILL"))])
+@pytest.mark.long
 def test_an_interrupted_embed_resumes_to_the_uninterrupted_result(tmp_path, signal_name, capfd, rng):
     import signal
     import subprocess

@@ -46,6 +46,7 @@ def test_size_estimate_and_refusal(synthetic, tmp_path):
     assert not (tmp_path / "c").exists()
 
 
+@pytest.mark.long
 def test_cached_features_give_the_uncached_logits(synthetic, tmp_path):
     backbone, frontend = _backbone(), LogMelSpectrogram(time_frames=64)
     cache = FeatureCache.build(tmp_path / "cache", backbone, frontend, synthetic, 0.64, tokens="all",

@@ -80,6 +80,7 @@ ENGINE_PASS = {"pretrain_grain": in_one_backend_pass("jax", "the grain engine's 
 
 
 @pytest.mark.parametrize("run", [pytest.param(run, marks=ENGINE_PASS.get(run, ())) for run in sorted(RUNS)])
+@pytest.mark.long
 def test_killed_run_resumes_to_the_same_weights(run, tmp_path, rng):
     command, settings = RUNS[run]
     args = [command, "--set", *TINY, *_dataset(tmp_path / "data"), *settings]

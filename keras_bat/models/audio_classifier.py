@@ -353,6 +353,8 @@ class AudioClassifier(keras.Model):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
+        if config.get("augmentation") is not None:  # registers AudioAugmentation in a process new to it
+            import keras_bat.data.augment  # noqa: F401
         for key in ("backbone", "head", "frontend", "augmentation"):
             if config.get(key) is not None:
                 config[key] = keras.saving.deserialize_keras_object(config[key])

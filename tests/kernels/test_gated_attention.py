@@ -245,6 +245,7 @@ def test_tile_configs_for_wide_float32_heads_use_8_warps():
     assert module._keep_feasible_configs(configs, {"Q": torch.zeros(1, dtype=torch.bfloat16)}, HEAD_DIM=96) == configs
 
 
+@pytest.mark.long
 def test_gpu_check_script_dry_run(tmp_path):
     # The GPU check's CPU-checkable parts: the kernel benchmark and the training
     # steps on tiny shapes under Triton's interpreter, and the summary table.
