@@ -85,7 +85,9 @@ def weights_file_arrays(path):
 
 def preset_weights(folder):
     """The weights of the encoder preset in `folder` (`model.weights.h5`), by their path in the file."""
-    return weights_file_arrays(pathlib.Path(folder) / "model.weights.h5")
+    from keras_bat.convert.checkpoints import NATIVE_WEIGHTS_FILE
+
+    return weights_file_arrays(pathlib.Path(folder) / NATIVE_WEIGHTS_FILE)
 
 
 def to_numpy(x):

@@ -275,16 +275,21 @@ class EncoderModel(keras.Model):
     def from_checkpoint(cls, state, load_weights=True, source="the checkpoint", **overrides):
         """The encoder of an official state dict (`{name: array}`), its architecture read off the
         weights (`recognise_checkpoint`), whatever prefix wraps its keys."""
+        config, load = cls._recognised_checkpoint(state, source)
+        model = cls(**{**config, **overrides})
+        if load_weights:
+            load(model, state)
+        return model
+
+    @classmethod
+    def _recognised_checkpoint(cls, state, source):
+        """`recognise_checkpoint(state)`, or a `UsageError` naming `source` when it holds none of this class."""
         found = cls.recognise_checkpoint(state)
         if found is None:
             keys = sorted(state)[:3]
             raise UsageError(f"{source} holds no {cls.__name__} weights (keys such as {keys}); "
                              "keras_bat.models.EncoderModel.from_preset recognises every registered encoder.")
-        config, load = found
-        model = cls(**{**config, **overrides})
-        if load_weights:
-            load(model, state)
-        return model
+        return found
 
     @classmethod
     def preset_config(cls, preset):
@@ -312,11 +317,8 @@ class EncoderModel(keras.Model):
                                  f"{weights_mismatch(error)}") from error
         elif os.path.isfile(os.path.join(directory, WEIGHTS_FILE)):
             state = read_state_dict(directory)
-            found = type(self).recognise_checkpoint(state)
-            if found is None:
-                raise UsageError(f"{directory}/{WEIGHTS_FILE} holds no {type(self).__name__} weights under the "
-                                 f"official names (keys such as {sorted(state)[:3]}).")
-            found[1](self, state)
+            _, load = self._recognised_checkpoint(state, os.path.join(directory, WEIGHTS_FILE))
+            load(self, state)
 
     @property
     def _default_save_signature(self):  # a private hook: see keras_bat.ops.keras_internals
@@ -393,4 +395,3 @@ class EncoderModel(keras.Model):
                              f"Received: {path!r}")
         save_official_weights(self, path, self.official_parameters())
         return path
-
