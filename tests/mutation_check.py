@@ -318,6 +318,10 @@ MUTATIONS = [
              "statistics = self.merge_statistics(statistics, self.frame_statistics(chunk))",
              "statistics = statistics or self.frame_statistics(chunk)",
              ["tests/test_contract.py::test_frontend_streamed_windows_equal_the_whole_clip"]),
+    Mutation("embed: a pending Ctrl-C never raised where the run checks", "keras_bat/workflows/run_folder.py",
+             "    def check(self):\n        if self.requested:", "    def check(self):\n        if False:",
+             ["tests/test_workflows_embed.py::test_ctrl_c_is_raised_only_where_the_run_checks_for_it",
+              "tests/test_workflows_embed.py::test_an_interrupted_embed_resumes_to_the_uninterrupted_result"]),
     # --- Earlier bugs (tests/README.md) ---
     Mutation("decoding: no context before a seek in a compressed stream", "keras_bat/data/audio.py",
              "SEEK_CONTEXT_FRAMES = 4096", "SEEK_CONTEXT_FRAMES = 0",

@@ -49,7 +49,7 @@ def free_port():
 def start(command, recipe, output, devices, settings=(), log=None):
     """One `keras-bat` process with `devices` virtual CPU devices."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+               XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}")
     arguments = [sys.executable, "-m", "keras_bat", command, str(recipe), "--set",
                  f"output_dir={output}", f"distribution.timeout={TIMEOUT}", *settings]
     return subprocess.Popen(arguments, env=env, stdout=log or subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -231,6 +231,25 @@ def test_outputs_of_another_run_are_never_left_beside_a_new_one(tmp_path, capfd)
     assert "is a file, not a folder" in capfd.readouterr().err
 
 
+def test_ctrl_c_is_raised_only_where_the_run_checks_for_it():
+    import os
+    import signal
+
+    from keras_bat.workflows.run_folder import StopBetweenSteps
+
+    before = signal.getsignal(signal.SIGINT)
+    with StopBetweenSteps() as stop:
+        os.kill(os.getpid(), signal.SIGINT)  # noted, not raised
+        assert stop.requested
+        with pytest.raises(KeyboardInterrupt):
+            stop.check()
+        with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C: at once
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before
+    with StopBetweenSteps() as stop:
+        stop.check()  # nothing pending: nothing raised
+
+
 @pytest.mark.parametrize("signal_name", [  # SIGINT is handled in the process (every backend); SIGKILL is not
     "SIGINT", pytest.param("SIGKILL", marks=in_one_backend_pass("torch", "resuming after SIGKILL"))])
 @pytest.mark.long
@@ -261,7 +280,7 @@ def test_an_interrupted_embed_resumes_to_the_uninterrupted_result(tmp_path, sign
     assert run_file["status"] == "partial"
     assert not (output / "clip_embeddings.npy").exists() and not (output / "manifest.csv").exists()
     if signal_name == "SIGINT":
-        assert process.returncode == 130
+        assert process.returncode == 130, error[-3000:]
         lines = [line for line in error.splitlines() if line.startswith("keras-bat: error:")]
         assert len(lines) == 1 and "run the same command again to resume" in lines[0], error[-2000:]
     finished = len(manifest.read_text().splitlines()) - 1

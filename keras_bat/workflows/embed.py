@@ -21,7 +21,8 @@ from keras_bat.data.datasets import audio_files
 from keras_bat.errors import UsageError
 from keras_bat.models.streaming import RecordingStream
 from keras_bat.workflows.builders import build_backbone
-from keras_bat.workflows.run_folder import RunFolder, digest, file_fingerprint, write_json_atomically
+from keras_bat.workflows.run_folder import (RunFolder, StopBetweenSteps, digest, file_fingerprint,
+                                           write_json_atomically)
 
 
 def parse_layers(layers, depth):
@@ -211,61 +212,64 @@ def run_embed(folder, output, backbone="bat_base", weights=None, checkpoint_key=
                     bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s of audio [{elapsed}<{remaining}]")
     chunk_seconds = streamer.chunk_frames * streamer.frontend.hop_length / SAMPLE_RATE
     skipped = [(row["path"], row["detail"]) for row in manifest if row["status"] == "failed"]
-    try:
-        for clip in dataset.clips[done:]:
-            info = infos[clip.path]
-            samples = 0 if isinstance(info, Exception) else _samples(info, clip_seconds)
-            status, detail = "ok", ""
-            if isinstance(info, Exception):
-                status, detail = "failed", info.reason
-            elif samples <= streamer.frontend.window_length // 2:
-                status, detail = "failed", "too short"
-            elif info["truncated"]:
-                status, detail = "truncated", "the file holds less audio than its header declares"
-            first_frame, left, patches = frame_embeddings.rows if frames else 0, samples / SAMPLE_RATE, 0
-            if status != "failed":
-                cls_sum, chunks = 0.0, 0
-                patches = streamer.time_patches(samples)
-                try:
-                    for _, rows in streamer.encode(clip.path, samples, info):
-                        cls_tokens = rows["cls_tokens"]
-                        cls_sum = cls_sum + cls_tokens.sum(axis=0)
-                        chunks += len(cls_tokens)
+    with StopBetweenSteps() as stop:  # Ctrl-C: after the chunk in hand
+        try:
+            for clip in dataset.clips[done:]:
+                info = infos[clip.path]
+                samples = 0 if isinstance(info, Exception) else _samples(info, clip_seconds)
+                status, detail = "ok", ""
+                if isinstance(info, Exception):
+                    status, detail = "failed", info.reason
+                elif samples <= streamer.frontend.window_length // 2:
+                    status, detail = "failed", "too short"
+                elif info["truncated"]:
+                    status, detail = "truncated", "the file holds less audio than its header declares"
+                first_frame, left, patches = frame_embeddings.rows if frames else 0, samples / SAMPLE_RATE, 0
+                if status != "failed":
+                    cls_sum, chunks = 0.0, 0
+                    patches = streamer.time_patches(samples)
+                    try:
+                        for _, rows in streamer.encode(clip.path, samples, info):
+                            cls_tokens = rows["cls_tokens"]
+                            cls_sum = cls_sum + cls_tokens.sum(axis=0)
+                            chunks += len(cls_tokens)
+                            if frames:
+                                tokens = rows["frame_tokens"].transpose(0, 2, 1, 3)  # chunks, T, L, D
+                                tokens = reduce(tokens.reshape(-1, len(selected), model.dim))
+                                frame_embeddings.write(tokens[:first_frame + patches - frame_embeddings.rows])
+                            step = min(len(cls_tokens) * chunk_seconds, left)
+                            progress.update(step)
+                            left -= step
+                            stop.check()
+                    except AudioDecodeError as error:  # read while embedding: no rows
+                        status, detail, patches = "failed", error.reason, 0
                         if frames:
-                            tokens = rows["frame_tokens"].transpose(0, 2, 1, 3)  # chunks, T, L, D
-                            tokens = reduce(tokens.reshape(-1, len(selected), model.dim))
-                            frame_embeddings.write(tokens[:first_frame + patches - frame_embeddings.rows])
-                        step = min(len(cls_tokens) * chunk_seconds, left)
-                        progress.update(step)
-                        left -= step
-                except AudioDecodeError as error:  # read while embedding: no rows
-                    status, detail, patches = "failed", error.reason, 0
-                    if frames:
-                        frame_embeddings.rewind(first_frame)
-                else:
-                    clip_embeddings.write(reduce(cls_sum / chunks)[None])
-            progress.update(left)
-            if status == "failed":
-                skipped.append((clip.path, detail))
-            # The rows first, then the manifest line that counts them: a kill between the two
-            # leaves rows that a resume drops.
-            clip_embeddings.flush()
-            if frames:
-                frame_embeddings.flush()
-            writer.writerow([clip.path, f"{samples / SAMPLE_RATE:.6f}", status,
-                             "" if status == "failed" else clip_embeddings.rows - 1,
-                             first_frame if status != "failed" else "", patches, detail])
-            manifest_file.flush()
-            done += 1
-    except KeyboardInterrupt:
-        raise EmbedInterrupted(f"interrupted after {done} of {len(dataset.clips)} files; {output} is marked "
-                               "partial: run the same command again to resume.") from None
-    finally:
-        progress.close()
-        manifest_file.close()
-        for array in (clip_embeddings, frame_embeddings):
-            if array is not None:
-                array.close()
+                            frame_embeddings.rewind(first_frame)
+                    else:
+                        clip_embeddings.write(reduce(cls_sum / chunks)[None])
+                progress.update(left)
+                if status == "failed":
+                    skipped.append((clip.path, detail))
+                # The rows first, then the manifest line that counts them: a kill between the two
+                # leaves rows that a resume drops.
+                clip_embeddings.flush()
+                if frames:
+                    frame_embeddings.flush()
+                writer.writerow([clip.path, f"{samples / SAMPLE_RATE:.6f}", status,
+                                 "" if status == "failed" else clip_embeddings.rows - 1,
+                                 first_frame if status != "failed" else "", patches, detail])
+                manifest_file.flush()
+                done += 1
+                stop.check()
+        except KeyboardInterrupt:
+            raise EmbedInterrupted(f"interrupted after {done} of {len(dataset.clips)} files; {output} is marked "
+                                   "partial: run the same command again to resume.") from None
+        finally:
+            progress.close()
+            manifest_file.close()
+            for array in (clip_embeddings, frame_embeddings):
+                if array is not None:
+                    array.close()
 
     with open(output / "skipped.tsv", "w") as f:
         f.writelines(f"{path}\t{reason}\n" for path, reason in skipped)

@@ -6,6 +6,8 @@ that computed it, and its status (`partial` until the last file is in place,
 then `complete`; `failed` when nothing could be computed). A rerun of the
 same command resumes a partial run; a folder that holds another run, or files
 keras-bat did not write, is refused unless the user asks to overwrite it.
+Ctrl-C stops such a run between two steps (`StopBetweenSteps`), never inside
+a framework's native code.
 """
 
 import datetime
@@ -13,9 +15,42 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import signal
+import threading
 from pathlib import Path
 
 RUN_FILE = "run.json"
+
+
+class StopBetweenSteps:
+    """Inside `with StopBetweenSteps() as stop:`, Ctrl-C (SIGINT) is noted and raised as
+    `KeyboardInterrupt` at the next `stop.check()`, a point where the run holds no framework
+    call: an interrupt raised inside TensorFlow's native code can abort the process before the
+    run is marked partial. A second Ctrl-C raises at once. Outside the main thread, which alone
+    receives signals, it changes nothing."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._note)
+        return self
+
+    def _note(self, signal_number, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def check(self):
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exception):
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.SIG_DFL)
+        return False
 
 
 def package_versions(names=("keras-bat", "keras", "numpy", "tensorflow", "jax", "torch", "triton")):

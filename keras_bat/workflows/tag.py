@@ -26,7 +26,7 @@ from keras_bat.layers.chunk_merge import ChunkSummaries
 from keras_bat.models.streaming import FrameProbabilities, HeadChunkSummary, RecordingStream
 from keras_bat.ops import no_gradients
 from keras_bat.training.metrics import EventDecoder
-from keras_bat.workflows.run_folder import file_fingerprint, write_json_atomically
+from keras_bat.workflows.run_folder import StopBetweenSteps, file_fingerprint, write_json_atomically
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -369,16 +369,23 @@ def run_tag(inputs, model, output, top_k=5, events=False, thresholds=DEFAULT_THR
     progress = tqdm(total=seconds, unit="s audio", desc="tagging",
                     bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s of audio [{elapsed}<{remaining}]")
     failed = []
-    try:
-        for path in remaining:
-            result = tagger.tag_one(path, events=events, progress=progress.update, info=infos[path])
-            if result["status"] == "failed":
-                failed.append((path, result["detail"]))
-                progress.write(f"{path}: failed ({result['detail']})", file=sys.stderr)
-            results.write(result)
-    finally:
-        progress.close()
-        results.close()
+
+    def advance(seconds):  # after each batch of chunks: the progress bar, then a pending Ctrl-C
+        progress.update(seconds)
+        stop.check()
+
+    with StopBetweenSteps() as stop:
+        try:
+            for path in remaining:
+                result = tagger.tag_one(path, events=events, progress=advance, info=infos[path])
+                if result["status"] == "failed":
+                    failed.append((path, result["detail"]))
+                    progress.write(f"{path}: failed ({result['detail']})", file=sys.stderr)
+                results.write(result)
+                stop.check()
+        finally:
+            progress.close()
+            results.close()
     results.finish()
     return {"output": str(output), "files": len(paths), "tagged": len(paths) - len(failed),
             "resumed_after": len(results.done), "failed": [{"path": p, "reason": r} for p, r in failed]}
