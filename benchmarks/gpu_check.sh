@@ -9,6 +9,7 @@
 #      on torch + kernels, JAX (XLA) and TensorFlow (XLA), each where installed;
 #      one table with MFU against the GPU's bfloat16 peak.
 # Logs, JSON and the table go to the folder given (default benchmarks/results).
+# GPU_CHECK_BACKENDS names the backends of the pretraining step (default: torch jax tensorflow).
 #
 #     bash benchmarks/gpu_check.sh [results_dir]
 #     bash benchmarks/gpu_check.sh --dry-run [results_dir]   # CPU, Triton's interpreter, tiny shapes
@@ -65,7 +66,7 @@ section "training steps"
 rm -f "$results/gpu_steps.jsonl"
 run 150 steps_encoder.log python benchmarks/gpu_steps.py --workload encoder $smoke $encoder_steps \
   --output "$results/gpu_steps.jsonl"
-for backend in torch jax tensorflow; do
+for backend in ${GPU_CHECK_BACKENDS:-torch jax tensorflow}; do
   if ! KERAS_BACKEND=$backend python -c "import keras" 2>/dev/null; then
     echo "pretraining step on $backend: skipped, $backend is not installed"
     continue

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 
-from helpers import require_module
+from helpers import in_one_backend_pass, require_module
 from hub_server import HubServer, official_file
 from keras_bat.models import BATBackbone, BEATsBackbone, EncoderModel
 from keras_bat.models.presets import backbone_from_source, resolve
@@ -104,6 +104,7 @@ def test_a_keras_bat_preset_in_a_subfolder_loads_by_uri(hub, releases, tmp_path)
 
 
 @pytest.mark.long
+@in_one_backend_pass("torch", "the Hugging Face cache's offline use")  # loading by URI: the tests above
 def test_the_cache_serves_offline_once_the_hub_is_gone(releases, tmp_path):
     """Real environment variables, in a new process: download once, then offline with the server stopped."""
     script = ("import sys, numpy as np; from keras_bat.models import BATBackbone; "

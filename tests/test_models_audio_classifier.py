@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 from gradients import value_and_gradients
-from helpers import to_numpy
+from helpers import in_one_backend_pass, to_numpy
 
 from keras_bat.heads import CGP, ASRHead, Head2Toe, LayerMixedLinear, LinearHead, ProtoBin, VQTHead
 from keras_bat.layers import LogMelSpectrogram
@@ -217,6 +217,7 @@ np.save(sys.argv[2], keras.ops.convert_to_numpy(model(np.load(sys.argv[3]))))
 """
 
 
+@in_one_backend_pass("torch", "what loading a preset imports")  # outputs: the tests above
 def test_a_finetuned_preset_loads_in_a_process_that_imported_only_the_models(tmp_path):
     # A finetuned model carries its augmentation, a class of keras_bat.data: the preset must load
     # where nothing imported that module yet.

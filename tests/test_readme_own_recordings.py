@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import pytest
 from audio_files import write
-from helpers import require_module
+from helpers import in_one_backend_pass, require_module
 from hub_server import HubServer, official_file
 
 from keras_bat.models import BATBackbone
@@ -38,11 +38,11 @@ def sound(frequency, seconds, seed):
     return (tone + 0.02 * rng.normal(size=t.size)).astype("float32")
 
 
+# Presets load under every backend (test_models_audio_classifier.py); the tagging itself runs on every
+# backend (test_workflows_tag.py).
 @pytest.mark.long
+@in_one_backend_pass("torch", "the README's own-recordings commands")
 def test_readme_own_recordings_commands_run_as_written(tmp_path):
-    if keras.backend.backend() != "torch":
-        pytest.skip("run in the torch pass (presets load under every backend: test_models_audio_classifier.py; "
-                    "the tagging itself runs on every backend: test_workflows_tag.py)")
     require_module("huggingface_hub")
     blocks = readme_blocks()
     assert [language for language, _ in blocks] == ["bash", "python"]

@@ -60,15 +60,6 @@ def write_recipes(folder):
     return folder
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    folder = write_recipes(tmp_path_factory.mktemp("mirrored"))
-    for devices, settings in ((1, ()), (2, ("distribution.kind=data_parallel",))):
-        done = run_commands(folder, devices, settings)
-        assert done.returncode == 0, f"{devices} device(s):\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
-    return folder
-
-
 def without_key_biases(weights):
     """The weights with the attention's key biases left out: their gradient is zero in exact
     arithmetic (a shift of every key leaves the softmax unchanged), so Adam's normalised steps
@@ -80,18 +71,25 @@ def without_key_biases(weights):
     return weights
 
 
-@pytest.mark.parametrize("command", list(COMMANDS))
+# One test for the three commands: pytest-xdist would run a shared fixture once in each worker.
 @pytest.mark.long
-def test_mirrored_devices_train_the_weights_of_one_device(runs, command):
-    one, two = (runs / command / "1", runs / command / "2")
-    assert largest_difference(*[without_key_biases(weights_of(command, run)) for run in (one, two)]) <= 5e-6
-    results = [json.loads((folder / "results.json").read_text()) for folder in (one, two)]
-    np.testing.assert_allclose(results[1]["history"]["loss"], results[0]["history"]["loss"], rtol=1e-5)
-    if command == "pretrain":  # six steps moved the weights well beyond the tolerance
-        initial = preset_weights(one / "snapshots" / "step_0")
-        assert largest_difference(weights_of(command, one), initial) > 1e-3
-    else:
-        assert results[1]["metrics"] == results[0]["metrics"]
+def test_mirrored_devices_train_the_weights_of_one_device(tmp_path):
+    write_recipes(tmp_path)
+    for devices, settings in ((1, ()), (2, ("distribution.kind=data_parallel",))):
+        done = run_commands(tmp_path, devices, settings)
+        assert done.returncode == 0, f"{devices} device(s):\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+    for command in COMMANDS:
+        one, two = (tmp_path / command / "1", tmp_path / command / "2")
+        difference = largest_difference(*[without_key_biases(weights_of(command, run)) for run in (one, two)])
+        assert difference <= 5e-6, command
+        results = [json.loads((folder / "results.json").read_text()) for folder in (one, two)]
+        np.testing.assert_allclose(results[1]["history"]["loss"], results[0]["history"]["loss"], rtol=1e-5,
+                                   err_msg=command)
+        if command == "pretrain":  # six steps moved the weights well beyond the tolerance
+            initial = preset_weights(one / "snapshots" / "step_0")
+            assert largest_difference(weights_of(command, one), initial) > 1e-3
+        else:
+            assert results[1]["metrics"] == results[0]["metrics"], command
 
 
 def test_a_batch_that_does_not_split_over_the_replicas_is_refused(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from audio_files import tone, write
-from helpers import parity_path, preset_weights, require_module, shared_path
+from helpers import in_one_backend_pass, parity_path, preset_weights, require_module, shared_path
 from keras_bat.cli import main
 from keras_bat.workflows.config import DEFAULTS, builtin_recipes, load_config, parse_overrides, read_recipe
 
@@ -334,7 +334,10 @@ def test_embed_command_skips_bad_files(tmp_path):
     assert len(skipped) == 1 and "broken.wav" in skipped[0]
 
 
+# The pretraining and probes the demo chains run on every backend in the tests above; CI runs the demo
+# itself in full under TensorFlow (the README's command).
 @pytest.mark.long
+@in_one_backend_pass("torch", "the demo's bookkeeping")
 def test_demo_on_tiny_settings(tmp_path, capsys):
     main(["demo", "--set", *TINY, f"output_dir={tmp_path / 'demo'}"])
     printed = capsys.readouterr().out

@@ -204,6 +204,7 @@ def read_rows(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.filterwarnings("error::tqdm.TqdmWarning")  # the progress bar never passes its total
 def test_tag_command_writes_every_file_and_resumes(tmp_path, capsys, monkeypatch):
     model = small_model(CGP(3, 8, "frame"), "frame")
     model.save_to_preset(tmp_path / "preset")

@@ -11,7 +11,7 @@ Each command is a module here, with `add_parser(commands)` and `run(args)`.
     keras-bat finetune as20k --set data.root=/data/AudioSet model.weights=bat.pt
     keras-bat pretrain ssl --set data.root=/data/AudioSet
     keras-bat embed my_audio/ --output embeddings/ --weights bat.pt --frames
-    keras-bat tag my_audio/ --model runs/my_sounds/task_preset --output labels.csv
+    keras-bat tag my_audio/ --model runs/my_sounds/preset --output labels.csv
     keras-bat export runs/demo/probe_cgp_pretrained/preset probe.onnx --format onnx
     keras-bat hear-validate -m my_preset/
     keras-bat --backend jax info

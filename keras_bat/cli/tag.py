@@ -16,7 +16,7 @@ def add_parser(commands):
                     "and median filtering. A file that cannot be read gets a 'failed' row with the reason and the\n"
                     "run goes on; each file's rows are on disk before the next starts, and an interrupted run\n"
                     "continues from its last finished file when run again.",
-        epilog="examples:\n  keras-bat tag recordings/ --model runs/my_sounds/task_preset --output labels.csv\n"
+        epilog="examples:\n  keras-bat tag recordings/ --model runs/my_sounds/preset --output labels.csv\n"
                "  keras-bat tag night.flac --model hf://me/bird-events --events --threshold 0.3 --output events.json")
     tag.add_argument("inputs", nargs="+", help="audio files and folders")
     tag.add_argument("--model", required=True,

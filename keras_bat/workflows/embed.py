@@ -21,7 +21,7 @@ from keras_bat.data.datasets import audio_files
 from keras_bat.errors import UsageError
 from keras_bat.models.streaming import RecordingStream
 from keras_bat.workflows.builders import build_backbone
-from keras_bat.workflows.run_folder import (RunFolder, StopBetweenSteps, digest, file_fingerprint,
+from keras_bat.workflows.run_folder import (RunFolder, StopBetweenSteps, audio_progress, digest, file_fingerprint,
                                            write_json_atomically)
 
 
@@ -161,8 +161,6 @@ def run_embed(folder, output, backbone="bat_base", weights=None, checkpoint_key=
     Returns:
         dict: output folder, files embedded, skipped files (path, reason), shape.
     """
-    from tqdm.auto import tqdm
-
     if not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"batch_size must be a whole number >= 1. Received: {batch_size!r}")
     if clip_seconds is not None and not clip_seconds > 0:
@@ -208,8 +206,7 @@ def run_embed(folder, output, backbone="bat_base", weights=None, checkpoint_key=
             infos[clip.path] = error
     total_seconds = sum(_samples(info, clip_seconds) for info in infos.values()
                         if not isinstance(info, Exception)) / SAMPLE_RATE
-    progress = tqdm(total=total_seconds, unit="s audio", desc="embedding",
-                    bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s of audio [{elapsed}<{remaining}]")
+    progress = audio_progress(total_seconds, "embedding")
     chunk_seconds = streamer.chunk_frames * streamer.frontend.hop_length / SAMPLE_RATE
     skipped = [(row["path"], row["detail"]) for row in manifest if row["status"] == "failed"]
     with StopBetweenSteps() as stop:  # Ctrl-C: after the chunk in hand

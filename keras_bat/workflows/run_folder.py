@@ -53,6 +53,18 @@ class StopBetweenSteps:
         return False
 
 
+def audio_progress(total_seconds, description):
+    """A tqdm bar over seconds of audio; an update past the total (a float sum's rounding) stops at it."""
+    from tqdm.auto import tqdm
+
+    class AudioProgress(tqdm):
+        def update(self, seconds=1):
+            return super().update(min(seconds, self.total - self.n))
+
+    return AudioProgress(total=total_seconds, unit="s audio", desc=description,
+                         bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s of audio [{elapsed}<{remaining}]")
+
+
 def package_versions(names=("keras-bat", "keras", "numpy", "tensorflow", "jax", "torch", "triton")):
     """`{name: version}` of the installed packages among `names`, read without importing them."""
     versions = {}

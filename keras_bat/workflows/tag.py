@@ -26,7 +26,7 @@ from keras_bat.layers.chunk_merge import ChunkSummaries
 from keras_bat.models.streaming import FrameProbabilities, HeadChunkSummary, RecordingStream
 from keras_bat.ops import no_gradients
 from keras_bat.training.metrics import EventDecoder
-from keras_bat.workflows.run_folder import StopBetweenSteps, file_fingerprint, write_json_atomically
+from keras_bat.workflows.run_folder import StopBetweenSteps, audio_progress, file_fingerprint, write_json_atomically
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -344,8 +344,6 @@ def run_tag(inputs, model, output, top_k=5, events=False, thresholds=DEFAULT_THR
     `clip` for the top-k labels (ranked; onset 0 and offset the recording's end) and `event`
     for events; a failed file has one row with its reason. JSON: the list of `AudioTagger`
     results. Returns a summary dict (files, failed files and their reasons)."""
-    from tqdm.auto import tqdm
-
     tagger = AudioTagger.from_preset(model, top_k=top_k, thresholds=thresholds, median_filter=median_filter,
                                      batch_size=batch_size)
     if events and not tagger.frame_level:
@@ -366,8 +364,7 @@ def run_tag(inputs, model, output, top_k=5, events=False, thresholds=DEFAULT_THR
         except AudioDecodeError as error:
             infos[path] = error
     seconds = sum(info["duration"] for info in infos.values() if isinstance(info, dict))
-    progress = tqdm(total=seconds, unit="s audio", desc="tagging",
-                    bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s of audio [{elapsed}<{remaining}]")
+    progress = audio_progress(seconds, "tagging")
     failed = []
 
     def advance(seconds):  # after each batch of chunks: the progress bar, then a pending Ctrl-C
