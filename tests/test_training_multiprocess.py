@@ -1,8 +1,8 @@
 """Runs over several processes (JAX): `keras-bat pretrain` and a CGP `keras-bat probe` on 2
 processes of 2 virtual CPU devices each give, after 6 steps, the weights of 1 device with the
 same global batch (pretraining: also of 1 process on 4 devices); a process killed mid-run takes
-the other down within the timeout and a restart of both resumes to the uninterrupted run's weights; bad settings
-stop every process with one line."""
+the other down within the timeout and a restart of both resumes to the uninterrupted run's
+weights; bad settings stop every process with one line."""
 
 import json
 import os

@@ -80,14 +80,14 @@ def test_mirrored_devices_train_the_weights_of_one_device(tmp_path):
         assert done.returncode == 0, f"{devices} device(s):\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
     for command in COMMANDS:
         one, two = (tmp_path / command / "1", tmp_path / command / "2")
-        difference = largest_difference(*[without_key_biases(weights_of(command, run)) for run in (one, two)])
-        assert difference <= 5e-6, command
+        trained = [weights_of(command, run) for run in (one, two)]
+        assert largest_difference(*map(without_key_biases, trained)) <= 5e-6, command
         results = [json.loads((folder / "results.json").read_text()) for folder in (one, two)]
         np.testing.assert_allclose(results[1]["history"]["loss"], results[0]["history"]["loss"], rtol=1e-5,
                                    err_msg=command)
         if command == "pretrain":  # six steps moved the weights well beyond the tolerance
             initial = preset_weights(one / "snapshots" / "step_0")
-            assert largest_difference(weights_of(command, one), initial) > 1e-3
+            assert largest_difference(trained[0], initial) > 1e-3
         else:
             assert results[1]["metrics"] == results[0]["metrics"], command
 
